@@ -1,0 +1,20 @@
+"""geovario-keras: GeoCLIP with semivariogram-aware contrastive learning.
+
+Keras 3; runs on TensorFlow, JAX and PyTorch (set `KERAS_BACKEND`).
+"""
+
+from geovario_keras import geo
+from geovario_keras import layers
+from geovario_keras import losses
+from geovario_keras import metrics
+from geovario_keras.model import GeoCLIP
+from geovario_keras.version import __version__
+
+__all__ = [
+    "GeoCLIP",
+    "__version__",
+    "geo",
+    "layers",
+    "losses",
+    "metrics",
+]

@@ -1,0 +1,17 @@
+"""Keras layers of geovario-keras."""
+
+from geovario_keras.layers.equal_earth import EqualEarthProjection
+from geovario_keras.layers.fourier import RandomFourierFeatures
+from geovario_keras.layers.gps_gallery import GPSGallery
+from geovario_keras.layers.gps_queue import GPSQueue
+from geovario_keras.layers.image_encoder import ImageEncoder
+from geovario_keras.layers.location_encoder import LocationEncoder
+
+__all__ = [
+    "EqualEarthProjection",
+    "GPSGallery",
+    "GPSQueue",
+    "ImageEncoder",
+    "LocationEncoder",
+    "RandomFourierFeatures",
+]

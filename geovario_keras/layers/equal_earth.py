@@ -1,0 +1,81 @@
+"""Equal Earth map projection, as used by GeoCLIP's location encoder."""
+
+import math
+
+import keras
+from keras import ops
+
+from geovario_keras.api_export import register
+
+# Equal Earth polynomial coefficients (Savric, Patterson & Jenny 2018), and
+# GeoCLIP's scale factor that maps the projected plane to x in [-1, 1]
+# (shared/REFERENCE.md section 1).
+A1 = 1.340264
+A2 = -0.081106
+A3 = 0.000893
+A4 = 0.003796
+SF = 66.50336
+
+
+@register
+class EqualEarthProjection(keras.layers.Layer):
+    """Projects (latitude, longitude) degrees with the Equal Earth projection.
+
+    Implements the spherical Equal Earth projection on the unit sphere, then
+    scales by `SF / 180` exactly as GeoCLIP does, so that `x` lies in
+    `[-1, 1]` and `y` in about `[-0.4867, 0.4867]`.
+
+    The computation always runs in float32, whatever the layer's dtype
+    policy: inputs are not auto-cast (a bfloat16 longitude would carry an
+    error of tens of km), and the output is cast to the compute dtype.
+
+    Args:
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: tensor `(..., 2)`: latitude, longitude in degrees.
+
+    Returns:
+        Tensor `(..., 2)`: projected `(x, y)`.
+
+    Example:
+
+    >>> layer = EqualEarthProjection()
+    >>> xy = layer(np.array([[0.0, 180.0]], "float32"))  # ~ [[1.0, 0.0]]
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = False
+
+    @property
+    def input_dtype(self):
+        # Coordinates are never down-cast to a mixed-precision compute dtype.
+        return "float32"
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        deg = math.pi / 180.0
+        lat = x[..., 0] * deg
+        lon = x[..., 1] * deg
+        theta = ops.arcsin(math.sqrt(3.0) / 2.0 * ops.sin(lat))
+        t2 = theta * theta
+        t6 = t2 * t2 * t2
+        t8 = t6 * t2
+        denominator = 3.0 * (9.0 * A4 * t8 + 7.0 * A3 * t6 + 3.0 * A2 * t2 + A1)
+        px = 2.0 * math.sqrt(3.0) * lon * ops.cos(theta) / denominator
+        py = theta * (A1 + t2 * (A2 + t2 * t2 * (A3 + A4 * t2)))
+        out = ops.stack([px, py], axis=-1) * (SF / 180.0)
+        return ops.cast(out, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        if input_shape[-1] not in (None, 2):
+            raise ValueError(
+                "EqualEarthProjection expects inputs of shape (..., 2) "
+                f"(latitude, longitude); got {input_shape}."
+            )
+        return tuple(input_shape)
+
+    def build(self, input_shape):
+        self.compute_output_shape(input_shape)
+        self.built = True

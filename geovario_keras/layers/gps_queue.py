@@ -1,0 +1,126 @@
+"""First-in-first-out queue of GPS coordinates (and aligned features)."""
+
+import keras
+from keras import ops
+
+from geovario_keras.api_export import register
+
+
+@register
+class GPSQueue(keras.layers.Layer):
+    """Ring buffer of raw coordinates used as extra negatives (MoCo style).
+
+    GeoCLIP keeps the last `size` training coordinates (not their
+    embeddings: they are re-encoded by the current location encoder every
+    step). Unlike the reference implementation, which starts the queue full
+    of random points near (0, 0), this queue starts **empty**: `valid_mask()`
+    is False for slots never written, and the model masks them out of the
+    softmax. Optionally an aligned queue of `feature_dim` features is kept
+    (the semivariogram loss needs a visual feature for every candidate).
+
+    All state is non-trainable `keras.Variable`s updated with `.assign()`, so
+    it is saved with the model and works inside compiled `fit` on every
+    backend.
+
+    Args:
+        size: int >= 1. Capacity of the queue.
+        feature_dim: int or None. Size of the aligned feature queue; None
+            keeps no features.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> q = GPSQueue(4)
+    >>> q.enqueue(np.array([[1.0, 2.0], [3.0, 4.0]], "float32"))
+    >>> q.valid_mask()  # [True, True, False, False]
+    """
+
+    def __init__(self, size, feature_dim=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"`size` must be an int >= 1; got {size!r}.")
+        if feature_dim is not None and (
+            not isinstance(feature_dim, int) or feature_dim < 1
+        ):
+            raise ValueError(
+                f"`feature_dim` must be None or an int >= 1; got "
+                f"{feature_dim!r}."
+            )
+        self.size = size
+        self.feature_dim = feature_dim
+        self.coords = self.add_weight(
+            name="coords",
+            shape=(size, 2),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+        )
+        self.features = None
+        if feature_dim is not None:
+            self.features = self.add_weight(
+                name="features",
+                shape=(size, feature_dim),
+                initializer="zeros",
+                dtype="float32",
+                trainable=False,
+            )
+        self.pointer = self.add_weight(
+            name="pointer",
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+        )
+        self.count = self.add_weight(
+            name="count",
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+        )
+        self.built = True
+
+    def valid_mask(self):
+        """Boolean `(size,)`: True for slots that hold a real coordinate."""
+        return ops.arange(self.size, dtype="int32") < self.count
+
+    def enqueue(self, coords, features=None):
+        """Writes a batch at the pointer, overwriting the oldest entries.
+
+        Args:
+            coords: tensor `(B, 2)`. If `B > size`, only the last `size`
+                rows are kept.
+            features: tensor `(B, feature_dim)`; required iff the queue keeps
+                features.
+        """
+        if (features is None) != (self.features is None):
+            raise ValueError(
+                "`features` must be given exactly when the queue was built "
+                f"with `feature_dim` (feature_dim={self.feature_dim})."
+            )
+        coords = ops.cast(coords, "float32")[-self.size :]
+        n = ops.shape(coords)[0]
+        index = ops.mod(self.pointer + ops.arange(n, dtype="int32"), self.size)
+        index = ops.expand_dims(index, -1)
+        self.coords.assign(ops.scatter_update(self.coords, index, coords))
+        if features is not None:
+            features = ops.cast(features, "float32")[-self.size :]
+            self.features.assign(
+                ops.scatter_update(self.features, index, features)
+            )
+        n = ops.cast(n, "int32")
+        self.pointer.assign(ops.mod(self.pointer + n, self.size))
+        self.count.assign(ops.minimum(self.count + n, self.size))
+
+    def reset(self):
+        """Empties the queue."""
+        self.pointer.assign(0)
+        self.count.assign(0)
+
+    def call(self, inputs=None):
+        return self.coords, self.valid_mask()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"size": self.size, "feature_dim": self.feature_dim})
+        return config

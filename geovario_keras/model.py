@@ -1,0 +1,403 @@
+"""GeoCLIP: image and GPS encoders aligned by a contrastive loss."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from geovario_keras import geo
+from geovario_keras.api_export import register
+from geovario_keras.layers.gps_gallery import GPSGallery
+from geovario_keras.layers.gps_queue import GPSQueue
+from geovario_keras.layers.image_encoder import ImageEncoder
+from geovario_keras.layers.location_encoder import LocationEncoder
+from geovario_keras.losses import GeoContrastiveLoss
+
+# CLIP caps the learned temperature at 100 (logit_scale <= log 100).
+_MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def _is_array_like(y):
+    return isinstance(y, (np.ndarray, list, tuple)) or (
+        keras.backend.is_tensor(y) and not isinstance(y, keras.KerasTensor)
+    )
+
+
+@register
+class GeoCLIP(keras.Model):
+    """GeoCLIP (Vivanco Cepeda et al., NeurIPS 2023) as a Keras 3 model.
+
+    An image encoder and a GPS location encoder produce L2-normalised
+    embeddings; `exp(logit_scale) * img . loc` scores an image against a
+    location. Training (`fit(x, y)`, `y` = (lat, lon) degrees) contrasts each
+    image with its own GPS against the other GPS of the batch and a queue of
+    recent training GPS (empty slots masked). Before scoring, batch GPS get
+    `gps_noise_m[0]` metres of geodesic Gaussian noise and queue GPS
+    `gps_noise_m[1]`; the queue is then refilled with the batch's clean GPS
+    and (stop-gradient) image embeddings. Prediction is retrieval: a
+    gallery of coordinates is encoded once by `set_gallery` and cached;
+    `predict_gps` returns the top-k gallery points per image.
+
+    `call(x)` returns the normalised image embedding, so `predict(x)` gives
+    image embeddings; `encode_location(gps)` gives location embeddings.
+
+    Args:
+        image_encoder: a `gv.layers.ImageEncoder` (or any layer mapping
+            inputs to `(N, embed_dim)`); default: GeoCLIP's MLP on 768-d
+            precomputed features.
+        location_encoder: a `gv.layers.LocationEncoder` (or any layer
+            mapping `(N, 2)` degrees to `(N, embed_dim)`); default:
+            GeoCLIP's encoder.
+        queue_size: int >= 0. GPS queue capacity (0 disables the queue).
+        gps_noise_m: pair of floats `(batch, queue)`: standard deviation in
+            metres of the training noise (paper: 150 m and 1000 m).
+        logit_scale_init: float. Initial log temperature (CLIP:
+            `log(1 / 0.07)`); learned, capped at `log(100)`.
+        seed: int or None. Seed of the GPS noise.
+        gallery_size: int. Size of the (initially zero) gallery state; set by
+            `set_gallery` and recorded in the config so saved models reload.
+        **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    ```python
+    model = gv.GeoCLIP(
+        image_encoder=gv.layers.ImageEncoder(None, embed_dim=128,
+                                             hidden_units=256),
+        location_encoder=gv.layers.LocationEncoder(hidden_units=256,
+                                                   hidden_layers=2,
+                                                   embed_dim=128),
+        queue_size=1024)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=gv.losses.GeoContrastiveLoss())
+    model.fit(features, gps, batch_size=128, epochs=2)
+    model.set_gallery(gallery_gps)
+    coords, probs = model.predict_gps(features_test, top_k=5)
+    ```
+    """
+
+    def __init__(
+        self,
+        image_encoder=None,
+        location_encoder=None,
+        queue_size=4096,
+        gps_noise_m=(150.0, 1000.0),
+        logit_scale_init=math.log(1.0 / 0.07),
+        seed=None,
+        gallery_size=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if image_encoder is None:
+            image_encoder = ImageEncoder(None, embed_dim=512, hidden_units=768)
+        if location_encoder is None:
+            location_encoder = LocationEncoder()
+        embed_dim = getattr(location_encoder, "embed_dim", None)
+        if getattr(image_encoder, "embed_dim", embed_dim) != embed_dim:
+            raise ValueError(
+                "`image_encoder.embed_dim` and `location_encoder.embed_dim` "
+                f"must be equal; got {image_encoder.embed_dim} and "
+                f"{embed_dim}."
+            )
+        if embed_dim is None:
+            raise ValueError(
+                "`location_encoder` must have an `embed_dim` attribute."
+            )
+        if not isinstance(queue_size, int) or queue_size < 0:
+            raise ValueError(
+                f"`queue_size` must be an int >= 0; got {queue_size!r}."
+            )
+        gps_noise_m = tuple(float(s) for s in gps_noise_m)
+        if len(gps_noise_m) != 2 or min(gps_noise_m) < 0:
+            raise ValueError(
+                "`gps_noise_m` must be a pair (batch_sigma, queue_sigma) of "
+                f"metres >= 0; got {gps_noise_m!r}."
+            )
+        self.image_encoder = image_encoder
+        self.location_encoder = location_encoder
+        self.embed_dim = embed_dim
+        self.queue_size = queue_size
+        self.gps_noise_m = gps_noise_m
+        self.logit_scale_init = float(logit_scale_init)
+        self.seed = seed
+        self.queue = (
+            GPSQueue(queue_size, feature_dim=embed_dim, name="gps_queue")
+            if queue_size
+            else None
+        )
+        self.gallery = GPSGallery(gallery_size, embed_dim, name="gallery")
+        self.logit_scale = self.add_weight(
+            name="logit_scale",
+            shape=(),
+            initializer=keras.initializers.Constant(self.logit_scale_init),
+            dtype="float32",
+            trainable=True,
+        )
+        self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
+        self.retrieval_error = keras.metrics.Mean(name="retrieval_km")
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape):
+        if not self.image_encoder.built:
+            self.image_encoder.build(input_shape)
+        if not self.location_encoder.built:
+            self.location_encoder.build((None, 2))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        emb = self.image_encoder(inputs, training=training)
+        return ops.normalize(ops.cast(emb, "float32"), axis=-1)
+
+    def temperature(self):
+        """`exp(logit_scale)`, capped at 100 as in CLIP."""
+        return ops.exp(ops.minimum(self.logit_scale, _MAX_LOGIT_SCALE))
+
+    def _location_embeddings(self, gps, training=None):
+        emb = self.location_encoder(gps, training=training)
+        return ops.normalize(ops.cast(emb, "float32"), axis=-1)
+
+    # ------------------------------------------------------------- training
+    def _contrastive_loss(self):
+        loss = self.loss
+        if loss is None:
+            return GeoContrastiveLoss()
+        if not isinstance(loss, GeoContrastiveLoss):
+            raise ValueError(
+                "GeoCLIP must be compiled with a contrastive loss from "
+                "`gv.losses` (GeoContrastiveLoss or "
+                f"SemivariogramContrastiveLoss); got {loss!r}."
+            )
+        return loss
+
+    def candidate_logits(self, image_embeddings, gps, training=False):
+        """Scores images against `[batch GPS ; queue GPS]`.
+
+        Args:
+            image_embeddings: normalised image embeddings `(B, D)`.
+            gps: clean batch coordinates `(B, 2)` in degrees.
+            training: bool. Adds the geodesic training noise.
+
+        Returns:
+            dict with `"logits"` `(B, B + Q)`, `"candidate_mask"` `(B + Q,)`,
+            and the clean candidate coordinates `"candidate_gps"`.
+        """
+        gps = ops.cast(gps, "float32")
+        batch = ops.shape(gps)[0]
+        noisy = gps
+        if training:
+            noisy = geo.geodesic_noise(gps, self.gps_noise_m[0], self.noise_seed)
+        candidates, clean, mask = noisy, gps, ops.ones((batch,), "bool")
+        if self.queue is not None:
+            queue_gps = ops.convert_to_tensor(self.queue.coords)
+            noisy_queue = queue_gps
+            if training:
+                noisy_queue = geo.geodesic_noise(
+                    queue_gps, self.gps_noise_m[1], self.noise_seed
+                )
+            candidates = ops.concatenate([noisy, noisy_queue], axis=0)
+            clean = ops.concatenate([gps, queue_gps], axis=0)
+            mask = ops.concatenate([mask, self.queue.valid_mask()], axis=0)
+        loc = self._location_embeddings(candidates, training=training)
+        img = ops.cast(image_embeddings, "float32")
+        logits = self.temperature() * ops.matmul(img, ops.transpose(loc))
+        return {"logits": logits, "candidate_mask": mask, "candidate_gps": clean}
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        if y is None:
+            raise ValueError(
+                "GeoCLIP is trained with `fit(x, y)` where `y` holds the "
+                "(latitude, longitude) degrees of each image; got y=None."
+            )
+        loss_fn = self._contrastive_loss()
+        gps = ops.cast(y, "float32")
+        img = ops.cast(y_pred, "float32")
+        scores = self.candidate_logits(img, gps, training=training)
+        if loss_fn.needs_pair_statistics:
+            scores.update(self.pair_statistics(img, gps, scores))
+        targets = ops.arange(ops.shape(gps)[0], dtype="int32")
+        loss = loss_fn(targets, scores, sample_weight=sample_weight)
+        self._update_retrieval_metrics(gps, scores, sample_weight)
+        if training and self.queue is not None:
+            self.queue.enqueue(gps, ops.stop_gradient(img))
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def pair_statistics(self, image_embeddings, gps, scores):
+        """Clean great-circle distances and visual dissimilarities per pair.
+
+        Returns:
+            dict with `"distance_km"` and `"dissimilarity"` (`1 - cos` of
+            stop-gradient image embeddings; queue entries use the feature
+            queue), both `(B, B + Q)`.
+        """
+        feats = ops.stop_gradient(ops.cast(image_embeddings, "float32"))
+        cand_feats = feats
+        if self.queue is not None:
+            cand_feats = ops.concatenate(
+                [feats, ops.convert_to_tensor(self.queue.features)], axis=0
+            )
+        dissimilarity = 1.0 - ops.matmul(feats, ops.transpose(cand_feats))
+        distance = geo.pairwise_haversine_km(gps, scores["candidate_gps"])
+        return {"distance_km": distance, "dissimilarity": dissimilarity}
+
+    def _update_retrieval_metrics(self, gps, scores, sample_weight):
+        # In-batch retrieval: each image's best-scoring real candidate among
+        # [batch ; queue]. Updated here rather than in `compute_metrics`
+        # because only here are the encoder weights readable on every backend
+        # (JAX passes them into `compute_loss` only); metric updates made here
+        # are carried out of the step on TensorFlow, JAX and PyTorch.
+        logits = ops.stop_gradient(scores["logits"])
+        logits = ops.where(scores["candidate_mask"], logits, -1e9)
+        best = ops.argmax(logits, axis=-1)
+        retrieved = ops.take(scores["candidate_gps"], best, axis=0)
+        self.retrieval_error.update_state(geo.haversine_km(gps, retrieved))
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(gps, retrieved, sample_weight)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Metrics were updated in `compute_loss`; compiled metrics there see
+        # (true GPS, GPS retrieved in-batch), not the image embeddings.
+        # Keras calls this once symbolically to build metric state: build the
+        # compiled metrics for (GPS, GPS) pairs then.
+        if self._compile_metrics is not None and not self._compile_metrics.built:
+            self._compile_metrics.build(y, y)
+        return self.get_metrics_result()
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        if y is not None and _is_array_like(y):
+            geo.check_gps(y, name="y")
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        if y is not None and _is_array_like(y):
+            geo.check_gps(y, name="y")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    # ------------------------------------------------------------ inference
+    def encode_image(self, x, batch_size=None, verbose=0):
+        """Normalised image embeddings `(N, D)` as numpy (alias of predict)."""
+        return self.predict(x, batch_size=batch_size, verbose=verbose)
+
+    def encode_location(self, gps, batch_size=4096, verbose=0):
+        """Normalised location embeddings `(N, D)` of `gps` as numpy.
+
+        Args:
+            gps: `(N, 2)` latitude, longitude in degrees.
+            batch_size: int. Points encoded per step.
+            verbose: Keras progress-bar verbosity.
+        """
+        gps = geo.check_gps(gps, name="gps")
+        inputs = keras.Input((2,), dtype="float32")
+        encoder = keras.Model(
+            inputs, self._location_embeddings(inputs), name="encode_location"
+        )
+        return encoder.predict(gps, batch_size=batch_size, verbose=verbose)
+
+    def set_gallery(self, gps, batch_size=4096, verbose="auto"):
+        """Encodes `gps` once and caches it as the retrieval gallery.
+
+        The coordinates and their normalised embeddings become model state:
+        saved with `model.save`, and used by `predict_gps` without being
+        re-encoded. Call again after further training to refresh.
+
+        Args:
+            gps: `(M, 2)` latitude, longitude in degrees, `M >= 1`.
+            batch_size: int. Gallery points encoded per step.
+            verbose: Keras progress-bar verbosity.
+        """
+        gps = geo.check_gps(gps, name="gps")
+        emb = self.encode_location(gps, batch_size=batch_size, verbose=verbose)
+        self.gallery.set(gps, emb)
+
+    def predict_gps(self, x, top_k=5, batch_size=None, verbose=0):
+        """Top-k gallery coordinates and probabilities for each input.
+
+        Probabilities are the softmax over the **whole** gallery of
+        `exp(logit_scale) * img . loc`, as in GeoCLIP.
+
+        Args:
+            x: images or features accepted by the image encoder.
+            top_k: int in `[1, gallery size]`.
+            batch_size: int or None. Inputs per step (image encoding and
+                gallery scoring).
+            verbose: Keras progress-bar verbosity of the image encoding.
+
+        Returns:
+            `(coords (N, top_k, 2), probs (N, top_k))` as numpy arrays, best
+            first.
+        """
+        size = self.gallery.size
+        if size == 0:
+            raise ValueError(
+                "The gallery is empty: call `model.set_gallery(gps)` with at "
+                "least one point before `predict_gps`."
+            )
+        if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= size:
+            raise ValueError(
+                f"`top_k` must be an int in [1, {size}] (the gallery size); "
+                f"got {top_k!r}."
+            )
+        img = self.encode_image(x, batch_size=batch_size, verbose=verbose)
+        return self.rank_gallery(img, top_k=int(top_k), batch_size=batch_size)
+
+    def rank_gallery(self, image_embeddings, top_k=5, batch_size=None):
+        """Top-k over the cached gallery for normalised image embeddings.
+
+        Returns:
+            `(coords (N, top_k, 2), probs (N, top_k))` as numpy arrays.
+        """
+        gallery_emb = ops.convert_to_tensor(self.gallery.embeddings)
+        gallery_gps = ops.convert_to_tensor(self.gallery.coords)
+        scale = self.temperature()
+        # Keep each logits block near 64 MB.
+        chunk = batch_size or max(1, (1 << 24) // max(self.gallery.size, 1))
+        coords, probs = [], []
+        for start in range(0, len(image_embeddings), chunk):
+            q = ops.convert_to_tensor(image_embeddings[start : start + chunk])
+            logits = scale * ops.matmul(
+                ops.cast(q, "float32"), ops.transpose(gallery_emb)
+            )
+            values, index = ops.top_k(logits, k=top_k)
+            p = ops.exp(values - ops.logsumexp(logits, axis=-1, keepdims=True))
+            coords.append(ops.convert_to_numpy(ops.take(gallery_gps, index, 0)))
+            probs.append(ops.convert_to_numpy(p))
+        if not coords:
+            return (
+                np.zeros((0, top_k, 2), "float32"),
+                np.zeros((0, top_k), "float32"),
+            )
+        return np.concatenate(coords), np.concatenate(probs)
+
+    # --------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_encoder": keras.saving.serialize_keras_object(
+                    self.image_encoder
+                ),
+                "location_encoder": keras.saving.serialize_keras_object(
+                    self.location_encoder
+                ),
+                "queue_size": self.queue_size,
+                "gps_noise_m": list(self.gps_noise_m),
+                "logit_scale_init": self.logit_scale_init,
+                "seed": self.seed,
+                "gallery_size": self.gallery.size,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("image_encoder", "location_encoder"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key]
+                )
+        return cls(**config)
