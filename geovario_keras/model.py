@@ -133,6 +133,7 @@ class GeoCLIP(keras.Model):
             initializer=keras.initializers.Constant(self.logit_scale_init),
             dtype="float32",
             trainable=True,
+            autocast=False,
         )
         self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self.retrieval_error = keras.metrics.Mean(name="retrieval_km")

@@ -73,6 +73,7 @@ class RandomFourierFeatures(keras.layers.Layer):
             ),
             dtype="float32",
             trainable=False,
+            autocast=False,
         )
 
     def call(self, inputs):

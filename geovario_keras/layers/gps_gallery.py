@@ -40,6 +40,7 @@ class GPSGallery(keras.layers.Layer):
             initializer="zeros",
             dtype="float32",
             trainable=False,
+            autocast=False,
         )
         self.embeddings = self.add_weight(
             name="embeddings",
@@ -47,6 +48,7 @@ class GPSGallery(keras.layers.Layer):
             initializer="zeros",
             dtype="float32",
             trainable=False,
+            autocast=False,
         )
 
     def set(self, coords, embeddings):

@@ -54,6 +54,7 @@ class GPSQueue(keras.layers.Layer):
             initializer="zeros",
             dtype="float32",
             trainable=False,
+            autocast=False,
         )
         self.features = None
         if feature_dim is not None:
@@ -63,6 +64,7 @@ class GPSQueue(keras.layers.Layer):
                 initializer="zeros",
                 dtype="float32",
                 trainable=False,
+                autocast=False,
             )
         self.pointer = self.add_weight(
             name="pointer",

@@ -81,8 +81,11 @@ class LocationEncoder(keras.layers.Layer):
         self.embed_dim = embed_dim
         self.seed = seed
 
+        # The projected plane feeds phases of up to ~2 pi * 4 sigma radians:
+        # it must reach the Fourier layers in float32 (a bfloat16 x carries
+        # an error of ~4e-3, i.e. several radians at sigma = 256).
         self.projection = EqualEarthProjection(
-            dtype=self.dtype_policy, name="equal_earth"
+            dtype="float32", name="equal_earth"
         )
         self.fourier = []
         self.hidden = []

@@ -1,0 +1,42 @@
+# geovario-keras developer commands. On a fresh clone:
+#   make test   - creates .venv, installs, runs the tests on all 3 backends
+#   make demo   - runs the main job end to end
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BACKENDS ?= tensorflow jax torch
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow demo lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The whole suite once per backend; slow tests are excluded (see test-slow).
+test: install
+	@set -e; for b in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$b"; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
+	done
+
+# Long-running tests (marked @pytest.mark.slow), once per backend.
+test-slow: install
+	@set -e; for b in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$b (slow)"; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) tests; \
+	done
+
+demo: install
+	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(PY) recipes/demo.py $(DEMO_ARGS)
+
+lint: install
+	$(PY) -m pip install -q ruff
+	$(PY) -m ruff check geovario_keras tests recipes
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

@@ -1,0 +1,97 @@
+import numpy as np
+import pyproj
+import pytest
+
+from geovario_keras import geo
+from tests.testing import random_gps
+from tests.testing import to_numpy
+
+SPHERE = pyproj.Geod(a=geo.EARTH_RADIUS_KM * 1000.0, b=geo.EARTH_RADIUS_KM * 1000.0)
+
+
+def _pyproj_km(a, b):
+    _, _, d = SPHERE.inv(a[:, 1], a[:, 0], b[:, 1], b[:, 0])
+    return d / 1000.0
+
+
+def test_haversine_matches_pyproj_geodesic_on_sphere():
+    a, b = random_gps(2000, seed=1), random_gps(2000, seed=2)
+    # Include near-coincident, dateline-crossing and near-antipodal pairs.
+    a[:3] = [[10.0, 179.9], [0.0, 0.0], [45.0, 10.0]]
+    b[:3] = [[10.0, -179.9], [0.0, 179.0], [45.0001, 10.0]]
+    ours = to_numpy(geo.haversine_km(a, b))
+    ref = _pyproj_km(a.astype("float64"), b.astype("float64"))
+    # float32 math: ~1 m absolute, well below every metric threshold.
+    np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=3e-3)
+
+
+def test_pairwise_distance_shape_and_symmetry():
+    a = random_gps(5, seed=3)
+    d = to_numpy(geo.pairwise_haversine_km(a, a))
+    assert d.shape == (5, 5)
+    np.testing.assert_allclose(d, d.T, atol=1e-3)
+    np.testing.assert_allclose(np.diag(d), 0.0, atol=1e-2)
+
+
+def test_destination_point_matches_pyproj_forward():
+    start = random_gps(500, seed=4, max_lat=80)
+    rng = np.random.default_rng(5)
+    dist = rng.uniform(0, 3000, 500).astype("float32")
+    az = rng.uniform(-180, 180, 500).astype("float32")
+    ours = to_numpy(geo.destination_point(start, dist, np.radians(az)))
+    lon2, lat2, _ = SPHERE.fwd(start[:, 1], start[:, 0], az, dist * 1000.0)
+    err = _pyproj_km(ours.astype("float64"), np.stack([lat2, lon2], 1))
+    assert err.max() < 0.01  # 10 m
+
+
+@pytest.mark.parametrize("sigma_m", [150.0, 1000.0])
+def test_geodesic_noise_statistics(sigma_m):
+    import keras
+
+    n = 20000
+    gps = random_gps(n, seed=6, max_lat=85.0)
+    noisy = to_numpy(
+        geo.geodesic_noise(gps, sigma_m, keras.random.SeedGenerator(7))
+    )
+    fwd_az, _, d = SPHERE.inv(gps[:, 1], gps[:, 0], noisy[:, 1], noisy[:, 0])
+    # Rayleigh: mean displacement of 2-D isotropic noise = sigma sqrt(pi/2)
+    # (standard error ~0.5 % here), the same at every latitude.
+    expected = sigma_m * np.sqrt(np.pi / 2.0)
+    assert abs(d.mean() / expected - 1.0) < 0.03
+    polar = np.abs(gps[:, 0]) > 60
+    assert abs(d[polar].mean() / expected - 1.0) < 0.06
+    # Isotropic: north and east components have zero mean, equal spread.
+    north = d * np.cos(np.radians(fwd_az))
+    east = d * np.sin(np.radians(fwd_az))
+    assert abs(north.mean()) < 0.05 * sigma_m
+    assert abs(east.mean()) < 0.05 * sigma_m
+    assert abs(north.std() / east.std() - 1.0) < 0.05
+    assert np.all(np.abs(noisy[:, 0]) <= 90.0)
+    assert np.all(np.abs(noisy[:, 1]) <= 180.0)
+
+
+def test_zero_noise_is_identity():
+    gps = random_gps(10)
+    np.testing.assert_array_equal(to_numpy(geo.geodesic_noise(gps, 0.0)), gps)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.array([[91.0, 0.0]]), r"`gps` has latitudes outside \[-90, 90\]"),
+        (np.array([[0.0, 181.0]]), r"longitudes outside \[-180, 180\]"),
+        (np.array([[np.nan, 0.0]]), "NaN"),
+        (np.array([1.0, 2.0]), r"shape \(N, 2\)"),
+        (np.zeros((3, 3)), r"shape \(N, 2\)"),
+        (np.zeros((0, 2)), "empty"),
+        (np.array([["a", "b"]]), "real numbers"),
+    ],
+)
+def test_check_gps_rejects_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        geo.check_gps(bad, name="gps")
+
+
+def test_check_gps_accepts_and_casts():
+    out = geo.check_gps([[1, 2], [-90, 180]], name="gps")
+    assert out.dtype == np.float32 and out.shape == (2, 2)

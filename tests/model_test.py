@@ -1,0 +1,314 @@
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import geovario_keras as gv
+from tests.testing import backend
+from tests.testing import random_gps
+from tests.testing import small_geoclip
+from tests.testing import to_numpy
+from tests.testing import toy_features
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@keras.saving.register_keras_serializable(package="geovario_keras_tests")
+class Identity(keras.layers.Layer):
+    """Image encoder that passes features through: `embed_dim` = width."""
+
+    def __init__(self, embed_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+
+    def call(self, x):
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "embed_dim": self.embed_dim}
+
+
+def _data(n=384, seed=0):
+    gps = random_gps(n, seed=seed, max_lat=70.0)
+    return toy_features(gps, seed=seed), gps
+
+
+def test_fit_learns_a_learnable_toy():
+    x, gps = _data(512)
+    model = small_geoclip(queue_size=128)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=gv.losses.GeoContrastiveLoss(),
+        metrics=[gv.metrics.GeoAccuracy(2500.0)],
+    )
+    hist = model.fit(x, gps, batch_size=64, epochs=6, verbose=0).history
+    assert np.all(np.isfinite(hist["loss"]))
+    # Chance level of in-batch retrieval within 2500 km is ~5 %.
+    assert hist["loss"][-1] < hist["loss"][0] - 0.5
+    assert hist["acc_2500km"][-1] > 0.5
+    assert hist["retrieval_km"][-1] < 0.5 * hist["retrieval_km"][0]
+    model.set_gallery(gps, verbose=0)
+    coords, probs = model.predict_gps(x, top_k=3)
+    report = gv.metrics.geolocation_report(coords[:, 0], gps)
+    assert report["acc_2500km"] > 50.0
+
+
+def test_queue_holds_last_clean_training_gps():
+    x, gps = _data(96)
+    model = small_geoclip(queue_size=40)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model.fit(x, gps, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    # 96 points in batches of 32 through a 40-slot queue: it holds the last
+    # 40 points (noise is applied to copies, never to stored values).
+    q = to_numpy(model.queue.coords)
+    assert int(to_numpy(model.queue.count)) == 40
+    stored = {tuple(np.round(r, 4)) for r in q}
+    assert stored == {tuple(np.round(r, 4)) for r in gps[-40:]}
+    # Features aligned with coordinates: the stored feature of a point is
+    # its image embedding at the time it was enqueued.
+    emb = model.predict(x[-8:], verbose=0)
+    last = {tuple(np.round(r, 4)): i for i, r in enumerate(q)}
+    feats = to_numpy(model.queue.features)
+    rows = [last[tuple(np.round(r, 4))] for r in gps[-8:]]
+    # The last batch was enqueued with the weights before its update step.
+    cos = np.sum(feats[rows] * emb, axis=1)
+    assert np.all(cos > 0.9)
+
+
+def test_empty_queue_slots_do_not_change_the_loss():
+    x, gps = _data(16)
+    with_queue = small_geoclip(queue_size=64, gps_noise_m=(0.0, 0.0))
+    without = small_geoclip(queue_size=0, gps_noise_m=(0.0, 0.0))
+    for m in (with_queue, without):
+        m.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+        m(x[:1])
+    without.image_encoder.set_weights(with_queue.image_encoder.get_weights())
+    without.location_encoder.set_weights(
+        with_queue.location_encoder.get_weights()
+    )
+    a = with_queue.evaluate(x, gps, batch_size=16, verbose=0, return_dict=True)
+    b = without.evaluate(x, gps, batch_size=16, verbose=0, return_dict=True)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+
+
+def test_loss_matches_hand_computation_of_geoclip_forward():
+    x, gps = _data(8)
+    model = small_geoclip(queue_size=4, gps_noise_m=(0.0, 0.0))
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model(x[:1])
+    qgps = random_gps(4, seed=9)
+    model.queue.enqueue(qgps[:3], np.zeros((3, 32), "float32"))  # 1 empty
+    img = model.predict(x, verbose=0)
+    loc = model.encode_location(np.concatenate([gps, qgps[:3]]))
+    scale = math.exp(math.log(1 / 0.07))
+    logits = scale * img.astype("float64") @ loc.T.astype("float64")
+    ce = np.log(np.exp(logits).sum(1)) - np.diag(logits[:, :8])
+    got = model.evaluate(x, gps, batch_size=8, verbose=0, return_dict=True)
+    np.testing.assert_allclose(got["loss"], ce.mean(), rtol=1e-4)
+
+
+def test_predict_gps_returns_the_exact_gallery_point():
+    loc = gv.layers.LocationEncoder(
+        num_features=32, hidden_units=64, hidden_layers=2, embed_dim=32, seed=0
+    )
+    model = gv.GeoCLIP(Identity(32), loc, queue_size=0)
+    gallery = random_gps(500, seed=3)
+    model.set_gallery(gallery, verbose=0)
+    # Queries whose image embedding is the location embedding of a gallery
+    # point: cosine 1 is the unique maximum.
+    pick = np.array([0, 7, 123, 499])
+    queries = model.encode_location(gallery[pick])
+    coords, probs = model.predict_gps(queries, top_k=5)
+    np.testing.assert_array_equal(coords[:, 0], gallery[pick])
+    assert coords.shape == (4, 5, 2) and probs.shape == (4, 5)
+    assert np.all(np.diff(probs, axis=1) <= 1e-7)
+    # Probabilities are the softmax over the whole gallery.
+    logits = model.encode_location(gallery) @ queries.T * (1 / 0.07)
+    full = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    np.testing.assert_allclose(probs[:, 0], full.max(0), rtol=1e-4)
+
+
+def test_gallery_is_cached_and_saved(tmp_path):
+    x, gps = _data(64)
+    model = small_geoclip(queue_size=16)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model.fit(x, gps, batch_size=32, epochs=1, verbose=0)
+    model.set_gallery(gps[:50], verbose=0)
+    coords, probs = model.predict_gps(x[:10], top_k=2)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.gallery.size == 50
+    np.testing.assert_array_equal(to_numpy(loaded.gallery.coords), gps[:50])
+    c2, p2 = loaded.predict_gps(x[:10], top_k=2)
+    np.testing.assert_array_equal(c2, coords)
+    np.testing.assert_allclose(p2, probs, rtol=1e-5)
+    np.testing.assert_array_equal(
+        to_numpy(loaded.queue.coords), to_numpy(model.queue.coords)
+    )
+    assert float(to_numpy(loaded.logit_scale)) == float(to_numpy(model.logit_scale))
+    # Gallery of another size replaces the old one; training still works.
+    loaded.set_gallery(gps[:7], verbose=0)
+    assert loaded.predict_gps(x[:3], top_k=7)[0].shape == (3, 7, 2)
+    loaded.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    loaded.fit(x, gps, batch_size=32, epochs=1, verbose=0)
+
+
+_SAVE_SCRIPT = """
+import sys, numpy as np, keras
+sys.path.insert(0, {root!r})
+import geovario_keras as gv
+from tests.testing import small_geoclip, random_gps, toy_features
+gps = random_gps(64, seed=0, max_lat=70.0)
+x = toy_features(gps)
+model = small_geoclip(queue_size=16)
+model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+model.fit(x, gps, batch_size=32, epochs=1, verbose=0)
+model.set_gallery(gps, verbose=0)
+coords, probs = model.predict_gps(x, top_k=3)
+model.save({path!r})
+np.savez({out!r}, coords=coords, probs=probs, x=x)
+"""
+
+
+def test_keras_file_saved_on_another_backend_loads_here(tmp_path):
+    # Ring: tensorflow -> jax -> torch -> tensorflow, so the three runs of the
+    # suite cover every backend as both writer and reader.
+    ring = ["tensorflow", "jax", "torch"]
+    other = ring[(ring.index(backend()) - 1) % 3]
+    path, out = str(tmp_path / "m.keras"), str(tmp_path / "ref.npz")
+    env = dict(os.environ, KERAS_BACKEND=other, TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run(
+        [sys.executable, "-c", _SAVE_SCRIPT.format(root=ROOT, path=path, out=out)],
+        env=env, check=True, capture_output=True, timeout=300,
+    )
+    ref = np.load(out)
+    loaded = keras.models.load_model(path)
+    coords, probs = loaded.predict_gps(ref["x"], top_k=3)
+    np.testing.assert_array_equal(coords, ref["coords"])
+    np.testing.assert_allclose(probs, ref["probs"], atol=1e-5)
+
+
+def test_fit_from_tf_data_and_py_dataset():
+    import tensorflow as tf
+
+    x, gps = _data(128)
+    model = small_geoclip(queue_size=32)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    ds = tf.data.Dataset.from_tensor_slices((x, gps)).batch(32)
+    h1 = model.fit(ds, epochs=1, verbose=0).history
+
+    class Seq(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return x[i * 32 : (i + 1) * 32], gps[i * 32 : (i + 1) * 32]
+
+    h2 = model.fit(Seq(), epochs=1, verbose=0).history
+    assert np.isfinite(h1["loss"][0]) and np.isfinite(h2["loss"][0])
+
+
+def test_fit_with_jit_compile():
+    if backend() == "torch":
+        pytest.skip("jit_compile=True on torch is torch.compile: see slow test")
+    x, gps = _data(128)
+    model = small_geoclip(queue_size=32)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss(), jit_compile=True)
+    hist = model.fit(x, gps, batch_size=32, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(hist["loss"]))
+
+
+@pytest.mark.slow
+def test_fit_with_jit_compile_torch():
+    if backend() != "torch":
+        pytest.skip("torch only")
+    x, gps = _data(128)
+    model = small_geoclip(queue_size=32)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss(), jit_compile=True)
+    hist = model.fit(x, gps, batch_size=32, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(hist["loss"]))
+
+
+def test_mixed_precision_training_and_prediction():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    x, gps = _data(128)
+    model = small_geoclip(queue_size=32)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    hist = model.fit(x, gps, batch_size=32, epochs=1, verbose=0).history
+    assert np.isfinite(hist["loss"][0])
+    model.set_gallery(gps, verbose=0)
+    coords, probs = model.predict_gps(x[:4], top_k=2)
+    assert np.all(np.isfinite(probs))
+
+
+@pytest.mark.parametrize(
+    "gps_fix, match",
+    [
+        (lambda g: g.__setitem__((0, 0), 95.0), r"`y` has latitudes outside \[-90, 90\]"),
+        (lambda g: g.__setitem__((0, 1), np.nan), "`y` contains NaN"),
+    ],
+)
+def test_fit_rejects_bad_gps(gps_fix, match):
+    x, gps = _data(32)
+    gps_fix(gps)
+    model = small_geoclip()
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    with pytest.raises(ValueError, match=match):
+        model.fit(x, gps, epochs=1, verbose=0)
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, gps = _data(16)
+    model = small_geoclip()
+    with pytest.raises(ValueError, match="gallery is empty"):
+        model.predict_gps(x)
+    with pytest.raises(ValueError, match="`gps` is empty"):
+        model.set_gallery(np.zeros((0, 2), "float32"))
+    with pytest.raises(ValueError, match=r"`gps` must have shape \(N, 2\)"):
+        model.set_gallery(np.zeros((5,), "float32"))
+    model.set_gallery(gps, verbose=0)
+    with pytest.raises(ValueError, match=r"`top_k` must be an int in \[1, 16\]"):
+        model.predict_gps(x, top_k=17)
+    with pytest.raises(ValueError, match="embed_dim"):
+        gv.GeoCLIP(
+            gv.layers.ImageEncoder(None, embed_dim=8),
+            gv.layers.LocationEncoder(embed_dim=16),
+        )
+    with pytest.raises(ValueError, match="queue_size"):
+        small_geoclip(queue_size=-1)
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="contrastive loss"):
+        model.fit(x, gps, epochs=1, verbose=0)
+
+
+def test_model_config_round_trip():
+    model = small_geoclip(queue_size=8, gps_noise_m=(10.0, 20.0), logit_scale_init=1.5)
+    revived = gv.GeoCLIP.from_config(model.get_config())
+    assert revived.get_config() == model.get_config()
+    assert revived.gps_noise_m == (10.0, 20.0)
+
+
+def test_public_api_snippet_verbatim():
+    # The issue's notebook snippet, as external usage checks run it.
+    rng = np.random.default_rng(0)
+    gps = random_gps(512, seed=1, max_lat=70.0)
+    features = toy_features(gps, dim=64)
+    gallery_gps, gps_test = random_gps(300, seed=2), gps[:50]
+    features_test = features[:50]
+    model = gv.GeoCLIP(
+        image_encoder=gv.layers.ImageEncoder(backbone=None, embed_dim=128, hidden_units=256),
+        location_encoder=gv.layers.LocationEncoder(sigmas=(1, 16, 256), hidden_units=256,
+                                                   hidden_layers=2, embed_dim=128),
+        queue_size=1024)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=gv.losses.GeoContrastiveLoss())
+    model.fit(features, gps, batch_size=128, epochs=2, verbose=0)
+    model.set_gallery(gallery_gps, verbose=0)
+    coords, probs = model.predict_gps(features_test, top_k=5)
+    report = gv.metrics.geolocation_report(coords[:, 0], gps_test)
+    assert coords.shape == (50, 5, 2) and set(report) >= {"acc_1km", "geoscore"}
+    assert rng is not None
