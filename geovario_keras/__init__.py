@@ -3,18 +3,22 @@
 Keras 3; runs on TensorFlow, JAX and PyTorch (set `KERAS_BACKEND`).
 """
 
+from geovario_keras import callbacks
 from geovario_keras import geo
 from geovario_keras import layers
 from geovario_keras import losses
 from geovario_keras import metrics
+from geovario_keras import semivariogram
 from geovario_keras.model import GeoCLIP
 from geovario_keras.version import __version__
 
 __all__ = [
     "GeoCLIP",
     "__version__",
+    "callbacks",
     "geo",
     "layers",
     "losses",
     "metrics",
+    "semivariogram",
 ]

@@ -1,6 +1,7 @@
 """Contrastive losses for image-to-GPS retrieval."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from geovario_keras.api_export import register
@@ -74,14 +75,14 @@ class GeoContrastiveLoss(keras.losses.Loss):
     # model then adds "distance_km" and "dissimilarity" to `y_pred`.
     needs_pair_statistics = False
 
-    def negative_log_weights(self, y_pred, positive):
-        """Additive term for the logits of negatives; None means none.
+    def adjust_negative_logits(self, logits, y_pred):
+        """Logits to use for negatives; the positives keep theirs.
 
-        Args:
-            y_pred: the dict given to the loss.
-            positive: float `(B, C)` one-hot of each row's positive.
+        The base loss changes nothing. Subclasses re-weight negatives here,
+        e.g. `logits + log(w)` to weight a negative's term in the softmax
+        denominator by `w`.
         """
-        return None
+        return logits
 
     def call(self, y_true, y_pred):
         logits, mask = unpack_candidates(y_pred)
@@ -91,13 +92,11 @@ class GeoContrastiveLoss(keras.losses.Loss):
             num_candidates,
             dtype="float32",
         )
-        extra = self.negative_log_weights(y_pred, positive)
-        if extra is not None:
-            # `where`, not a product: a log-weight of -inf must never meet
-            # the positive's column (0 * inf is NaN).
-            logits = ops.where(
-                positive > 0, logits, logits + ops.cast(extra, "float32")
-            )
+        adjusted = self.adjust_negative_logits(logits, y_pred)
+        if adjusted is not logits:
+            # `where`, not arithmetic with the one-hot: the positives keep
+            # their logits exactly, and no 0 * inf can appear.
+            logits = ops.where(positive > 0, logits, adjusted)
         if mask is not None:
             valid = ops.logical_or(mask, positive > 0)
             logits = ops.where(valid, logits, _MASKED_LOGIT)
@@ -106,3 +105,205 @@ class GeoContrastiveLoss(keras.losses.Loss):
 
     def get_config(self):
         return super().get_config()
+
+
+_MODES = ("weighted", "thesis")
+
+
+@register
+class SemivariogramContrastiveLoss(GeoContrastiveLoss):
+    """GeoCLIP's loss with semivariogram-aware negative weighting.
+
+    Chen et al. 2025 (arXiv 2509.21573); this project's specification is in
+    shared/REFERENCE.md section 2. For an image `i` and a negative candidate
+    `j` the model supplies the clean great-circle distance `h_ij`, the visual
+    dissimilarity `d_ij = 1 - cos(f_i, f_j)` of stop-gradient image
+    embeddings, and the fitted variogram `gamma` (nugget + partial sill =
+    sill, effective range `rho` where 95 % of the partial sill is reached).
+    The residual `r_ij = gamma(h_ij) - d_ij` is > 0 when the pair looks more
+    alike than expected at that distance.
+
+    `mode="weighted"` (default):
+
+    - **false negative**: `h_ij <= rho_fn` (default `rho`) and `r_ij > 0`:
+      weight `false_negative_weight` in `[0, 1]` (0 removes it from the
+      softmax denominator);
+    - **hard negative**: `h_ij > rho` and `r_ij > hard_negative_margin`:
+      weight `exp(hard_negative_beta * r_ij / sill)`, clipped at
+      `max_weight`;
+    - weights act on the softmax denominator as `logits + log w` for
+      negatives; positives are untouched.
+
+    `mode="thesis"` reproduces the first author's earlier code:
+    `p_ij = max(0, d_ij - gamma(h_ij))` for `h_ij <= rho` (else 0), negative
+    logits multiplied by `exp(p_ij)`, applied only once the queue has been
+    filled once.
+
+    With no fitted variogram (`active = 0`, e.g. before
+    `gv.callbacks.SemivariogramCallback` has fitted one, or after a fallback
+    fit) the loss equals `GeoContrastiveLoss` exactly.
+
+    Defaults are the values that worked in an independent prototype of this
+    specification (REFERENCE section 2): false-negative weight 0.2, hard
+    weight `exp(2 r / sill)` clipped at 5, margin 0.
+
+    Args:
+        mode: `"weighted"` or `"thesis"`.
+        false_negative_weight: float in [0, 1].
+        hard_negative_beta: float >= 0.
+        hard_negative_margin: float. Minimum residual for a hard negative.
+        max_weight: float >= 1. Clip of the hard-negative weight.
+        false_negative_range_km: float or None (= fitted effective range).
+        use_false_negatives: bool. Ablation switch.
+        use_hard_negatives: bool. Ablation switch.
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer=keras.optimizers.Adam(3e-5),
+                  loss=gv.losses.SemivariogramContrastiveLoss())
+    model.fit(x, gps, epochs=10,
+              callbacks=[gv.callbacks.SemivariogramCallback()])
+    ```
+    """
+
+    needs_pair_statistics = True
+
+    def __init__(
+        self,
+        mode="weighted",
+        false_negative_weight=0.2,
+        hard_negative_beta=2.0,
+        hard_negative_margin=0.0,
+        max_weight=5.0,
+        false_negative_range_km=None,
+        use_false_negatives=True,
+        use_hard_negatives=True,
+        reduction="sum_over_batch_size",
+        name="semivariogram_contrastive_loss",
+        dtype=None,
+    ):
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {_MODES}; got {mode!r}.")
+        if not 0.0 <= false_negative_weight <= 1.0:
+            raise ValueError(
+                "`false_negative_weight` must be in [0, 1]; got "
+                f"{false_negative_weight!r}."
+            )
+        if hard_negative_beta < 0:
+            raise ValueError(
+                f"`hard_negative_beta` must be >= 0; got {hard_negative_beta!r}."
+            )
+        if not max_weight >= 1.0:
+            raise ValueError(f"`max_weight` must be >= 1; got {max_weight!r}.")
+        if false_negative_range_km is not None and false_negative_range_km < 0:
+            raise ValueError(
+                "`false_negative_range_km` must be None or >= 0; got "
+                f"{false_negative_range_km!r}."
+            )
+        self.mode = mode
+        self.false_negative_weight = float(false_negative_weight)
+        self.hard_negative_beta = float(hard_negative_beta)
+        self.hard_negative_margin = float(hard_negative_margin)
+        self.max_weight = float(max_weight)
+        self.false_negative_range_km = (
+            None
+            if false_negative_range_km is None
+            else float(false_negative_range_km)
+        )
+        self.use_false_negatives = bool(use_false_negatives)
+        self.use_hard_negatives = bool(use_hard_negatives)
+
+    def _quantities(self, y_pred):
+        from geovario_keras.semivariogram import models
+
+        for key in ("distance_km", "dissimilarity", "variogram"):
+            if key not in y_pred:
+                raise ValueError(
+                    "SemivariogramContrastiveLoss needs `y_pred` entries "
+                    "'logits', 'distance_km', 'dissimilarity' and 'variogram' "
+                    f"(GeoCLIP provides them); missing {key!r}."
+                )
+        h = ops.cast(y_pred["distance_km"], "float32")
+        d = ops.cast(y_pred["dissimilarity"], "float32")
+        params = ops.cast(ops.reshape(y_pred["variogram"], (-1,)), "float32")
+        gamma = models.evaluate_ops(h, params)
+        rho = params[5]
+        sill = ops.maximum(params[1] + params[2], 1e-12)
+        active = params[6] > 0.5
+        return h, d, gamma, rho, sill, active
+
+    def classify_negatives(self, y_pred):
+        """`(false, hard)` bool masks `(B, C)` of the weighted mode's rules.
+
+        Positives and masked candidates must be excluded by the caller.
+        """
+        h, d, gamma, rho, _, active = self._quantities(y_pred)
+        r = gamma - d
+        rho_fn = (
+            rho
+            if self.false_negative_range_km is None
+            else self.false_negative_range_km
+        )
+        false = (h <= rho_fn) & (r > 0.0) & active
+        hard = (h > rho) & (r > self.hard_negative_margin) & active
+        if self.mode == "thesis":
+            false = ops.zeros_like(false)
+            hard = (h <= rho) & (d > gamma) & active
+        if not self.use_false_negatives:
+            false = ops.zeros_like(false)
+        if not self.use_hard_negatives:
+            hard = ops.zeros_like(hard)
+        return false, hard
+
+    def negative_weights(self, y_pred):
+        """Multiplicative weights `w_ij` of negatives (weighted mode)."""
+        h, d, gamma, rho, sill, active = self._quantities(y_pred)
+        false, hard = self.classify_negatives(y_pred)
+        r = gamma - d
+        w_hard = ops.minimum(
+            ops.exp(self.hard_negative_beta * r / sill), self.max_weight
+        )
+        w = ops.where(hard, w_hard, 1.0)
+        return ops.where(false, self.false_negative_weight, w)
+
+    def adjust_negative_logits(self, logits, y_pred):
+        h, d, gamma, rho, sill, active = self._quantities(y_pred)
+        if self.mode == "thesis":
+            p = ops.where(
+                (h <= rho) & active, ops.maximum(d - gamma, 0.0), 0.0
+            )
+            if not self.use_hard_negatives:
+                p = ops.zeros_like(p)
+            queue_full = ops.cast(
+                ops.reshape(y_pred.get("queue_full", 1.0), ()), "float32"
+            )
+            return ops.where(queue_full > 0.5, logits * ops.exp(p), logits)
+        false, hard = self.classify_negatives(y_pred)
+        r = gamma - d
+        log_hard = ops.minimum(
+            self.hard_negative_beta * r / sill, float(np.log(self.max_weight))
+        )
+        out = ops.where(hard, logits + log_hard, logits)
+        if self.false_negative_weight > 0:
+            log_false = float(np.log(self.false_negative_weight))
+            return ops.where(false, logits + log_false, out)
+        return ops.where(false, _MASKED_LOGIT, out)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "mode": self.mode,
+                "false_negative_weight": self.false_negative_weight,
+                "hard_negative_beta": self.hard_negative_beta,
+                "hard_negative_margin": self.hard_negative_margin,
+                "max_weight": self.max_weight,
+                "false_negative_range_km": self.false_negative_range_km,
+                "use_false_negatives": self.use_false_negatives,
+                "use_hard_negatives": self.use_hard_negatives,
+            }
+        )
+        return config

@@ -13,6 +13,7 @@ from geovario_keras.layers.gps_queue import GPSQueue
 from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
 from geovario_keras.losses import GeoContrastiveLoss
+from geovario_keras.semivariogram.state import SemivariogramState
 
 # CLIP caps the learned temperature at 100 (logit_scale <= log 100).
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -57,6 +58,10 @@ class GeoCLIP(keras.Model):
         seed: int or None. Seed of the GPS noise.
         gallery_size: int. Size of the (initially zero) gallery state; set by
             `set_gallery` and recorded in the config so saved models reload.
+        variogram_bins_km: distance bin edges (km) of the semivariogram
+            statistics gathered during training with
+            `SemivariogramContrastiveLoss`; default
+            `gv.semivariogram.default_bin_edges_km()`.
         **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -86,6 +91,7 @@ class GeoCLIP(keras.Model):
         logit_scale_init=math.log(1.0 / 0.07),
         seed=None,
         gallery_size=0,
+        variogram_bins_km=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -137,6 +143,9 @@ class GeoCLIP(keras.Model):
         )
         self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self.retrieval_error = keras.metrics.Mean(name="retrieval_km")
+        self.variogram = SemivariogramState(
+            variogram_bins_km, name="semivariogram"
+        )
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape):
@@ -221,6 +230,8 @@ class GeoCLIP(keras.Model):
         targets = ops.arange(ops.shape(gps)[0], dtype="int32")
         loss = loss_fn(targets, scores, sample_weight=sample_weight)
         self._update_retrieval_metrics(gps, scores, sample_weight)
+        if training and loss_fn.needs_pair_statistics:
+            self._update_variogram_statistics(loss_fn, scores)
         if training and self.queue is not None:
             self.queue.enqueue(gps, ops.stop_gradient(img))
         if self.losses:
@@ -243,7 +254,32 @@ class GeoCLIP(keras.Model):
             )
         dissimilarity = 1.0 - ops.matmul(feats, ops.transpose(cand_feats))
         distance = geo.pairwise_haversine_km(gps, scores["candidate_gps"])
-        return {"distance_km": distance, "dissimilarity": dissimilarity}
+        queue_full = ops.ones((), "float32")
+        if self.queue is not None:
+            queue_full = ops.cast(self.queue.count >= self.queue_size, "float32")
+        return {
+            "distance_km": distance,
+            "dissimilarity": dissimilarity,
+            "variogram": ops.convert_to_tensor(self.variogram.params),
+            "queue_full": queue_full,
+        }
+
+    def _update_variogram_statistics(self, loss_fn, scores):
+        # Negative pairs: real candidates other than the row's own GPS.
+        mask = scores["candidate_mask"]
+        batch = ops.shape(scores["logits"])[0]
+        rows = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)
+        cols = ops.expand_dims(ops.arange(ops.shape(mask)[0], dtype="int32"), 0)
+        negative = ops.logical_and(rows != cols, ops.expand_dims(mask, 0))
+        self.variogram.accumulate(
+            scores["distance_km"], scores["dissimilarity"], negative
+        )
+        false, hard = loss_fn.classify_negatives(scores)
+        self.variogram.count_negatives(
+            ops.sum(ops.cast(negative, "float32")),
+            ops.sum(ops.cast(false & negative, "float32")),
+            ops.sum(ops.cast(hard & negative, "float32")),
+        )
 
     def _update_retrieval_metrics(self, gps, scores, sample_weight):
         # In-batch retrieval: each image's best-scoring real candidate among
@@ -389,6 +425,7 @@ class GeoCLIP(keras.Model):
                 "logit_scale_init": self.logit_scale_init,
                 "seed": self.seed,
                 "gallery_size": self.gallery.size,
+                "variogram_bins_km": list(self.variogram.bin_edges_km),
             }
         )
         return config
