@@ -27,7 +27,7 @@ MODELS = ("stable", "exponential", "gaussian", "spherical")
 MODEL_CODES = {name: float(i) for i, name in enumerate(MODELS)}
 _FIXED_ALPHA = {"exponential": 1.0, "gaussian": 2.0}
 # Root of 1.5 u - 0.5 u^3 = 0.95 on [0, 1].
-_SPHERICAL_U95 = 0.8107431021113659
+_SPHERICAL_U95 = 0.8114013518995559
 
 # Layout of the packed parameter vector used in graphs.
 PARAM_NAMES = (

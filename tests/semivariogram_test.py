@@ -1,0 +1,152 @@
+import warnings
+
+import gstools as gs
+import numpy as np
+import pytest
+
+import geovario_keras as gv
+from geovario_keras.semivariogram import models
+from tests.testing import random_gps
+from tests.testing import to_numpy
+
+KM = 6371.0
+
+
+def _gstools_features(model, n=1200, k=6, seed=0):
+    """k independent fields of `model` on n points: features z / sqrt(k).
+
+    Then 0.5 * ||f_i - f_j||^2 has expectation gamma(h) of one field.
+    """
+    gps = random_gps(n, seed=seed, max_lat=80.0)
+    fields = []
+    for i in range(k):
+        srf = gs.SRF(model, seed=seed * 100 + i)
+        fields.append(srf((gps[:, 0], gps[:, 1])))
+    return gps, np.stack(fields, 1).astype("float32") / np.sqrt(k)
+
+
+def test_models_numpy_and_ops_agree_and_effective_range():
+    h = np.linspace(0, 8000, 101).astype("float32")
+    for name, alpha in [("stable", 0.7), ("exponential", 1.0), ("gaussian", 2.0), ("spherical", 1.0)]:
+        fit = gv.semivariogram.VariogramFit(
+            model=name, nugget=0.1, psill=0.5, length_scale=1500.0, alpha=alpha,
+            converged=True, effective_range_km=models.effective_range(name, 1500.0, alpha),
+        )
+        np.testing.assert_allclose(
+            to_numpy(models.evaluate_ops(h, fit.packed())), fit(h), rtol=1e-5, atol=1e-6
+        )
+        rho = fit.effective_range_km
+        assert fit(rho) == pytest.approx(0.1 + 0.95 * 0.5, rel=1e-4)
+    # Closed forms: exponential 3 * length (ln 20 = 2.996), gaussian sqrt(ln 20).
+    assert models.effective_range("exponential", 1.0) == pytest.approx(np.log(20))
+    assert models.effective_range("gaussian", 1.0) == pytest.approx(np.sqrt(np.log(20)))
+
+
+def test_streaming_estimator_matches_brute_force():
+    gps = random_gps(300, seed=1)
+    f = np.random.default_rng(0).normal(size=(300, 5)).astype("float32")
+    edges = [0, 500, 2000, 5000, 10000, 20100]
+    sv = gv.semivariogram.EmpiricalSemivariogram(edges)
+    sv.update_from_features(gps, f, block_size=64)  # several blocks merged
+    # Brute force in float64 with pyproj-free numpy haversine.
+    lat, lon = np.radians(gps[:, 0].astype("float64")), np.radians(gps[:, 1].astype("float64"))
+    a = np.sin((lat[:, None] - lat[None]) / 2) ** 2 + np.cos(lat[:, None]) * np.cos(lat[None]) * np.sin((lon[:, None] - lon[None]) / 2) ** 2
+    h = 2 * KM * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+    d = 0.5 * ((f[:, None, :].astype("float64") - f[None]) ** 2).sum(-1)
+    iu = np.triu_indices(300, 1)
+    h, d = h[iu], d[iu]
+    for k in range(len(edges) - 1):
+        sel = (h >= edges[k]) & (h < edges[k + 1])
+        assert sv.count[k] == sel.sum()
+        assert sv.mean[k] == pytest.approx(d[sel].mean(), rel=1e-5)
+        assert sv.variance()[k] == pytest.approx(d[sel].var(ddof=1), rel=1e-3)
+
+
+def test_in_graph_merge_stays_accurate_in_float32():
+    # 2,000 merges of 1,000 pairs each: the merged mean keeps float32
+    # precision although the count exceeds what raw float32 sums resolve.
+    state = gv.semivariogram.SemivariogramState([0.0, 100.0, 200.0])
+    rng = np.random.default_rng(0)
+    all_d = []
+    for _ in range(200):
+        d = (0.5 + 0.1 * rng.normal(size=(10, 1000))).astype("float32")
+        h = np.full((10, 1000), 50.0, "float32")
+        state.accumulate(h, d)
+        all_d.append(d)
+    count, mean, _ = state.statistics()
+    assert count[0] == 2_000_000 and count[1] == 0
+    assert mean[0] == pytest.approx(np.concatenate(all_d).astype("float64").mean(), rel=1e-5)
+
+
+_EXP = gs.Exponential(latlon=True, geo_scale=gs.KM_SCALE, var=1.0, len_scale=700.0, nugget=0.1)
+_GAU = gs.Gaussian(latlon=True, geo_scale=gs.KM_SCALE, var=0.8, len_scale=600.0, nugget=0.05)
+
+
+@pytest.mark.parametrize(
+    "gs_model, ours, length_scale, alpha",
+    [
+        (_EXP, "exponential", 700.0, 1.0),
+        (_EXP, "stable", 700.0, 1.0),
+        # gstools' Gaussian rescales by sqrt(pi)/2: our length is 2 l / sqrt(pi).
+        (_GAU, "gaussian", 600.0 * 2.0 / np.sqrt(np.pi), 2.0),
+    ],
+)
+def test_recovers_known_gstools_variogram(gs_model, ours, length_scale, alpha):
+    gps, f = _gstools_features(gs_model)
+    edges = np.concatenate([np.arange(0, 1000, 100), np.arange(1000, 4001, 250)])
+    sv = gv.semivariogram.EmpiricalSemivariogram(edges)
+    sv.update_from_features(gps, f)
+    fit = gv.semivariogram.fit_variogram(*sv.result(), model=ours)
+    assert fit.converged
+    true_sill = gs_model.var + gs_model.nugget
+    assert fit.sill == pytest.approx(true_sill, rel=0.15)
+    assert fit.nugget == pytest.approx(gs_model.nugget, abs=0.1)
+    # gstools' latlon models use chordal distance; at these ranges the
+    # chord is within 1 % of the arc.
+    true_range = models.effective_range(ours, length_scale, alpha)
+    assert fit.effective_range_km == pytest.approx(true_range, rel=0.25)
+    if ours == "stable":
+        assert fit.alpha == pytest.approx(alpha, abs=0.3)
+
+
+def test_fit_agrees_with_gstools_fit_variogram_on_same_bins():
+    model = gs.Exponential(latlon=True, geo_scale=gs.KM_SCALE, var=1.0, len_scale=600.0, nugget=0.2)
+    gps, f = _gstools_features(model, seed=3)
+    sv = gv.semivariogram.EmpiricalSemivariogram(np.arange(0, 3001, 150))
+    sv.update_from_features(gps, f)
+    centers, gamma, counts = sv.result()
+    ours = gv.semivariogram.fit_variogram(centers, gamma, counts, model="exponential")
+    ref = gs.Exponential(dim=2)
+    # gstools multiplies residuals by `weights`: sqrt(n / mean n) is ours.
+    ref.fit_variogram(centers, gamma, nugget=True, loss="soft_l1",
+                      weights=np.sqrt(counts / counts.mean()))
+    h = np.linspace(0, 3000, 61)
+    np.testing.assert_allclose(ours(h), ref.variogram(h), atol=0.03 * ours.sill)
+    assert ours.sill == pytest.approx(ref.sill, rel=0.05)
+    assert ours.length_scale == pytest.approx(ref.len_scale, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    "gamma, counts, match",
+    [
+        (np.full(10, 0.3), np.full(10, 100), "flat"),
+        (np.linspace(1.0, 0.2, 10), np.full(10, 100), "does not rise"),
+        (np.linspace(0.1, 1.0, 10), np.r_[np.full(3, 100), np.zeros(7)], "only 3 bins"),
+    ],
+)
+def test_degenerate_fits_fall_back_with_a_warning(gamma, counts, match):
+    centers = np.linspace(50, 5000, 10)
+    with pytest.warns(RuntimeWarning, match=match):
+        fit = gv.semivariogram.fit_variogram(centers, gamma, counts)
+    assert not fit.converged
+    packed = fit.packed()
+    assert np.all(np.isfinite(packed)) and packed[6] == 0.0
+
+
+def test_fit_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="model"):
+        gv.semivariogram.fit_variogram([1, 2], [1, 2], [1, 1], model="cubic")
+    with pytest.raises(ValueError, match="same length"):
+        gv.semivariogram.fit_variogram([1, 2], [1], [1, 1])
+    with pytest.raises(ValueError, match="bin_edges_km"):
+        gv.semivariogram.EmpiricalSemivariogram([0, 10, 5])
