@@ -10,6 +10,7 @@ from geovario_keras.losses import SemivariogramContrastiveLoss
 from geovario_keras.semivariogram.empirical import EmpiricalSemivariogram
 from geovario_keras.semivariogram.fit import fit_variogram
 from geovario_keras.semivariogram.models import check_model
+from geovario_keras.utils import check_int
 
 
 class SemivariogramCallback(keras.callbacks.Callback):
@@ -80,18 +81,9 @@ class SemivariogramCallback(keras.callbacks.Callback):
     ):
         super().__init__()
         check_model(model)
-        if not isinstance(refit_every, int) or refit_every < 1:
-            raise ValueError(
-                f"`refit_every` must be an int >= 1; got {refit_every!r}."
-            )
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(
-                f"`warmup_epochs` must be an int >= 0; got {warmup_epochs!r}."
-            )
-        if not isinstance(sample_size, int) or sample_size < 2:
-            raise ValueError(
-                f"`sample_size` must be an int >= 2; got {sample_size!r}."
-            )
+        check_int("refit_every", refit_every, 1)
+        check_int("warmup_epochs", warmup_epochs, 0)
+        check_int("sample_size", sample_size, 2)
         if data is not None and (
             not isinstance(data, (tuple, list)) or len(data) != 2
         ):
@@ -123,7 +115,10 @@ class SemivariogramCallback(keras.callbacks.Callback):
     def _fit(self, sv, epoch):
         centers, gamma, counts = sv.result(min_count=self.min_pairs)
         fit = fit_variogram(
-            centers, gamma, counts, model=self.variogram_model,
+            centers,
+            gamma,
+            counts,
+            model=self.variogram_model,
             min_count=self.min_pairs,
         )
         self._state().set_fit(fit)
@@ -207,15 +202,21 @@ class SemivariogramCallback(keras.callbacks.Callback):
         centers, gamma, counts = sv.result()
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
         sizes = 10 + 190 * np.sqrt(counts / max(counts.max(), 1))
-        ax.scatter(centers, gamma, s=sizes, alpha=0.6, label="empirical (size: pairs)")
+        ax.scatter(
+            centers, gamma, s=sizes, alpha=0.6, label="empirical (size: pairs)"
+        )
         if fit.converged:
             h = np.linspace(0, centers.max() if len(centers) else 1, 400)
             ax.plot(h, fit(h), "r-", lw=2, label=f"{fit.model} fit")
             ax.axvline(
-                fit.effective_range_km, color="k", ls="--",
+                fit.effective_range_km,
+                color="k",
+                ls="--",
                 label=f"effective range {fit.effective_range_km:.0f} km",
             )
-            ax.axhline(fit.sill, color="gray", ls=":", label=f"sill {fit.sill:.3f}")
+            ax.axhline(
+                fit.sill, color="gray", ls=":", label=f"sill {fit.sill:.3f}"
+            )
         else:
             ax.set_title(f"fit fell back: {fit.message}", fontsize=8)
         ax.set_xlabel("great-circle distance (km)")

@@ -194,7 +194,8 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
             )
         if hard_negative_beta < 0:
             raise ValueError(
-                f"`hard_negative_beta` must be >= 0; got {hard_negative_beta!r}."
+                "`hard_negative_beta` must be >= 0; got "
+                f"{hard_negative_beta!r}."
             )
         if not max_weight >= 1.0:
             raise ValueError(f"`max_weight` must be >= 1; got {max_weight!r}.")
@@ -272,9 +273,7 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
     def adjust_negative_logits(self, logits, y_pred):
         h, d, gamma, rho, sill, active = self._quantities(y_pred)
         if self.mode == "thesis":
-            p = ops.where(
-                (h <= rho) & active, ops.maximum(d - gamma, 0.0), 0.0
-            )
+            p = ops.where((h <= rho) & active, ops.maximum(d - gamma, 0.0), 0.0)
             if not self.use_hard_negatives:
                 p = ops.zeros_like(p)
             queue_full = ops.cast(

@@ -14,6 +14,7 @@ from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
 from geovario_keras.losses import GeoContrastiveLoss
 from geovario_keras.semivariogram.state import SemivariogramState
+from geovario_keras.utils import check_int
 
 # CLIP caps the learned temperature at 100 (logit_scale <= log 100).
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -110,10 +111,7 @@ class GeoCLIP(keras.Model):
             raise ValueError(
                 "`location_encoder` must have an `embed_dim` attribute."
             )
-        if not isinstance(queue_size, int) or queue_size < 0:
-            raise ValueError(
-                f"`queue_size` must be an int >= 0; got {queue_size!r}."
-            )
+        check_int("queue_size", queue_size, 0)
         gps_noise_m = tuple(float(s) for s in gps_noise_m)
         if len(gps_noise_m) != 2 or min(gps_noise_m) < 0:
             raise ValueError(
@@ -196,7 +194,9 @@ class GeoCLIP(keras.Model):
         batch = ops.shape(gps)[0]
         noisy = gps
         if training:
-            noisy = geo.geodesic_noise(gps, self.gps_noise_m[0], self.noise_seed)
+            noisy = geo.geodesic_noise(
+                gps, self.gps_noise_m[0], self.noise_seed
+            )
         candidates, clean, mask = noisy, gps, ops.ones((batch,), "bool")
         if self.queue is not None:
             queue_gps = ops.convert_to_tensor(self.queue.coords)
@@ -211,7 +211,11 @@ class GeoCLIP(keras.Model):
         loc = self._location_embeddings(candidates, training=training)
         img = ops.cast(image_embeddings, "float32")
         logits = self.temperature() * ops.matmul(img, ops.transpose(loc))
-        return {"logits": logits, "candidate_mask": mask, "candidate_gps": clean}
+        return {
+            "logits": logits,
+            "candidate_mask": mask,
+            "candidate_gps": clean,
+        }
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -256,7 +260,9 @@ class GeoCLIP(keras.Model):
         distance = geo.pairwise_haversine_km(gps, scores["candidate_gps"])
         queue_full = ops.ones((), "float32")
         if self.queue is not None:
-            queue_full = ops.cast(self.queue.count >= self.queue_size, "float32")
+            queue_full = ops.cast(
+                self.queue.count >= self.queue_size, "float32"
+            )
         return {
             "distance_km": distance,
             "dissimilarity": dissimilarity,
@@ -300,7 +306,10 @@ class GeoCLIP(keras.Model):
         # (true GPS, GPS retrieved in-batch), not the image embeddings.
         # Keras calls this once symbolically to build metric state: build the
         # compiled metrics for (GPS, GPS) pairs then.
-        if self._compile_metrics is not None and not self._compile_metrics.built:
+        if (
+            self._compile_metrics is not None
+            and not self._compile_metrics.built
+        ):
             self._compile_metrics.build(y, y)
         return self.get_metrics_result()
 
@@ -435,7 +444,5 @@ class GeoCLIP(keras.Model):
         config = dict(config)
         for key in ("image_encoder", "location_encoder"):
             if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(
-                    config[key]
-                )
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)

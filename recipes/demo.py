@@ -47,16 +47,24 @@ print(
 
 
 def sample_points(n, rng):
-    lat = np.degrees(np.arcsin(rng.uniform(-np.sin(np.radians(70)), np.sin(np.radians(70)), n)))
+    lat = np.degrees(
+        np.arcsin(
+            rng.uniform(-np.sin(np.radians(70)), np.sin(np.radians(70)), n)
+        )
+    )
     return np.stack([lat, rng.uniform(-180, 180, n)], 1).astype("float32")
 
 
 def unit_vectors(gps):
     lat, lon = np.radians(gps[:, 0]), np.radians(gps[:, 1])
-    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1)
+    return np.stack(
+        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1
+    )
 
 
-rng = np.random.default_rng(1234)  # the data set is fixed; --seed drives training
+rng = np.random.default_rng(
+    1234
+)  # the data set is fixed; --seed drives training
 DIM, N_FREQ = 64, 256
 # Spatial part: frequencies ~ N(0, (R / 1500 km)^2) on the unit sphere.
 omega = rng.normal(scale=6371.0 / 1500.0, size=(3, N_FREQ))
@@ -101,10 +109,16 @@ print(
 def make_model():
     keras.utils.set_random_seed(args.seed)
     return gv.GeoCLIP(
-        image_encoder=gv.layers.ImageEncoder(None, embed_dim=128, hidden_units=256),
+        image_encoder=gv.layers.ImageEncoder(
+            None, embed_dim=128, hidden_units=256
+        ),
         location_encoder=gv.layers.LocationEncoder(
-            sigmas=(1, 16, 256), num_features=128, hidden_units=256,
-            hidden_layers=2, embed_dim=128, seed=args.seed,
+            sigmas=(1, 16, 256),
+            num_features=128,
+            hidden_units=256,
+            hidden_layers=2,
+            embed_dim=128,
+            seed=args.seed,
         ),
         queue_size=2048,
         seed=args.seed,
@@ -113,11 +127,20 @@ def make_model():
 
 def run(name, loss, callbacks=()):
     model = make_model()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss,
-                  metrics=[gv.metrics.GeoAccuracy(750.0)])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=loss,
+        metrics=[gv.metrics.GeoAccuracy(750.0)],
+    )
     t0 = time.time()
-    history = model.fit(x_train, gps_train, batch_size=256, epochs=EPOCHS,
-                        verbose=2, callbacks=list(callbacks))
+    history = model.fit(
+        x_train,
+        gps_train,
+        batch_size=256,
+        epochs=EPOCHS,
+        verbose=2,
+        callbacks=list(callbacks),
+    )
     train_s = time.time() - t0
     model.set_gallery(gallery, verbose=0)
     coords, _ = model.predict_gps(x_test, top_k=5)
@@ -139,8 +162,17 @@ model, history, semivar = run(
 
 # ## 3. Results
 
-keys = ["acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km",
-        "median_km", "mean_km", "geoscore", "train_s"]
+keys = [
+    "acc_1km",
+    "acc_25km",
+    "acc_200km",
+    "acc_750km",
+    "acc_2500km",
+    "median_km",
+    "mean_km",
+    "geoscore",
+    "train_s",
+]
 print("\n| metric | GeoCLIP (plain) | + semivariogram |")
 print("|---|---|---|")
 for k in keys:

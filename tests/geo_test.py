@@ -6,7 +6,9 @@ from geovario_keras import geo
 from tests.testing import random_gps
 from tests.testing import to_numpy
 
-SPHERE = pyproj.Geod(a=geo.EARTH_RADIUS_KM * 1000.0, b=geo.EARTH_RADIUS_KM * 1000.0)
+SPHERE = pyproj.Geod(
+    a=geo.EARTH_RADIUS_KM * 1000.0, b=geo.EARTH_RADIUS_KM * 1000.0
+)
 
 
 def _pyproj_km(a, b):

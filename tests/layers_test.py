@@ -55,7 +55,9 @@ def test_random_fourier_features_closed_form():
     out = to_numpy(layer(p))
     b = to_numpy(layer.b).astype("float64")
     v = 2.0 * math.pi * p.astype("float64") @ b.T
-    np.testing.assert_allclose(out, np.concatenate([np.cos(v), np.sin(v)], 1), atol=2e-4)
+    np.testing.assert_allclose(
+        out, np.concatenate([np.cos(v), np.sin(v)], 1), atol=2e-4
+    )
     assert b.shape == (8, 2)
     assert not layer.b.trainable
     assert layer.trainable_weights == []
@@ -67,7 +69,9 @@ def test_random_fourier_features_distribution_and_seed():
     b_vals = to_numpy(a.b)
     assert abs(b_vals.std() / 256.0 - 1.0) < 0.03
     assert abs(b_vals.mean()) < 256.0 * 0.03
-    same = gv.layers.RandomFourierFeatures(sigma=256.0, num_features=4096, seed=1)
+    same = gv.layers.RandomFourierFeatures(
+        sigma=256.0, num_features=4096, seed=1
+    )
     same.build((None, 2))
     np.testing.assert_array_equal(to_numpy(same.b), b_vals)
 
@@ -104,8 +108,12 @@ def test_location_encoder_geoclip_size():
 
 def test_location_encoder_is_sum_of_branches():
     enc = gv.layers.LocationEncoder(
-        sigmas=(1, 16), num_features=8, hidden_units=16, hidden_layers=2,
-        embed_dim=4, seed=0,
+        sigmas=(1, 16),
+        num_features=8,
+        hidden_units=16,
+        hidden_layers=2,
+        embed_dim=4,
+        seed=0,
     )
     gps = random_gps(5)
     out = to_numpy(enc(gps))
@@ -128,8 +136,12 @@ def test_location_encoder_layer_contract():
     run_layer_test(
         gv.layers.LocationEncoder,
         {
-            "sigmas": (1, 16, 256), "num_features": 16, "hidden_units": 32,
-            "hidden_layers": 2, "embed_dim": 8, "seed": 0,
+            "sigmas": (1, 16, 256),
+            "num_features": 16,
+            "hidden_units": 32,
+            "hidden_layers": 2,
+            "embed_dim": 8,
+            "seed": 0,
         },
         gps,
         (6, 8),
@@ -138,8 +150,9 @@ def test_location_encoder_layer_contract():
 
 def test_location_encoder_mixed_precision_error_is_small():
     gps = random_gps(256, seed=3)
-    kwargs = dict(num_features=64, hidden_units=64, hidden_layers=2,
-                  embed_dim=32, seed=0)
+    kwargs = dict(
+        num_features=64, hidden_units=64, hidden_layers=2, embed_dim=32, seed=0
+    )
     ref_layer = gv.layers.LocationEncoder(**kwargs)
     ref = to_numpy(ref_layer(gps))
     for policy, tol in (("mixed_bfloat16", 0.05), ("mixed_float16", 0.01)):
@@ -177,7 +190,9 @@ def _tiny_backbone():
 
 
 def test_image_encoder_with_backbone_pools_feature_maps():
-    images = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype("float32")
+    images = (
+        np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype("float32")
+    )
     backbone = _tiny_backbone()
     enc = gv.layers.ImageEncoder(backbone, embed_dim=8, hidden_units=16)
     out = to_numpy(enc(images))
@@ -200,18 +215,23 @@ def test_image_encoder_with_backbone_pools_feature_maps():
 @pytest.mark.slow
 def test_image_encoder_with_keras_applications_backbone():
     backbone = keras.applications.MobileNetV3Small(
-        input_shape=(32, 32, 3), include_top=False, weights=None,
+        input_shape=(32, 32, 3),
+        include_top=False,
+        weights=None,
         include_preprocessing=False,
     )
-    enc = gv.layers.ImageEncoder(backbone, embed_dim=8, hidden_units=16,
-                                 trainable_backbone=True)
+    enc = gv.layers.ImageEncoder(
+        backbone, embed_dim=8, hidden_units=16, trainable_backbone=True
+    )
     out = enc(np.zeros((2, 32, 32, 3), "float32"))
     assert tuple(out.shape) == (2, 8)
     assert len(enc.trainable_weights) > 4
 
 
 def test_image_encoder_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"precomputed feature vectors of shape \(N, D\)"):
+    with pytest.raises(
+        ValueError, match=r"precomputed feature vectors of shape \(N, D\)"
+    ):
         gv.layers.ImageEncoder(None, embed_dim=4, hidden_units=4)(
             np.zeros((2, 3, 3), "float32")
         )
@@ -239,7 +259,9 @@ def test_gps_queue_fifo_and_mask_against_deque():
         assert valid.sum() == len(ref)
         # Same multiset of entries, and the oldest is overwritten first.
         assert sorted(stored[:, 0].tolist()) == sorted(r[0] for r in ref)
-        np.testing.assert_array_equal(to_numpy(q.features)[valid][:, 0], stored[:, 0] * 10)
+        np.testing.assert_array_equal(
+            to_numpy(q.features)[valid][:, 0], stored[:, 0] * 10
+        )
     assert rng is not None
     q.reset()
     assert not to_numpy(q.valid_mask()).any()
@@ -247,7 +269,10 @@ def test_gps_queue_fifo_and_mask_against_deque():
 
 def test_gps_queue_config_and_errors():
     q = gv.layers.GPSQueue(7, feature_dim=3, name="q")
-    assert gv.layers.GPSQueue.from_config(q.get_config()).get_config() == q.get_config()
+    assert (
+        gv.layers.GPSQueue.from_config(q.get_config()).get_config()
+        == q.get_config()
+    )
     with pytest.raises(ValueError, match="size"):
         gv.layers.GPSQueue(0)
     with pytest.raises(ValueError, match="features"):

@@ -6,7 +6,11 @@ import geovario_keras as gv
 from tests.testing import to_numpy
 
 LOGITS = np.array(
-    [[2.0, 0.5, -1.0, 0.3, 1.1], [0.1, 1.5, 0.2, -0.4, 2.2], [1.0, 1.0, 3.0, 0.0, -2.0]],
+    [
+        [2.0, 0.5, -1.0, 0.3, 1.1],
+        [0.1, 1.5, 0.2, -0.4, 2.2],
+        [1.0, 1.0, 3.0, 0.0, -2.0],
+    ],
     "float32",
 )
 
@@ -15,7 +19,11 @@ def _hand_ce(logits, targets, mask=None):
     logits = logits.astype("float64")
     out = []
     for i, t in enumerate(targets):
-        cols = [j for j in range(logits.shape[1]) if mask is None or mask[j] or j == t]
+        cols = [
+            j
+            for j in range(logits.shape[1])
+            if mask is None or mask[j] or j == t
+        ]
         out.append(np.log(np.sum(np.exp(logits[i, cols]))) - logits[i, t])
     return np.array(out)
 

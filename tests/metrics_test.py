@@ -15,17 +15,23 @@ def test_geolocation_report_against_pyproj_distances():
     rng = np.random.default_rng(1)
     # Predictions at known great-circle distances spanning every threshold.
     dist_km = np.exp(rng.uniform(np.log(0.1), np.log(15000), 400))
-    lon, lat, _ = SPHERE.fwd(true[:, 1], true[:, 0], rng.uniform(-180, 180, 400), dist_km * 1000)
+    lon, lat, _ = SPHERE.fwd(
+        true[:, 1], true[:, 0], rng.uniform(-180, 180, 400), dist_km * 1000
+    )
     pred = np.stack([lat, lon], 1).astype("float32")
     _, _, d = SPHERE.inv(pred[:, 1], pred[:, 0], true[:, 1], true[:, 0])
     d = d / 1000.0
     r = gv.metrics.geolocation_report(pred, true)
     for t in (1, 25, 200, 750, 2500):
-        assert r[f"acc_{t}km"] == pytest.approx(100.0 * np.mean(d <= t), abs=100.0 / 400)
+        assert r[f"acc_{t}km"] == pytest.approx(
+            100.0 * np.mean(d <= t), abs=100.0 / 400
+        )
     assert r["mean_km"] == pytest.approx(d.mean(), rel=1e-4)
     assert r["median_km"] == pytest.approx(np.median(d), rel=1e-4)
     # OSV5M GeoScore: mean of 5000 exp(-d / 1492.7).
-    assert r["geoscore"] == pytest.approx(np.mean(5000 * np.exp(-d / 1492.7)), rel=1e-4)
+    assert r["geoscore"] == pytest.approx(
+        np.mean(5000 * np.exp(-d / 1492.7)), rel=1e-4
+    )
     assert r["n"] == 400
 
 
@@ -54,5 +60,7 @@ def test_keras_metrics():
     err.update_state(true, pred)
     expected = 6371.0 * np.radians(1.1) / 2
     assert float(to_numpy(err.result())) == pytest.approx(expected, rel=1e-4)
-    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(acc))
+    revived = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(acc)
+    )
     assert revived.threshold_km == 25.0 and revived.name == "acc_25km"

@@ -128,7 +128,9 @@ def test_predict_gps_returns_the_exact_gallery_point():
     assert np.all(np.diff(probs, axis=1) <= 1e-7)
     # Probabilities are the softmax over the whole gallery.
     logits = model.encode_location(gallery) @ queries.T * (1 / 0.07)
-    full = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    full = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(
+        0
+    )
     np.testing.assert_allclose(probs[:, 0], full.max(0), rtol=1e-4)
 
 
@@ -150,7 +152,9 @@ def test_gallery_is_cached_and_saved(tmp_path):
     np.testing.assert_array_equal(
         to_numpy(loaded.queue.coords), to_numpy(model.queue.coords)
     )
-    assert float(to_numpy(loaded.logit_scale)) == float(to_numpy(model.logit_scale))
+    assert float(to_numpy(loaded.logit_scale)) == float(
+        to_numpy(model.logit_scale)
+    )
     # Gallery of another size replaces the old one; training still works.
     loaded.set_gallery(gps[:7], verbose=0)
     assert loaded.predict_gps(x[:3], top_k=7)[0].shape == (3, 7, 2)
@@ -183,8 +187,15 @@ def test_keras_file_saved_on_another_backend_loads_here(tmp_path):
     path, out = str(tmp_path / "m.keras"), str(tmp_path / "ref.npz")
     env = dict(os.environ, KERAS_BACKEND=other, TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(
-        [sys.executable, "-c", _SAVE_SCRIPT.format(root=ROOT, path=path, out=out)],
-        env=env, check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _SAVE_SCRIPT.format(root=ROOT, path=path, out=out),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     ref = np.load(out)
     loaded = keras.models.load_model(path)
@@ -218,7 +229,9 @@ def test_fit_with_jit_compile():
         pytest.skip("jit_compile=True on torch is torch.compile: see slow test")
     x, gps = _data(128)
     model = small_geoclip(queue_size=32)
-    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss(), jit_compile=True)
+    model.compile(
+        optimizer="adam", loss=gv.losses.GeoContrastiveLoss(), jit_compile=True
+    )
     hist = model.fit(x, gps, batch_size=32, epochs=2, verbose=0).history
     assert np.all(np.isfinite(hist["loss"]))
 
@@ -229,7 +242,9 @@ def test_fit_with_jit_compile_torch():
         pytest.skip("torch only")
     x, gps = _data(128)
     model = small_geoclip(queue_size=32)
-    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss(), jit_compile=True)
+    model.compile(
+        optimizer="adam", loss=gv.losses.GeoContrastiveLoss(), jit_compile=True
+    )
     hist = model.fit(x, gps, batch_size=32, epochs=2, verbose=0).history
     assert np.all(np.isfinite(hist["loss"]))
 
@@ -249,7 +264,10 @@ def test_mixed_precision_training_and_prediction():
 @pytest.mark.parametrize(
     "gps_fix, match",
     [
-        (lambda g: g.__setitem__((0, 0), 95.0), r"`y` has latitudes outside \[-90, 90\]"),
+        (
+            lambda g: g.__setitem__((0, 0), 95.0),
+            r"`y` has latitudes outside \[-90, 90\]",
+        ),
         (lambda g: g.__setitem__((0, 1), np.nan), "`y` contains NaN"),
     ],
 )
@@ -272,7 +290,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"`gps` must have shape \(N, 2\)"):
         model.set_gallery(np.zeros((5,), "float32"))
     model.set_gallery(gps, verbose=0)
-    with pytest.raises(ValueError, match=r"`top_k` must be an int in \[1, 16\]"):
+    with pytest.raises(
+        ValueError, match=r"`top_k` must be an int in \[1, 16\]"
+    ):
         model.predict_gps(x, top_k=17)
     with pytest.raises(ValueError, match="embed_dim"):
         gv.GeoCLIP(
@@ -287,7 +307,9 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_model_config_round_trip():
-    model = small_geoclip(queue_size=8, gps_noise_m=(10.0, 20.0), logit_scale_init=1.5)
+    model = small_geoclip(
+        queue_size=8, gps_noise_m=(10.0, 20.0), logit_scale_init=1.5
+    )
     revived = gv.GeoCLIP.from_config(model.get_config())
     assert revived.get_config() == model.get_config()
     assert revived.gps_noise_m == (10.0, 20.0)
@@ -301,11 +323,21 @@ def test_public_api_snippet_verbatim():
     gallery_gps, gps_test = random_gps(300, seed=2), gps[:50]
     features_test = features[:50]
     model = gv.GeoCLIP(
-        image_encoder=gv.layers.ImageEncoder(backbone=None, embed_dim=128, hidden_units=256),
-        location_encoder=gv.layers.LocationEncoder(sigmas=(1, 16, 256), hidden_units=256,
-                                                   hidden_layers=2, embed_dim=128),
-        queue_size=1024)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=gv.losses.GeoContrastiveLoss())
+        image_encoder=gv.layers.ImageEncoder(
+            backbone=None, embed_dim=128, hidden_units=256
+        ),
+        location_encoder=gv.layers.LocationEncoder(
+            sigmas=(1, 16, 256),
+            hidden_units=256,
+            hidden_layers=2,
+            embed_dim=128,
+        ),
+        queue_size=1024,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=gv.losses.GeoContrastiveLoss(),
+    )
     model.fit(features, gps, batch_size=128, epochs=2, verbose=0)
     model.set_gallery(gallery_gps, verbose=0)
     coords, probs = model.predict_gps(features_test, top_k=5)

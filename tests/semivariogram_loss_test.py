@@ -12,30 +12,52 @@ from tests.testing import toy_features
 
 # A 3 x 5 example: 3 images, candidates [batch (3) ; queue (2)].
 LOGITS = np.array(
-    [[2.0, 0.5, -1.0, 0.3, 1.1], [0.1, 1.5, 0.2, -0.4, 2.2], [1.0, 1.0, 3.0, 0.0, -2.0]],
+    [
+        [2.0, 0.5, -1.0, 0.3, 1.1],
+        [0.1, 1.5, 0.2, -0.4, 2.2],
+        [1.0, 1.0, 3.0, 0.0, -2.0],
+    ],
     "float32",
 )
 H = np.array(
-    [[0, 300, 4000, 100, 6000], [300, 0, 3500, 250, 800], [4000, 3500, 0, 5000, 9000]],
+    [
+        [0, 300, 4000, 100, 6000],
+        [300, 0, 3500, 250, 800],
+        [4000, 3500, 0, 5000, 9000],
+    ],
     "float32",
 )
 D = np.array(
-    [[0.0, 0.1, 0.2, 0.9, 0.3], [0.1, 0.0, 0.9, 0.05, 0.2], [0.2, 0.9, 0.0, 0.1, 0.95]],
+    [
+        [0.0, 0.1, 0.2, 0.9, 0.3],
+        [0.1, 0.0, 0.9, 0.05, 0.2],
+        [0.2, 0.9, 0.0, 0.1, 0.95],
+    ],
     "float32",
 )
 # Exponential variogram: nugget 0.1, psill 0.8, length 500 km -> sill 0.9,
 # effective range 500 ln 20 = 1497.9 km.
 FIT = gv.semivariogram.VariogramFit(
-    model="exponential", nugget=0.1, psill=0.8, length_scale=500.0, alpha=1.0,
-    sill=0.9, effective_range_km=500.0 * np.log(20.0), converged=True,
+    model="exponential",
+    nugget=0.1,
+    psill=0.8,
+    length_scale=500.0,
+    alpha=1.0,
+    sill=0.9,
+    effective_range_km=500.0 * np.log(20.0),
+    converged=True,
 )
 TARGETS = np.array([0, 1, 2])
 
 
 def _y_pred(fit=FIT, queue_full=1.0):
     return {
-        "logits": LOGITS, "candidate_mask": np.ones(5, bool), "distance_km": H,
-        "dissimilarity": D, "variogram": fit.packed(), "queue_full": np.float32(queue_full),
+        "logits": LOGITS,
+        "candidate_mask": np.ones(5, bool),
+        "distance_km": H,
+        "dissimilarity": D,
+        "variogram": fit.packed(),
+        "queue_full": np.float32(queue_full),
     }
 
 
@@ -51,7 +73,10 @@ def _gamma(h):
 def test_weighted_mode_matches_hand_computation():
     fnw, beta, wmax = 0.2, 2.0, 5.0
     loss = gv.losses.SemivariogramContrastiveLoss(
-        false_negative_weight=fnw, hard_negative_beta=beta, max_weight=wmax, reduction=None
+        false_negative_weight=fnw,
+        hard_negative_beta=beta,
+        max_weight=wmax,
+        reduction=None,
     )
     rho, sill = FIT.effective_range_km, 0.9
     expected = LOGITS.astype("float64").copy()
@@ -79,7 +104,9 @@ def test_thesis_mode_matches_hand_computation():
         for j in range(5):
             if j != TARGETS[i] and H[i, j] <= rho:
                 expected[i, j] *= np.exp(max(0.0, D[i, j] - _gamma(H[i, j])))
-    np.testing.assert_allclose(to_numpy(loss(TARGETS, _y_pred())), _ce(expected), rtol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(loss(TARGETS, _y_pred())), _ce(expected), rtol=1e-5
+    )
     # Not applied before the queue has filled once.
     np.testing.assert_allclose(
         to_numpy(loss(TARGETS, _y_pred(queue_full=0.0))), _ce(LOGITS), rtol=1e-6
@@ -87,15 +114,21 @@ def test_thesis_mode_matches_hand_computation():
 
 
 def test_equals_plain_loss_without_fit_or_with_unit_weights():
-    plain = to_numpy(gv.losses.GeoContrastiveLoss(reduction=None)(TARGETS, LOGITS))
+    plain = to_numpy(
+        gv.losses.GeoContrastiveLoss(reduction=None)(TARGETS, LOGITS)
+    )
     no_fit = gv.semivariogram.VariogramFit(model="stable")  # fallback: inactive
     for mode in ("weighted", "thesis"):
         loss = gv.losses.SemivariogramContrastiveLoss(mode=mode, reduction=None)
-        np.testing.assert_array_equal(to_numpy(loss(TARGETS, _y_pred(no_fit))), plain)
+        np.testing.assert_array_equal(
+            to_numpy(loss(TARGETS, _y_pred(no_fit))), plain
+        )
     unit = gv.losses.SemivariogramContrastiveLoss(
         false_negative_weight=1.0, hard_negative_beta=0.0, reduction=None
     )
-    np.testing.assert_allclose(to_numpy(unit(TARGETS, _y_pred())), plain, rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(unit(TARGETS, _y_pred())), plain, rtol=1e-6
+    )
     off = gv.losses.SemivariogramContrastiveLoss(
         use_false_negatives=False, use_hard_negatives=False, reduction=None
     )
@@ -103,12 +136,16 @@ def test_equals_plain_loss_without_fit_or_with_unit_weights():
 
 
 def test_weight_clipping_and_zero_weight():
-    loss = gv.losses.SemivariogramContrastiveLoss(hard_negative_beta=50.0, max_weight=3.0)
+    loss = gv.losses.SemivariogramContrastiveLoss(
+        hard_negative_beta=50.0, max_weight=3.0
+    )
     w = to_numpy(loss.negative_weights(_y_pred()))
     assert w.max() == pytest.approx(3.0)
     assert np.all(w >= 0.2 - 1e-7)
     # Weight 0 removes false negatives from the denominator, finitely.
-    zero = gv.losses.SemivariogramContrastiveLoss(false_negative_weight=0.0, reduction=None)
+    zero = gv.losses.SemivariogramContrastiveLoss(
+        false_negative_weight=0.0, reduction=None
+    )
     got = to_numpy(zero(TARGETS, _y_pred()))
     assert np.all(np.isfinite(got))
     false, _ = (to_numpy(m) for m in zero.classify_negatives(_y_pred()))
@@ -117,7 +154,9 @@ def test_weight_clipping_and_zero_weight():
     rho, sill = FIT.effective_range_km, 0.9
     for i, j in zip(*np.nonzero((H > rho) & (_gamma(H) - D > 0))):
         if j != TARGETS[i]:
-            expected[i, j] += min(2.0 * (_gamma(H[i, j]) - D[i, j]) / sill, np.log(5.0))
+            expected[i, j] += min(
+                2.0 * (_gamma(H[i, j]) - D[i, j]) / sill, np.log(5.0)
+            )
     np.testing.assert_allclose(got, _ce(expected), rtol=1e-5)
 
 
@@ -125,19 +164,30 @@ def test_gradients_are_finite():
     x, gps = toy_features(random_gps(64, seed=0)), random_gps(64, seed=0)
     model = small_geoclip(queue_size=32)
     model.variogram.set_fit(FIT)
-    model.compile(optimizer="adam", loss=gv.losses.SemivariogramContrastiveLoss(false_negative_weight=0.0))
+    model.compile(
+        optimizer="adam",
+        loss=gv.losses.SemivariogramContrastiveLoss(false_negative_weight=0.0),
+    )
     hist = model.fit(x, gps, batch_size=32, epochs=2, verbose=0).history
     assert np.all(np.isfinite(hist["loss"]))
-    assert all(np.all(np.isfinite(to_numpy(w))) for w in model.trainable_weights)
+    assert all(
+        np.all(np.isfinite(to_numpy(w))) for w in model.trainable_weights
+    )
 
 
 def test_config_round_trip():
     loss = gv.losses.SemivariogramContrastiveLoss(
-        mode="thesis", false_negative_weight=0.5, hard_negative_beta=1.0,
-        hard_negative_margin=0.01, max_weight=4.0, false_negative_range_km=300.0,
+        mode="thesis",
+        false_negative_weight=0.5,
+        hard_negative_beta=1.0,
+        hard_negative_margin=0.01,
+        max_weight=4.0,
+        false_negative_range_km=300.0,
         use_hard_negatives=False,
     )
-    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    revived = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss)
+    )
     assert type(revived) is gv.losses.SemivariogramContrastiveLoss
     assert revived.get_config() == loss.get_config()
     with pytest.raises(ValueError, match="false_negative_weight"):
@@ -158,28 +208,41 @@ def test_callback_updates_state_in_compiled_fit_and_logs(tmp_path):
     plot = tmp_path / "variogram.png"
     cb = gv.callbacks.SemivariogramCallback(plot_path=str(plot))
     assert not model.variogram.active
-    hist = model.fit(x, gps, batch_size=128, epochs=3, verbose=0, callbacks=[cb]).history
+    hist = model.fit(
+        x, gps, batch_size=128, epochs=3, verbose=0, callbacks=[cb]
+    ).history
     # Epoch 1 ran unweighted (no fit yet); the fit assigned at its end was
     # used inside the compiled step of epoch 2: negatives got classified.
     assert hist["false_negative_frac"][0] == 0.0
     assert hist["false_negative_frac"][1] + hist["hard_negative_frac"][1] > 0.0
-    for key in ("variogram_sill", "variogram_range_km", "variogram_nugget", "variogram_converged"):
+    for key in (
+        "variogram_sill",
+        "variogram_range_km",
+        "variogram_nugget",
+        "variogram_converged",
+    ):
         assert len(hist[key]) == 3
     assert hist["variogram_converged"][-1] == 1.0
     assert model.variogram.active
     assert plot.exists() and plot.stat().st_size > 10_000
     # The in-graph statistics agree with a host-side recomputation of the
     # same fit's packed parameters.
-    np.testing.assert_allclose(to_numpy(model.variogram.params), cb.last_fit.packed(), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(model.variogram.params), cb.last_fit.packed(), rtol=1e-6
+    )
 
 
 def test_callback_with_data_fits_before_the_first_epoch():
     gps = random_gps(256, seed=1, max_lat=70.0)
     x = toy_features(gps)
     model = small_geoclip(queue_size=64)
-    model.compile(optimizer="adam", loss=gv.losses.SemivariogramContrastiveLoss())
+    model.compile(
+        optimizer="adam", loss=gv.losses.SemivariogramContrastiveLoss()
+    )
     cb = gv.callbacks.SemivariogramCallback(data=(x, gps), sample_size=200)
-    hist = model.fit(x, gps, batch_size=64, epochs=1, verbose=0, callbacks=[cb]).history
+    hist = model.fit(
+        x, gps, batch_size=64, epochs=1, verbose=0, callbacks=[cb]
+    ).history
     assert cb.fits[0][0] == -1
     assert hist["false_negative_frac"][0] + hist["hard_negative_frac"][0] > 0.0
 
@@ -189,14 +252,21 @@ def test_callback_requires_the_semivariogram_loss():
     model = small_geoclip()
     model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
     with pytest.raises(ValueError, match="SemivariogramContrastiveLoss"):
-        model.fit(toy_features(gps), gps, epochs=1, verbose=0,
-                  callbacks=[gv.callbacks.SemivariogramCallback()])
+        model.fit(
+            toy_features(gps),
+            gps,
+            epochs=1,
+            verbose=0,
+            callbacks=[gv.callbacks.SemivariogramCallback()],
+        )
     with pytest.raises(ValueError, match="refit_every"):
         gv.callbacks.SemivariogramCallback(refit_every=0)
 
 
 def test_variogram_state_survives_save_and_load(tmp_path):
-    model = small_geoclip(queue_size=16, variogram_bins_km=[0, 100, 1000, 20100])
+    model = small_geoclip(
+        queue_size=16, variogram_bins_km=[0, 100, 1000, 20100]
+    )
     model.variogram.set_fit(FIT)
     model(np.zeros((1, 16), "float32"))
     path = str(tmp_path / "m.keras")

@@ -1,5 +1,3 @@
-import warnings
-
 import gstools as gs
 import numpy as np
 import pytest
@@ -27,19 +25,36 @@ def _gstools_features(model, n=1200, k=6, seed=0):
 
 def test_models_numpy_and_ops_agree_and_effective_range():
     h = np.linspace(0, 8000, 101).astype("float32")
-    for name, alpha in [("stable", 0.7), ("exponential", 1.0), ("gaussian", 2.0), ("spherical", 1.0)]:
+    for name, alpha in [
+        ("stable", 0.7),
+        ("exponential", 1.0),
+        ("gaussian", 2.0),
+        ("spherical", 1.0),
+    ]:
         fit = gv.semivariogram.VariogramFit(
-            model=name, nugget=0.1, psill=0.5, length_scale=1500.0, alpha=alpha,
-            converged=True, effective_range_km=models.effective_range(name, 1500.0, alpha),
+            model=name,
+            nugget=0.1,
+            psill=0.5,
+            length_scale=1500.0,
+            alpha=alpha,
+            converged=True,
+            effective_range_km=models.effective_range(name, 1500.0, alpha),
         )
         np.testing.assert_allclose(
-            to_numpy(models.evaluate_ops(h, fit.packed())), fit(h), rtol=1e-5, atol=1e-6
+            to_numpy(models.evaluate_ops(h, fit.packed())),
+            fit(h),
+            rtol=1e-5,
+            atol=1e-6,
         )
         rho = fit.effective_range_km
         assert fit(rho) == pytest.approx(0.1 + 0.95 * 0.5, rel=1e-4)
-    # Closed forms: exponential 3 * length (ln 20 = 2.996), gaussian sqrt(ln 20).
-    assert models.effective_range("exponential", 1.0) == pytest.approx(np.log(20))
-    assert models.effective_range("gaussian", 1.0) == pytest.approx(np.sqrt(np.log(20)))
+    # Closed forms: exponential ln(20) * length, gaussian sqrt(ln 20).
+    assert models.effective_range("exponential", 1.0) == pytest.approx(
+        np.log(20)
+    )
+    assert models.effective_range("gaussian", 1.0) == pytest.approx(
+        np.sqrt(np.log(20))
+    )
 
 
 def test_streaming_estimator_matches_brute_force():
@@ -49,8 +64,16 @@ def test_streaming_estimator_matches_brute_force():
     sv = gv.semivariogram.EmpiricalSemivariogram(edges)
     sv.update_from_features(gps, f, block_size=64)  # several blocks merged
     # Brute force in float64 with pyproj-free numpy haversine.
-    lat, lon = np.radians(gps[:, 0].astype("float64")), np.radians(gps[:, 1].astype("float64"))
-    a = np.sin((lat[:, None] - lat[None]) / 2) ** 2 + np.cos(lat[:, None]) * np.cos(lat[None]) * np.sin((lon[:, None] - lon[None]) / 2) ** 2
+    lat, lon = (
+        np.radians(gps[:, 0].astype("float64")),
+        np.radians(gps[:, 1].astype("float64")),
+    )
+    a = (
+        np.sin((lat[:, None] - lat[None]) / 2) ** 2
+        + np.cos(lat[:, None])
+        * np.cos(lat[None])
+        * np.sin((lon[:, None] - lon[None]) / 2) ** 2
+    )
     h = 2 * KM * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
     d = 0.5 * ((f[:, None, :].astype("float64") - f[None]) ** 2).sum(-1)
     iu = np.triu_indices(300, 1)
@@ -75,11 +98,17 @@ def test_in_graph_merge_stays_accurate_in_float32():
         all_d.append(d)
     count, mean, _ = state.statistics()
     assert count[0] == 2_000_000 and count[1] == 0
-    assert mean[0] == pytest.approx(np.concatenate(all_d).astype("float64").mean(), rel=1e-5)
+    assert mean[0] == pytest.approx(
+        np.concatenate(all_d).astype("float64").mean(), rel=1e-5
+    )
 
 
-_EXP = gs.Exponential(latlon=True, geo_scale=gs.KM_SCALE, var=1.0, len_scale=700.0, nugget=0.1)
-_GAU = gs.Gaussian(latlon=True, geo_scale=gs.KM_SCALE, var=0.8, len_scale=600.0, nugget=0.05)
+_EXP = gs.Exponential(
+    latlon=True, geo_scale=gs.KM_SCALE, var=1.0, len_scale=700.0, nugget=0.1
+)
+_GAU = gs.Gaussian(
+    latlon=True, geo_scale=gs.KM_SCALE, var=0.8, len_scale=600.0, nugget=0.05
+)
 
 
 @pytest.mark.parametrize(
@@ -87,13 +116,15 @@ _GAU = gs.Gaussian(latlon=True, geo_scale=gs.KM_SCALE, var=0.8, len_scale=600.0,
     [
         (_EXP, "exponential", 700.0, 1.0),
         (_EXP, "stable", 700.0, 1.0),
-        # gstools' Gaussian rescales by sqrt(pi)/2: our length is 2 l / sqrt(pi).
+        # gstools' Gaussian rescales by sqrt(pi)/2: ours is 2 l / sqrt(pi).
         (_GAU, "gaussian", 600.0 * 2.0 / np.sqrt(np.pi), 2.0),
     ],
 )
 def test_recovers_known_gstools_variogram(gs_model, ours, length_scale, alpha):
     gps, f = _gstools_features(gs_model)
-    edges = np.concatenate([np.arange(0, 1000, 100), np.arange(1000, 4001, 250)])
+    edges = np.concatenate(
+        [np.arange(0, 1000, 100), np.arange(1000, 4001, 250)]
+    )
     sv = gv.semivariogram.EmpiricalSemivariogram(edges)
     sv.update_from_features(gps, f)
     fit = gv.semivariogram.fit_variogram(*sv.result(), model=ours)
@@ -110,16 +141,25 @@ def test_recovers_known_gstools_variogram(gs_model, ours, length_scale, alpha):
 
 
 def test_fit_agrees_with_gstools_fit_variogram_on_same_bins():
-    model = gs.Exponential(latlon=True, geo_scale=gs.KM_SCALE, var=1.0, len_scale=600.0, nugget=0.2)
+    model = gs.Exponential(
+        latlon=True, geo_scale=gs.KM_SCALE, var=1.0, len_scale=600.0, nugget=0.2
+    )
     gps, f = _gstools_features(model, seed=3)
     sv = gv.semivariogram.EmpiricalSemivariogram(np.arange(0, 3001, 150))
     sv.update_from_features(gps, f)
     centers, gamma, counts = sv.result()
-    ours = gv.semivariogram.fit_variogram(centers, gamma, counts, model="exponential")
+    ours = gv.semivariogram.fit_variogram(
+        centers, gamma, counts, model="exponential"
+    )
     ref = gs.Exponential(dim=2)
     # gstools multiplies residuals by `weights`: sqrt(n / mean n) is ours.
-    ref.fit_variogram(centers, gamma, nugget=True, loss="soft_l1",
-                      weights=np.sqrt(counts / counts.mean()))
+    ref.fit_variogram(
+        centers,
+        gamma,
+        nugget=True,
+        loss="soft_l1",
+        weights=np.sqrt(counts / counts.mean()),
+    )
     h = np.linspace(0, 3000, 61)
     np.testing.assert_allclose(ours(h), ref.variogram(h), atol=0.03 * ours.sill)
     assert ours.sill == pytest.approx(ref.sill, rel=0.05)
@@ -131,7 +171,11 @@ def test_fit_agrees_with_gstools_fit_variogram_on_same_bins():
     [
         (np.full(10, 0.3), np.full(10, 100), "flat"),
         (np.linspace(1.0, 0.2, 10), np.full(10, 100), "does not rise"),
-        (np.linspace(0.1, 1.0, 10), np.r_[np.full(3, 100), np.zeros(7)], "only 3 bins"),
+        (
+            np.linspace(0.1, 1.0, 10),
+            np.r_[np.full(3, 100), np.zeros(7)],
+            "only 3 bins",
+        ),
     ],
 )
 def test_degenerate_fits_fall_back_with_a_warning(gamma, counts, match):

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from geovario_keras.api_export import register
+from geovario_keras.utils import add_state
 
 
 @register
@@ -34,21 +35,9 @@ class GPSGallery(keras.layers.Layer):
         self.built = True
 
     def _make_variables(self, size):
-        self.coords = self.add_weight(
-            name="coords",
-            shape=(size, 2),
-            initializer="zeros",
-            dtype="float32",
-            trainable=False,
-            autocast=False,
-        )
-        self.embeddings = self.add_weight(
-            name="embeddings",
-            shape=(size, self.embed_dim),
-            initializer="zeros",
-            dtype="float32",
-            trainable=False,
-            autocast=False,
+        self.coords = add_state(self, "coords", (size, 2), "float32")
+        self.embeddings = add_state(
+            self, "embeddings", (size, self.embed_dim), "float32"
         )
 
     def set(self, coords, embeddings):

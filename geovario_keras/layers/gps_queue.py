@@ -4,6 +4,8 @@ import keras
 from keras import ops
 
 from geovario_keras.api_export import register
+from geovario_keras.utils import add_state
+from geovario_keras.utils import check_int
 
 
 @register
@@ -37,8 +39,7 @@ class GPSQueue(keras.layers.Layer):
 
     def __init__(self, size, feature_dim=None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"`size` must be an int >= 1; got {size!r}.")
+        check_int("size", size, 1)
         if feature_dim is not None and (
             not isinstance(feature_dim, int) or feature_dim < 1
         ):
@@ -48,38 +49,14 @@ class GPSQueue(keras.layers.Layer):
             )
         self.size = size
         self.feature_dim = feature_dim
-        self.coords = self.add_weight(
-            name="coords",
-            shape=(size, 2),
-            initializer="zeros",
-            dtype="float32",
-            trainable=False,
-            autocast=False,
-        )
+        self.coords = add_state(self, "coords", (size, 2), "float32")
         self.features = None
         if feature_dim is not None:
-            self.features = self.add_weight(
-                name="features",
-                shape=(size, feature_dim),
-                initializer="zeros",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
+            self.features = add_state(
+                self, "features", (size, feature_dim), "float32"
             )
-        self.pointer = self.add_weight(
-            name="pointer",
-            shape=(),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-        )
-        self.count = self.add_weight(
-            name="count",
-            shape=(),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-        )
+        self.pointer = add_state(self, "pointer", (), "int32")
+        self.count = add_state(self, "count", (), "int32")
         self.built = True
 
     def valid_mask(self):

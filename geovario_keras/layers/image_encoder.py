@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from geovario_keras.api_export import register
+from geovario_keras.utils import check_int
 
 _POOLINGS = ("avg", "max", "cls")
 
@@ -58,12 +59,8 @@ class ImageEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (
-            ("embed_dim", embed_dim),
-            ("hidden_units", hidden_units),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        check_int("embed_dim", embed_dim)
+        check_int("hidden_units", hidden_units)
         if pooling not in _POOLINGS:
             raise ValueError(
                 f"`pooling` must be one of {_POOLINGS}; got {pooling!r}."

@@ -1,11 +1,11 @@
 """GeoCLIP's multi-scale GPS location encoder."""
 
 import keras
-from keras import ops
 
 from geovario_keras.api_export import register
 from geovario_keras.layers.equal_earth import EqualEarthProjection
 from geovario_keras.layers.fourier import RandomFourierFeatures
+from geovario_keras.utils import check_int
 
 
 @register
@@ -64,16 +64,10 @@ class LocationEncoder(keras.layers.Layer):
                 f"`sigmas` must be a non-empty sequence of numbers > 0; got "
                 f"{sigmas!r}."
             )
-        for name, value, low in (
-            ("num_features", num_features, 1),
-            ("hidden_units", hidden_units, 1),
-            ("hidden_layers", hidden_layers, 1),
-            ("embed_dim", embed_dim, 1),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(
-                    f"`{name}` must be an int >= {low}; got {value!r}."
-                )
+        check_int("num_features", num_features)
+        check_int("hidden_units", hidden_units)
+        check_int("hidden_layers", hidden_layers)
+        check_int("embed_dim", embed_dim)
         self.sigmas = sigmas
         self.num_features = num_features
         self.hidden_units = hidden_units

@@ -42,7 +42,11 @@ class VariogramFit:
     def __call__(self, h_km):
         """Evaluates the fitted curve at `h_km` (numpy)."""
         return models.evaluate(
-            h_km, self.model, self.nugget, self.psill, self.length_scale,
+            h_km,
+            self.model,
+            self.nugget,
+            self.psill,
+            self.length_scale,
             self.alpha,
         )
 
@@ -148,8 +152,10 @@ def fit_variogram(
     amplitude = float(g.max() - g.min())
     if amplitude < 1e-6:
         return _fallback(
-            model, f"flat empirical curve (amplitude {amplitude:.2e}).",
-            h.size, warn,
+            model,
+            f"flat empirical curve (amplitude {amplitude:.2e}).",
+            h.size,
+            warn,
         )
     rho = stats.spearmanr(h, g).statistic
     if not rho > 0:
@@ -195,7 +201,10 @@ def fit_variogram(
     p0 = np.clip(p0, lower, upper)
     try:
         result = optimize.least_squares(
-            residual, p0, bounds=(lower, upper), loss="soft_l1",
+            residual,
+            p0,
+            bounds=(lower, upper),
+            loss="soft_l1",
             f_scale=f_scale,
         )
     except Exception as e:  # pragma: no cover - scipy internal failure
@@ -207,8 +216,10 @@ def fit_variogram(
         )
     if psill <= 1e-9 * max(amplitude, 1e-12):
         return _fallback(
-            model, "the fit has no structured part (partial sill ~ 0).",
-            h.size, warn,
+            model,
+            "the fit has no structured part (partial sill ~ 0).",
+            h.size,
+            warn,
         )
     fitted = models.evaluate(h, model, nugget, psill, length, alpha)
     rmse = float(np.sqrt(np.sum(n * (fitted - g) ** 2) / np.sum(n)))
@@ -219,9 +230,7 @@ def fit_variogram(
         length_scale=length,
         alpha=alpha,
         sill=nugget + psill,
-        effective_range_km=float(
-            models.effective_range(model, length, alpha)
-        ),
+        effective_range_km=float(models.effective_range(model, length, alpha)),
         rmse=rmse,
         converged=True,
         message=str(result.message),

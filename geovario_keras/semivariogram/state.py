@@ -9,6 +9,7 @@ from geovario_keras.semivariogram import models
 from geovario_keras.semivariogram.empirical import batch_statistics
 from geovario_keras.semivariogram.empirical import check_bin_edges
 from geovario_keras.semivariogram.empirical import merge
+from geovario_keras.utils import add_state
 
 
 @register
@@ -37,14 +38,7 @@ class SemivariogramState(keras.layers.Layer):
         k = len(self.bin_edges_km) - 1
 
         def var(name, shape):
-            return self.add_weight(
-                name=name,
-                shape=shape,
-                initializer="zeros",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-            )
+            return add_state(self, name, shape)
 
         self.params = var("params", (models.NUM_PARAMS,))
         self.count = var("count", (k,))
