@@ -224,26 +224,25 @@ def test_fit_from_tf_data_and_py_dataset():
     assert np.isfinite(h1["loss"][0]) and np.isfinite(h2["loss"][0])
 
 
-def test_fit_with_jit_compile():
-    if backend() == "torch":
-        pytest.skip("jit_compile=True on torch is torch.compile: see slow test")
+@pytest.mark.parametrize(
+    "compiler",
+    [
+        pytest.param("xla", id="xla"),
+        # On torch, jit_compile=True is torch.compile: slow to compile.
+        pytest.param(
+            "torch.compile", id="torch_compile", marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_fit_with_jit_compile(compiler):
+    if (backend() == "torch") != (compiler == "torch.compile"):
+        pytest.skip(f"{compiler} is not this backend's compiler")
     x, gps = _data(128)
     model = small_geoclip(queue_size=32)
     model.compile(
-        optimizer="adam", loss=gv.losses.GeoContrastiveLoss(), jit_compile=True
-    )
-    hist = model.fit(x, gps, batch_size=32, epochs=2, verbose=0).history
-    assert np.all(np.isfinite(hist["loss"]))
-
-
-@pytest.mark.slow
-def test_fit_with_jit_compile_torch():
-    if backend() != "torch":
-        pytest.skip("torch only")
-    x, gps = _data(128)
-    model = small_geoclip(queue_size=32)
-    model.compile(
-        optimizer="adam", loss=gv.losses.GeoContrastiveLoss(), jit_compile=True
+        optimizer="adam",
+        loss=gv.losses.SemivariogramContrastiveLoss(),
+        jit_compile=True,
     )
     hist = model.fit(x, gps, batch_size=32, epochs=2, verbose=0).history
     assert np.all(np.isfinite(hist["loss"]))
