@@ -44,6 +44,12 @@ class GeoCLIP(keras.Model):
     `call(x)` returns the normalised image embedding, so `predict(x)` gives
     image embeddings; `encode_location(gps)` gives location embeddings.
 
+    Coordinates given as arrays to `fit`, `evaluate`, `set_gallery` and the
+    metrics are validated (a `ValueError` names the argument and the allowed
+    range). Coordinates inside a `tf.data.Dataset` or `PyDataset` are not
+    inspected by `fit`: validate them when the data set is built (e.g. with
+    `gv.geo.check_gps`).
+
     Args:
         image_encoder: a `gv.layers.ImageEncoder` (or any layer mapping
             inputs to `(N, embed_dim)`); default: GeoCLIP's MLP on 768-d
