@@ -246,7 +246,6 @@ def test_gps_queue_fifo_and_mask_against_deque():
     q = gv.layers.GPSQueue(size, feature_dim=1)
     ref = collections.deque(maxlen=size)
     assert not to_numpy(q.valid_mask()).any()
-    rng = np.random.default_rng(0)
     counter = 0
     for batch in (2, 2, 3, 7, 1):
         coords = np.stack([np.arange(counter, counter + batch)] * 2, 1)
@@ -262,7 +261,6 @@ def test_gps_queue_fifo_and_mask_against_deque():
         np.testing.assert_array_equal(
             to_numpy(q.features)[valid][:, 0], stored[:, 0] * 10
         )
-    assert rng is not None
     q.reset()
     assert not to_numpy(q.valid_mask()).any()
 
