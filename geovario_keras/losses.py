@@ -6,7 +6,7 @@ from keras import ops
 
 from geovario_keras.api_export import register
 
-_MASKED_LOGIT = -1e9
+MASKED_LOGIT = -1e9
 
 
 def unpack_candidates(y_pred):
@@ -99,7 +99,7 @@ class GeoContrastiveLoss(keras.losses.Loss):
             logits = ops.where(positive > 0, logits, adjusted)
         if mask is not None:
             valid = ops.logical_or(mask, positive > 0)
-            logits = ops.where(valid, logits, _MASKED_LOGIT)
+            logits = ops.where(valid, logits, MASKED_LOGIT)
         positive_logit = ops.sum(logits * positive, axis=-1)
         return ops.logsumexp(logits, axis=-1) - positive_logit
 
@@ -241,7 +241,10 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
 
         Positives and masked candidates must be excluded by the caller.
         """
-        h, d, gamma, rho, _, active = self._quantities(y_pred)
+        return self._classify(self._quantities(y_pred))
+
+    def _classify(self, quantities):
+        h, d, gamma, rho, _, active = quantities
         r = gamma - d
         rho_fn = (
             rho
@@ -261,8 +264,9 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
 
     def negative_weights(self, y_pred):
         """Multiplicative weights `w_ij` of negatives (weighted mode)."""
-        h, d, gamma, rho, sill, active = self._quantities(y_pred)
-        false, hard = self.classify_negatives(y_pred)
+        quantities = self._quantities(y_pred)
+        h, d, gamma, rho, sill, active = quantities
+        false, hard = self._classify(quantities)
         r = gamma - d
         w_hard = ops.minimum(
             ops.exp(self.hard_negative_beta * r / sill), self.max_weight
@@ -271,7 +275,9 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
         return ops.where(false, self.false_negative_weight, w)
 
     def adjust_negative_logits(self, logits, y_pred):
-        h, d, gamma, rho, sill, active = self._quantities(y_pred)
+        # The variogram is evaluated once per call on the (B, B + Q) pairs.
+        quantities = self._quantities(y_pred)
+        h, d, gamma, rho, sill, active = quantities
         if self.mode == "thesis":
             p = ops.where((h <= rho) & active, ops.maximum(d - gamma, 0.0), 0.0)
             if not self.use_hard_negatives:
@@ -280,7 +286,7 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
                 ops.reshape(y_pred.get("queue_full", 1.0), ()), "float32"
             )
             return ops.where(queue_full > 0.5, logits * ops.exp(p), logits)
-        false, hard = self.classify_negatives(y_pred)
+        false, hard = self._classify(quantities)
         r = gamma - d
         log_hard = ops.minimum(
             self.hard_negative_beta * r / sill, float(np.log(self.max_weight))
@@ -289,7 +295,7 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
         if self.false_negative_weight > 0:
             log_false = float(np.log(self.false_negative_weight))
             return ops.where(false, logits + log_false, out)
-        return ops.where(false, _MASKED_LOGIT, out)
+        return ops.where(false, MASKED_LOGIT, out)
 
     def get_config(self):
         config = super().get_config()

@@ -12,6 +12,7 @@ from geovario_keras.layers.gps_gallery import GPSGallery
 from geovario_keras.layers.gps_queue import GPSQueue
 from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
+from geovario_keras.losses import MASKED_LOGIT
 from geovario_keras.losses import GeoContrastiveLoss
 from geovario_keras.semivariogram.state import SemivariogramState
 from geovario_keras.utils import check_int
@@ -300,7 +301,7 @@ class GeoCLIP(keras.Model):
         # (JAX passes them into `compute_loss` only); metric updates made here
         # are carried out of the step on TensorFlow, JAX and PyTorch.
         logits = ops.stop_gradient(scores["logits"])
-        logits = ops.where(scores["candidate_mask"], logits, -1e9)
+        logits = ops.where(scores["candidate_mask"], logits, MASKED_LOGIT)
         best = ops.argmax(logits, axis=-1)
         retrieved = ops.take(scores["candidate_gps"], best, axis=0)
         self.retrieval_error.update_state(geo.haversine_km(gps, retrieved))

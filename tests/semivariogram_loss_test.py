@@ -225,8 +225,7 @@ def test_callback_updates_state_in_compiled_fit_and_logs(tmp_path):
     assert hist["variogram_converged"][-1] == 1.0
     assert model.variogram.active
     assert plot.exists() and plot.stat().st_size > 10_000
-    # The in-graph statistics agree with a host-side recomputation of the
-    # same fit's packed parameters.
+    # The callback's last fit is what the model's state holds.
     np.testing.assert_allclose(
         to_numpy(model.variogram.params), cb.last_fit.packed(), rtol=1e-6
     )
