@@ -27,8 +27,9 @@ class SemivariogramCallback(keras.callbacks.Callback):
       statistics the model accumulated in its compiled training step (batch
       and queue pairs of stop-gradient image embeddings) are fitted; the
       fit is assigned into the model's semivariogram state, so the next
-      epoch uses it on every backend; the statistics are then reset so the
-      next fit reflects the current embedding.
+      epoch uses it on every backend. The statistics of a fit cover the
+      epochs since the previous fit (or since train begin), and are then
+      reset, so each fit reflects the recent embedding.
     - The fit's parameters (`variogram_nugget`, `variogram_sill`,
       `variogram_range_km`, `variogram_alpha`, `variogram_rmse`,
       `variogram_converged`) and the fractions of negatives classed false /
@@ -47,7 +48,9 @@ class SemivariogramCallback(keras.callbacks.Callback):
             `"gaussian"` or `"spherical"`.
         refit_every: int >= 1. Refit period in epochs.
         warmup_epochs: int >= 0. Epochs trained with the plain loss before
-            the first re-weighting (a `data` fit is then also deferred).
+            the first re-weighting. The first fit then uses the statistics
+            of the warm-up epochs; `data` is used only when
+            `warmup_epochs == 0`.
         min_pairs: minimum pairs for a bin to enter the fit.
         plot_path: optional path of a PNG (empirical points sized by pair
             count, fitted curve, effective range marked), rewritten at each
@@ -100,6 +103,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.fits = []
         self.last_fit = None
+        self.last_empirical = None
         self._pending_logs = {}
 
     # -------------------------------------------------------------- helpers
@@ -122,6 +126,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
             min_count=self.min_pairs,
         )
         self._state().set_fit(fit)
+        self.last_empirical = sv
         self.fits.append((epoch, fit))
         self.last_fit = fit
         self._pending_logs = fit.as_logs()
@@ -172,7 +177,9 @@ class SemivariogramCallback(keras.callbacks.Callback):
             self.fit_from_data(*self.data, epoch=-1)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._state().reset_statistics()
+        # The false / hard fractions are per epoch; the pair statistics run
+        # from the last fit (or train begin) to the next one.
+        self._state().reset_statistics(pairs=False, negatives=True)
 
     def on_epoch_end(self, epoch, logs=None):
         state = self._state()
@@ -185,6 +192,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
             sv = EmpiricalSemivariogram(state.bin_edges_km)
             sv.merge_statistics(*state.statistics())
             self._fit(sv, epoch)
+            state.reset_statistics(pairs=True, negatives=False)
         if logs is not None:
             logs.update(self._pending_logs)
             logs["false_negative_frac"] = false_frac

@@ -231,6 +231,31 @@ def test_callback_updates_state_in_compiled_fit_and_logs(tmp_path):
     )
 
 
+def test_refit_every_uses_all_pairs_since_the_last_fit():
+    # 512 points, batches of 128, a 128-slot queue, refit every 2 epochs:
+    # fits after epochs 1 and 3. Negative pairs per step are
+    # 128 x (128 + valid queue slots) - 128 positives; the queue is full
+    # from the second step on. The second fit must see epochs 2 and 3,
+    # 8 full steps: 8 x (128 x 256 - 128) pairs (none beyond the last bin).
+    gps = random_gps(512, seed=2, max_lat=70.0)
+    model = small_geoclip(queue_size=128)
+    model.compile(
+        optimizer="adam", loss=gv.losses.SemivariogramContrastiveLoss()
+    )
+    cb = gv.callbacks.SemivariogramCallback(refit_every=2)
+    model.fit(
+        toy_features(gps),
+        gps,
+        batch_size=128,
+        epochs=4,
+        verbose=0,
+        shuffle=False,
+        callbacks=[cb],
+    )
+    assert [epoch for epoch, _ in cb.fits] == [0, 2]
+    assert cb.last_empirical.count.sum() == 8 * (128 * 256 - 128)
+
+
 def test_callback_with_data_fits_before_the_first_epoch():
     gps = random_gps(256, seed=1, max_lat=70.0)
     x = toy_features(gps)

@@ -88,8 +88,14 @@ class SemivariogramState(keras.layers.Layer):
             return 0.0, 0.0
         return float(f / n), float(h / n)
 
-    def reset_statistics(self):
-        for v in (self.count, self.mean, self.m2, self.negatives):
+    def reset_statistics(self, pairs=True, negatives=True):
+        """Zeroes the pair statistics and / or the negative counters."""
+        variables = []
+        if pairs:
+            variables += [self.count, self.mean, self.m2]
+        if negatives:
+            variables.append(self.negatives)
+        for v in variables:
             v.assign(ops.zeros(v.shape, "float32"))
 
     def set_fit(self, fit):
