@@ -344,6 +344,9 @@ class GeoCLIP(keras.Model):
             verbose: Keras progress-bar verbosity.
         """
         gps = geo.check_gps(gps, name="gps")
+        return self._encode_checked_location(gps, batch_size, verbose)
+
+    def _encode_checked_location(self, gps, batch_size, verbose):
         inputs = keras.Input((2,), dtype="float32")
         encoder = keras.Model(
             inputs, self._location_embeddings(inputs), name="encode_location"
@@ -363,7 +366,7 @@ class GeoCLIP(keras.Model):
             verbose: Keras progress-bar verbosity.
         """
         gps = geo.check_gps(gps, name="gps")
-        emb = self.encode_location(gps, batch_size=batch_size, verbose=verbose)
+        emb = self._encode_checked_location(gps, batch_size, verbose)
         self.gallery.set(gps, emb)
 
     def predict_gps(self, x, top_k=5, batch_size=None, verbose=0):
