@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
+# GeoCLIP's released weights: the geoclip 1.3.0 wheel, downloaded (hash
+# pinned, not installed) for geovario_keras.pretrained and its tests.
+GEOCLIP_WHEEL := .cache/geoclip/geoclip-1.3.0-py3-none-any.whl
+export GEOVARIO_GEOCLIP_WHEEL := $(CURDIR)/$(GEOCLIP_WHEEL)
 
 .PHONY: install test test-slow demo lint clean
 
@@ -15,20 +19,27 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[all]"
 	touch $@
 
-install: $(VENV)/.installed
+$(GEOCLIP_WHEEL): requirements/geoclip-wheel.txt $(VENV)/.installed
+	$(PY) -m pip download -q --no-deps --require-hashes \
+	  -r requirements/geoclip-wheel.txt -d $(dir $(GEOCLIP_WHEEL))
+	touch $@
+
+install: $(VENV)/.installed $(GEOCLIP_WHEEL)
 
 # The whole suite once per backend; slow tests are excluded (see test-slow).
 test: install
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
+	  KERAS_BACKEND=$$b GEOVARIO_REQUIRE_GEOCLIP=1 \
+	    $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
 	done
 
 # Long-running tests (marked @pytest.mark.slow), once per backend.
 test-slow: install
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b (slow)"; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) tests; \
+	  KERAS_BACKEND=$$b GEOVARIO_REQUIRE_GEOCLIP=1 \
+	    $(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) tests; \
 	done
 
 demo: install
@@ -39,4 +50,4 @@ lint: install
 	$(PY) -m ruff check geovario_keras tests recipes
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) artifacts .pytest_cache .cache

@@ -4,10 +4,12 @@ Keras 3; runs on TensorFlow, JAX and PyTorch (set `KERAS_BACKEND`).
 """
 
 from geovario_keras import callbacks
+from geovario_keras import export
 from geovario_keras import geo
 from geovario_keras import layers
 from geovario_keras import losses
 from geovario_keras import metrics
+from geovario_keras import pretrained
 from geovario_keras import semivariogram
 from geovario_keras.model import GeoCLIP
 from geovario_keras.version import __version__
@@ -16,9 +18,11 @@ __all__ = [
     "GeoCLIP",
     "__version__",
     "callbacks",
+    "export",
     "geo",
     "layers",
     "losses",
     "metrics",
+    "pretrained",
     "semivariogram",
 ]

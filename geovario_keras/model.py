@@ -406,20 +406,13 @@ class GeoCLIP(keras.Model):
         Returns:
             `(coords (N, top_k, 2), probs (N, top_k))` as numpy arrays.
         """
-        gallery_emb = ops.convert_to_tensor(self.gallery.embeddings)
-        gallery_gps = ops.convert_to_tensor(self.gallery.coords)
-        scale = self.temperature()
         # Keep each logits block near 64 MB.
         chunk = batch_size or max(1, (1 << 24) // max(self.gallery.size, 1))
         coords, probs = [], []
         for start in range(0, len(image_embeddings), chunk):
             q = ops.convert_to_tensor(image_embeddings[start : start + chunk])
-            logits = scale * ops.matmul(
-                ops.cast(q, "float32"), ops.transpose(gallery_emb)
-            )
-            values, index = ops.top_k(logits, k=top_k)
-            p = ops.exp(values - ops.logsumexp(logits, axis=-1, keepdims=True))
-            coords.append(ops.convert_to_numpy(ops.take(gallery_gps, index, 0)))
+            c, p = self.gallery_top_k(q, top_k)
+            coords.append(ops.convert_to_numpy(c))
             probs.append(ops.convert_to_numpy(p))
         if not coords:
             return (
@@ -427,6 +420,32 @@ class GeoCLIP(keras.Model):
                 np.zeros((0, top_k), "float32"),
             )
         return np.concatenate(coords), np.concatenate(probs)
+
+    def gallery_top_k(self, image_embeddings, top_k, top_k_fn=None):
+        """Top-k gallery coordinates and probabilities, as tensors.
+
+        The traceable core of `rank_gallery` (and of the exported
+        `predict_gps` signature): softmax over the whole gallery of
+        `exp(logit_scale) * img . loc`, then the `top_k` best.
+
+        Args:
+            image_embeddings: `(N, D)` normalised image embeddings.
+            top_k: int.
+            top_k_fn: `fn(logits, k) -> (values, indices)`; default
+                `keras.ops.top_k`.
+
+        Returns:
+            `(coords (N, top_k, 2), probs (N, top_k))` tensors.
+        """
+        top_k_fn = top_k_fn or (lambda x, k: ops.top_k(x, k=k))
+        gallery_emb = ops.convert_to_tensor(self.gallery.embeddings)
+        gallery_gps = ops.convert_to_tensor(self.gallery.coords)
+        logits = self.temperature() * ops.matmul(
+            ops.cast(image_embeddings, "float32"), ops.transpose(gallery_emb)
+        )
+        values, index = top_k_fn(logits, top_k)
+        probs = ops.exp(values - ops.logsumexp(logits, axis=-1, keepdims=True))
+        return ops.take(gallery_gps, index, axis=0), probs
 
     # --------------------------------------------------------------- config
     def get_config(self):

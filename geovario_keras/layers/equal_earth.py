@@ -58,12 +58,17 @@ class EqualEarthProjection(keras.layers.Layer):
         deg = math.pi / 180.0
         lat = x[..., 0] * deg
         lon = x[..., 1] * deg
-        theta = ops.arcsin(math.sqrt(3.0) / 2.0 * ops.sin(lat))
+        # theta = asin(s), written as atan2(s, cos theta) with cos theta =
+        # sqrt(1 - s^2) >= 1/2: as accurate, and (unlike `asin`, which JAX
+        # serialises as a `composite` op) exportable from JAX to TensorFlow.
+        s = math.sqrt(3.0) / 2.0 * ops.sin(lat)
+        cos_theta = ops.sqrt(1.0 - s * s)
+        theta = ops.arctan2(s, cos_theta)
         t2 = theta * theta
         t6 = t2 * t2 * t2
         t8 = t6 * t2
         denominator = 3.0 * (9.0 * A4 * t8 + 7.0 * A3 * t6 + 3.0 * A2 * t2 + A1)
-        px = 2.0 * math.sqrt(3.0) * lon * ops.cos(theta) / denominator
+        px = 2.0 * math.sqrt(3.0) * lon * cos_theta / denominator
         py = theta * (A1 + t2 * (A2 + t2 * t2 * (A3 + A4 * t2)))
         out = ops.stack([px, py], axis=-1) * (SF / 180.0)
         return ops.cast(out, self.compute_dtype)

@@ -1,0 +1,444 @@
+"""GeoCLIP's released weights, read from the files of the `geoclip` wheel.
+
+The `geoclip` PyPI package 1.3.0 (Vivanco Cepeda et al., NeurIPS 2023; MIT
+licence, Copyright (c) 2023 Vicente Vivanco Cepeda) ships the pretrained
+location encoder (with its random Fourier matrices `B`), the MLP head that
+maps 768-d CLIP ViT-L/14 image features to the 512-d embedding, the learned
+logit scale and a 100,000-point GPS gallery (shared/REFERENCE.md section 1).
+Its Fourier-feature code comes from the `rff` package (BSD-3-Clause).
+
+This module reads those files **without importing `geoclip` and without
+PyTorch**: the `.pth` checkpoints are torch zip archives, decoded here with a
+restricted unpickler into numpy arrays. Nothing is downloaded: point `source`
+at a local copy, obtained once with
+
+```
+pip download geoclip==1.3.0 --no-deps -d ~/geoclip
+```
+
+(`source="~/geoclip/geoclip-1.3.0-py3-none-any.whl"`), or at an unpacked
+wheel / installed `geoclip` folder. With `source=None` an installed `geoclip`
+package is located (not imported) with `importlib.util.find_spec`.
+
+The CLIP ViT-L/14 image backbone is not part of the wheel; the image side of
+`geoclip_model` therefore takes precomputed 768-d CLIP image features.
+"""
+
+import csv
+import importlib.util
+import io
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+
+import keras
+import numpy as np
+
+from geovario_keras.layers.image_encoder import ImageEncoder
+from geovario_keras.layers.location_encoder import LocationEncoder
+
+GEOCLIP_VERSION = "1.3.0"
+GEOCLIP_SIGMAS = (1.0, 16.0, 256.0)
+GEOCLIP_FEATURE_DIM = 768  # CLIP ViT-L/14 projected image features.
+
+# Files of the wheel, relative to the `geoclip/model/` folder.
+_FILES = {
+    "location_encoder": "weights/location_encoder_weights.pth",
+    "image_mlp": "weights/image_encoder_mlp_weights.pth",
+    "logit_scale": "weights/logit_scale_weights.pth",
+    "gallery": "gps_gallery/coordinates_100K.csv",
+}
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+# ------------------------------------------------------------ torch files
+class _StorageType:
+    def __init__(self, name):
+        self.dtype = np.dtype(_STORAGE_DTYPES[name]).newbyteorder("<")
+
+
+def _rebuild_tensor(storage, offset, size, stride, *args):
+    size, stride = tuple(size), tuple(stride)
+    if not size:
+        return np.array(storage[offset])
+    itemsize = storage.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:],
+        shape=size,
+        strides=tuple(s * itemsize for s in stride),
+        writeable=False,
+    )
+    return np.array(view)
+
+
+def _rebuild_parameter(data, *args):
+    return data
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Unpickles a torch checkpoint's `data.pkl` into numpy, nothing else.
+
+    Only the handful of globals a state dict of plain tensors refers to are
+    allowed; anything else (code, modules) is refused, as
+    `torch.load(weights_only=True)` does.
+    """
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    }
+
+    def __init__(self, file, read_record):
+        super().__init__(file)
+        self._read_record = read_record
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise pickle.UnpicklingError(
+            f"Refusing to load `{module}.{name}`: not part of a plain tensor "
+            "state dict."
+        )
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, numel = pid
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"Unknown persistent id {pid!r}.")
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(
+                f"Unsupported tensor storage {storage_type!r}."
+            )
+        data = self._read_record(f"data/{key}")
+        return np.frombuffer(data, dtype=storage_type.dtype, count=numel)
+
+
+def read_torch_checkpoint(file):
+    """Reads a torch zip checkpoint of tensors into numpy, without torch.
+
+    Args:
+        file: a path or a binary file object of a file written by
+            `torch.save` (zip format, the default since torch 1.6) holding a
+            tensor or a (nested) dict of tensors.
+
+    Returns:
+        The same structure with `np.ndarray` in place of tensors.
+
+    Raises:
+        ValueError: if `file` is not a torch zip checkpoint, or holds
+            anything but tensors.
+    """
+    try:
+        archive = zipfile.ZipFile(file)
+    except zipfile.BadZipFile as e:
+        raise ValueError(
+            f"{file!r} is not a torch zip checkpoint (written by torch.save "
+            "with torch >= 1.6)."
+        ) from e
+    with archive:
+        names = archive.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl")]
+        if len(pkl) != 1:
+            raise ValueError(f"{file!r} has no single `data.pkl` record.")
+        prefix = pkl[0][: -len("data.pkl")]
+        order = prefix + "byteorder"
+        if order in names and archive.read(order).strip() != b"little":
+            raise ValueError(f"{file!r} is big-endian; not supported.")
+
+        def read_record(name):
+            return archive.read(prefix + name)
+
+        try:
+            return _TorchUnpickler(
+                io.BytesIO(archive.read(pkl[0])), read_record
+            ).load()
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"Cannot read {file!r}: {e}") from e
+
+
+# --------------------------------------------------------------- sources
+class GeoCLIPFiles:
+    """Locates the files of a `geoclip` wheel (or unpacked copy).
+
+    Args:
+        source: path to `geoclip-1.3.0-py3-none-any.whl`, or to a folder
+            that contains the package's `model/weights/...` files (an
+            unpacked wheel, a site-packages `geoclip` folder, or its `model`
+            subfolder). `None`: the installed `geoclip` package, located
+            without importing it.
+    """
+
+    def __init__(self, source=None):
+        if source is None:
+            spec = importlib.util.find_spec("geoclip")
+            if spec is None or not spec.submodule_search_locations:
+                raise FileNotFoundError(
+                    "No `source` given and no installed `geoclip` package "
+                    "found. Download the wheel once (no network is used at "
+                    "run time):\n  pip download geoclip==1.3.0 --no-deps -d "
+                    "DIR\nand pass `source='DIR/geoclip-1.3.0-py3-none-any."
+                    "whl'`."
+                )
+            source = list(spec.submodule_search_locations)[0]
+        self.source = os.path.expanduser(os.fspath(source))
+        if not os.path.exists(self.source):
+            raise FileNotFoundError(f"`source` {self.source!r} does not exist.")
+        self._zip = None
+        if os.path.isfile(self.source):
+            try:
+                self._zip = zipfile.ZipFile(self.source)
+            except zipfile.BadZipFile as e:
+                raise ValueError(
+                    f"`source` {self.source!r} is neither a folder nor a "
+                    "wheel (zip) file."
+                ) from e
+            members = self._zip.namelist()
+        else:
+            members = [
+                os.path.relpath(os.path.join(root, f), self.source).replace(
+                    os.sep, "/"
+                )
+                for root, _, files in os.walk(self.source)
+                for f in files
+            ]
+        self.paths = {}
+        for key, suffix in _FILES.items():
+            hits = sorted(
+                (m for m in members if m == suffix or m.endswith("/" + suffix)),
+                key=len,
+            )
+            if hits:
+                self.paths[key] = hits[0]
+
+    def has(self, key):
+        return key in self.paths
+
+    def open(self, key):
+        """A binary file object of one file (`location_encoder`, ...)."""
+        if key not in self.paths:
+            raise FileNotFoundError(
+                f"`{_FILES[key]}` not found in {self.source!r}; expected the "
+                f"files of the geoclip {GEOCLIP_VERSION} wheel."
+            )
+        if self._zip is not None:
+            return io.BytesIO(self._zip.read(self.paths[key]))
+        return open(os.path.join(self.source, self.paths[key]), "rb")
+
+    def checkpoint(self, key):
+        with self.open(key) as f:
+            return read_torch_checkpoint(f)
+
+
+def _files(source):
+    return source if isinstance(source, GeoCLIPFiles) else GeoCLIPFiles(source)
+
+
+def load_geoclip_gallery(source=None, deduplicate=False):
+    """GeoCLIP's 100K GPS gallery, `(M, 2)` float32 (latitude, longitude).
+
+    Args:
+        source: see `GeoCLIPFiles`.
+        deduplicate: bool. The file has 5,877 repeated rows (the reference
+            keeps them; a repeated point only splits its probability). With
+            `True`, keep the first occurrence of each (order kept): 94,123
+            points.
+    """
+    with _files(source).open("gallery") as f:
+        rows = list(csv.reader(io.TextIOWrapper(f, "utf-8")))
+    header = [h.strip().upper() for h in rows[0]]
+    if header[:2] != ["LAT", "LON"]:
+        raise ValueError(f"Unexpected gallery header {rows[0]!r}.")
+    gps = np.asarray(rows[1:], dtype="float64")[:, :2]
+    if deduplicate:
+        _, first = np.unique(gps, axis=0, return_index=True)
+        gps = gps[np.sort(first)]
+    return gps.astype("float32")
+
+
+# ----------------------------------------------------------------- loaders
+def _check_location_encoder(encoder, n_branches):
+    expected = {
+        "sigmas": GEOCLIP_SIGMAS,
+        "num_features": 256,
+        "hidden_units": 1024,
+        "hidden_layers": 3,
+        "embed_dim": 512,
+    }
+    got = {k: getattr(encoder, k, None) for k in expected}
+    got["sigmas"] = tuple(float(s) for s in got["sigmas"] or ())
+    if len(got["sigmas"]) != n_branches or got != expected:
+        raise ValueError(
+            "The location encoder must have GeoCLIP's configuration to load "
+            f"its weights: {expected}; got {got}. Use "
+            "`gv.layers.LocationEncoder()` (the defaults) or "
+            "`gv.pretrained.geoclip_location_encoder(source)`."
+        )
+
+
+def _load_location_encoder(encoder, state):
+    n = len({k.split(".")[0] for k in state if k.startswith("LocEnc")})
+    _check_location_encoder(encoder, n)
+    if not encoder.built:
+        encoder.build((None, 2))
+    for i in range(n):
+        p = f"LocEnc{i}."
+        encoder.fourier[i].set_weights([state[p + "capsule.0.b"]])
+        # torch Linear stores (out, in); Keras Dense kernels are (in, out).
+        for dense, idx in zip(encoder.hidden[i], (1, 3, 5)):
+            dense.set_weights(
+                [
+                    state[f"{p}capsule.{idx}.weight"].T,
+                    state[f"{p}capsule.{idx}.bias"],
+                ]
+            )
+        encoder.heads[i].set_weights(
+            [state[p + "head.0.weight"].T, state[p + "head.0.bias"]]
+        )
+
+
+def _load_image_head(encoder, state):
+    if not (
+        isinstance(encoder, ImageEncoder)
+        and encoder.backbone is None
+        and encoder.hidden_units == 768
+        and encoder.embed_dim == 512
+        and (
+            not encoder.built
+            or encoder.hidden.kernel.shape[0] == GEOCLIP_FEATURE_DIM
+        )
+    ):
+        raise ValueError(
+            "GeoCLIP's image MLP head (768 -> 768 ReLU -> 512) loads into a "
+            "`gv.layers.ImageEncoder(None, embed_dim=512, hidden_units=768)` "
+            f"on 768-d CLIP features; got {encoder!r}. Pass "
+            "`image_head=False` to load the location side only."
+        )
+    if not encoder.built:
+        encoder.build((None, GEOCLIP_FEATURE_DIM))
+    encoder.hidden.set_weights([state["0.weight"].T, state["0.bias"]])
+    encoder.head.set_weights([state["2.weight"].T, state["2.bias"]])
+
+
+def load_geoclip_weights(
+    target,
+    source=None,
+    image_head=True,
+    logit_scale=True,
+    gallery=True,
+    gallery_batch_size=4096,
+    verbose="auto",
+):
+    """Loads GeoCLIP's released weights into a model or location encoder.
+
+    Args:
+        target: a `gv.GeoCLIP` or a `gv.layers.LocationEncoder` with
+            GeoCLIP's configuration (the defaults).
+        source: the geoclip 1.3.0 wheel or folder; see `GeoCLIPFiles`.
+        image_head: bool. For a `GeoCLIP`: load the 768 -> 512 image MLP
+            into its image encoder (which must be
+            `ImageEncoder(None, embed_dim=512, hidden_units=768)`).
+        logit_scale: bool. For a `GeoCLIP`: load the learned logit scale
+            (3.681, a temperature of 39.7).
+        gallery: bool. For a `GeoCLIP`: encode the 100K-point gallery with
+            the loaded encoder and cache it (`set_gallery`; ~20-60 s on a
+            2-core CPU).
+        gallery_batch_size: int. Gallery points encoded per step.
+        verbose: progress bar of the gallery encoding.
+
+    Returns:
+        `target`.
+
+    Example:
+
+    ```python
+    model = gv.GeoCLIP()  # GeoCLIP's configuration, 768-d CLIP features
+    gv.pretrained.load_geoclip_weights(
+        model, "geoclip-1.3.0-py3-none-any.whl")
+    coords, probs = model.predict_gps(clip_features, top_k=5)
+    ```
+    """
+    files = _files(source)
+    if isinstance(target, LocationEncoder):
+        encoder, model = target, None
+    elif isinstance(getattr(target, "location_encoder", None), LocationEncoder):
+        encoder, model = target.location_encoder, target
+    else:
+        raise ValueError(
+            "`target` must be a `gv.GeoCLIP` or a "
+            f"`gv.layers.LocationEncoder`; got {type(target).__name__}."
+        )
+    _load_location_encoder(encoder, files.checkpoint("location_encoder"))
+    if model is None:
+        return target
+    if image_head:
+        _load_image_head(model.image_encoder, files.checkpoint("image_mlp"))
+    if not model.built:
+        model.build((None, GEOCLIP_FEATURE_DIM))
+    if logit_scale:
+        value = np.asarray(files.checkpoint("logit_scale"), "float32")
+        model.logit_scale.assign(value.reshape(()))
+    if gallery:
+        model.set_gallery(
+            load_geoclip_gallery(files),
+            batch_size=gallery_batch_size,
+            verbose=verbose,
+        )
+    return target
+
+
+def geoclip_location_encoder(source=None, **kwargs):
+    """GeoCLIP's pretrained location encoder as a built `LocationEncoder`.
+
+    Args:
+        source: the geoclip 1.3.0 wheel or folder; see `GeoCLIPFiles`.
+        **kwargs: `LocationEncoder` layer arguments (`name`, `dtype`,
+            `trainable`); the architecture arguments are GeoCLIP's.
+
+    Example:
+
+    ```python
+    wheel = "geoclip-1.3.0-py3-none-any.whl"
+    enc = gv.pretrained.geoclip_location_encoder(wheel)
+    emb = enc(np.array([[48.8566, 2.3522]], "float32"))  # (1, 512)
+    ```
+    """
+    encoder = LocationEncoder(**kwargs)
+    return load_geoclip_weights(encoder, source)
+
+
+def geoclip_model(source=None, gallery=True, **kwargs):
+    """GeoCLIP with the released weights, on precomputed CLIP features.
+
+    The image side is GeoCLIP's MLP head on 768-d CLIP ViT-L/14 image
+    features (`CLIPModel.get_image_features`); the backbone itself is not in
+    the wheel. With `gallery=True` the 100K gallery is encoded and cached,
+    ready for `predict_gps`.
+
+    Args:
+        source: the geoclip 1.3.0 wheel or folder; see `GeoCLIPFiles`.
+        gallery: bool. Encode and cache the 100K gallery.
+        **kwargs: other `gv.GeoCLIP` arguments (`queue_size`, `seed`, ...).
+    """
+    from geovario_keras.model import GeoCLIP
+
+    model = GeoCLIP(
+        image_encoder=ImageEncoder(None, embed_dim=512, hidden_units=768),
+        location_encoder=LocationEncoder(),
+        **kwargs,
+    )
+    model(keras.ops.zeros((1, GEOCLIP_FEATURE_DIM)))
+    return load_geoclip_weights(model, source, gallery=gallery)
