@@ -1,7 +1,7 @@
 """GeoCLIP's released weights, read from the files of the `geoclip` wheel.
 
 The `geoclip` PyPI package 1.3.0 (Vivanco Cepeda et al., NeurIPS 2023; MIT
-licence, Copyright (c) 2023 Vicente Vivanco Cepeda) ships the pretrained
+licence, Copyright (c) 2024 Vicente Vivanco) ships the pretrained
 location encoder (with its random Fourier matrices `B`), the MLP head that
 maps 768-d CLIP ViT-L/14 image features to the 512-d embedding, the learned
 logit scale and a 100,000-point GPS gallery (shared/REFERENCE.md section 1).
