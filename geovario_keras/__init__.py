@@ -4,6 +4,7 @@ Keras 3; runs on TensorFlow, JAX and PyTorch (set `KERAS_BACKEND`).
 """
 
 from geovario_keras import callbacks
+from geovario_keras import data
 from geovario_keras import export
 from geovario_keras import geo
 from geovario_keras import layers
@@ -18,6 +19,7 @@ __all__ = [
     "GeoCLIP",
     "__version__",
     "callbacks",
+    "data",
     "export",
     "geo",
     "layers",

