@@ -75,12 +75,13 @@ class GeoContrastiveLoss(keras.losses.Loss):
     # model then adds "distance_km" and "dissimilarity" to `y_pred`.
     needs_pair_statistics = False
 
-    def adjust_negative_logits(self, logits, y_pred):
+    def adjust_negative_logits(self, logits, y_pred, negative_mask=None):
         """Logits to use for negatives; the positives keep theirs.
 
         The base loss changes nothing. Subclasses re-weight negatives here,
         e.g. `logits + log(w)` to weight a negative's term in the softmax
-        denominator by `w`.
+        denominator by `w`. `negative_mask` `(B, C)` is True for real
+        candidates other than the row's positive.
         """
         return logits
 
@@ -92,7 +93,12 @@ class GeoContrastiveLoss(keras.losses.Loss):
             num_candidates,
             dtype="float32",
         )
-        adjusted = self.adjust_negative_logits(logits, y_pred)
+        negatives = positive <= 0
+        if mask is not None:
+            negatives = ops.logical_and(
+                negatives, ops.broadcast_to(mask, ops.shape(negatives))
+            )
+        adjusted = self.adjust_negative_logits(logits, y_pred, negatives)
         if adjusted is not logits:
             # `where`, not arithmetic with the one-hot: the positives keep
             # their logits exactly, and no 0 * inf can appear.
@@ -274,7 +280,7 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
         w = ops.where(hard, w_hard, 1.0)
         return ops.where(false, self.false_negative_weight, w)
 
-    def adjust_negative_logits(self, logits, y_pred):
+    def adjust_negative_logits(self, logits, y_pred, negative_mask=None):
         # The variogram is evaluated once per call on the (B, B + Q) pairs.
         quantities = self._quantities(y_pred)
         h, d, gamma, rho, sill, active = quantities
@@ -309,6 +315,105 @@ class SemivariogramContrastiveLoss(GeoContrastiveLoss):
                 "false_negative_range_km": self.false_negative_range_km,
                 "use_false_negatives": self.use_false_negatives,
                 "use_hard_negatives": self.use_hard_negatives,
+            }
+        )
+        return config
+
+
+@register
+class HardNegativeContrastiveLoss(GeoContrastiveLoss):
+    """InfoNCE with similarity-based hard-negative weighting, no variogram.
+
+    Robinson, Chuang, Sra & Jegelka, "Contrastive Learning with Hard
+    Negative Samples", ICLR 2021: each negative's term in the softmax
+    denominator is weighted by `w_ij = exp(beta * s_ij) / mean_k exp(beta *
+    s_ik)` (mean over the row's real negatives, so the weights average 1),
+    where `s_ij` is the logit. Negatives the model already scores high (the
+    "hard" ones, whatever their distance) count more. As in the authors'
+    code the weights are not stop-gradient. With `tau_plus > 0` the
+    denominator is also debiased for same-class negatives (Chuang et al.
+    2020): `max((sum_j w_ij e^{s_ij} - N tau_plus e^{s_ii}) / (1 -
+    tau_plus), N e^{-scale})`, with `scale` the row's largest possible logit
+    taken as `max_logit`.
+
+    This is the generic alternative to `SemivariogramContrastiveLoss`: it
+    up-weights look-alike negatives without asking whether they are near
+    (false negatives) or far (hard negatives).
+
+    Args:
+        beta: float >= 0. Concentration (0 gives `GeoContrastiveLoss`).
+        tau_plus: float in [0, 1). Class prior of the debiasing (0: off).
+        max_logit: float. Lower bound scale of the debiased denominator.
+        reduction, name, dtype: as `GeoContrastiveLoss`.
+    """
+
+    def __init__(
+        self,
+        beta=1.0,
+        tau_plus=0.0,
+        max_logit=100.0,
+        reduction="sum_over_batch_size",
+        name="hard_negative_contrastive_loss",
+        dtype=None,
+    ):
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+        if not beta >= 0:
+            raise ValueError(f"`beta` must be >= 0; got {beta!r}.")
+        if not 0 <= tau_plus < 1:
+            raise ValueError(f"`tau_plus` must be in [0, 1); got {tau_plus!r}.")
+        self.beta = float(beta)
+        self.tau_plus = float(tau_plus)
+        self.max_logit = float(max_logit)
+
+    def _log_weights(self, logits, negative_mask):
+        scaled = ops.where(negative_mask, self.beta * logits, MASKED_LOGIT)
+        count = ops.maximum(
+            ops.sum(ops.cast(negative_mask, "float32"), -1, keepdims=True), 1.0
+        )
+        log_mean = ops.logsumexp(scaled, -1, keepdims=True) - ops.log(count)
+        return self.beta * logits - log_mean, count
+
+    def adjust_negative_logits(self, logits, y_pred, negative_mask=None):
+        if self.beta == 0:
+            return logits
+        log_w, _ = self._log_weights(logits, negative_mask)
+        return logits + log_w
+
+    def call(self, y_true, y_pred):
+        if self.tau_plus == 0:
+            return super().call(y_true, y_pred)
+        logits, mask = unpack_candidates(y_pred)
+        positive = ops.one_hot(
+            ops.cast(ops.reshape(y_true, (-1,)), "int32"),
+            ops.shape(logits)[-1],
+            dtype="float32",
+        )
+        negatives = positive <= 0
+        if mask is not None:
+            negatives = ops.logical_and(
+                negatives, ops.broadcast_to(mask, ops.shape(negatives))
+            )
+        log_w, count = self._log_weights(logits, negatives)
+        pos = ops.sum(logits * positive, axis=-1, keepdims=True)
+        neg = ops.logsumexp(
+            ops.where(negatives, logits + log_w, MASKED_LOGIT),
+            -1,
+            keepdims=True,
+        )
+        # Debiased denominator, in log space relative to the positive.
+        t = self.tau_plus
+        ratio = ops.exp(neg - pos) - t * count
+        floor = count * ops.exp(-self.max_logit - pos)
+        ng = ops.maximum(ratio / (1.0 - t), floor)
+        return ops.squeeze(ops.log1p(ng), -1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "beta": self.beta,
+                "tau_plus": self.tau_plus,
+                "max_logit": self.max_logit,
             }
         )
         return config

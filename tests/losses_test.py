@@ -84,3 +84,60 @@ def test_sample_weight_and_config():
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match="rank 2"):
         gv.losses.GeoContrastiveLoss()(np.array([0]), np.zeros((5,), "float32"))
+
+
+# ------------------------------------------- Robinson et al. hard negatives
+def _robinson_reference(logits, positive, negatives, beta, tau_plus, floor):
+    """Robinson et al. (ICLR 2021) HCL loss as in the authors' code.
+
+    pos = exp(s_pos); neg = exp(s_neg); imp = exp(beta * log(neg));
+    reweight_neg = sum(imp * neg) / mean(imp);
+    Ng = (-tau_plus * N * pos + reweight_neg) / (1 - tau_plus), clamped
+    below at N * exp(-floor); loss = -log(pos / (pos + Ng)).
+    """
+    out = []
+    for row, p, neg_mask in zip(logits, positive, negatives):
+        pos = np.exp(row[p])
+        neg = np.exp(row[neg_mask])
+        imp = np.exp(beta * np.log(neg))
+        reweight = (imp * neg).sum() / imp.mean()
+        n = neg_mask.sum()
+        ng = (-tau_plus * n * pos + reweight) / (1 - tau_plus)
+        ng = max(ng, n * np.exp(-floor))
+        out.append(-np.log(pos / (pos + ng)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("tau_plus", [0.0, 0.1])
+def test_robinson_hard_negative_loss_matches_reference(tau_plus):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5)).astype("float32") * 2.0
+    mask = np.array([True, True, True, True, False])
+    negatives = np.ones((3, 5), bool)
+    negatives[np.arange(3), np.arange(3)] = False
+    negatives &= mask
+    loss = gv.losses.HardNegativeContrastiveLoss(
+        beta=1.0, tau_plus=tau_plus, max_logit=1.0, reduction=None
+    )
+    ours = to_numpy(
+        loss(np.arange(3), {"logits": logits, "candidate_mask": mask})
+    )
+    ref = _robinson_reference(
+        logits.astype(np.float64), np.arange(3), negatives, 1.0, tau_plus, 1.0
+    )
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+
+
+def test_robinson_beta_zero_is_plain_loss_and_config():
+    logits = np.random.default_rng(1).normal(size=(4, 6)).astype("float32")
+    y = np.arange(4)
+    plain = gv.losses.GeoContrastiveLoss()(y, logits)
+    hard = gv.losses.HardNegativeContrastiveLoss(beta=0.0)(y, logits)
+    np.testing.assert_allclose(to_numpy(hard), to_numpy(plain), rtol=1e-6)
+    loss = gv.losses.HardNegativeContrastiveLoss(beta=0.5, tau_plus=0.1)
+    clone = gv.losses.HardNegativeContrastiveLoss.from_config(loss.get_config())
+    assert (clone.beta, clone.tau_plus) == (0.5, 0.1)
+    with pytest.raises(ValueError, match="tau_plus"):
+        gv.losses.HardNegativeContrastiveLoss(tau_plus=1.0)
+    with pytest.raises(ValueError, match="beta"):
+        gv.losses.HardNegativeContrastiveLoss(beta=-1.0)
