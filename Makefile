@@ -43,7 +43,7 @@ test-slow: install
 	done
 
 demo: install
-	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(PY) recipes/demo.py $(DEMO_ARGS)
+	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(PY) recipes/compare.py $(DEMO_ARGS)
 
 lint: install
 	$(PY) -m pip install -q ruff

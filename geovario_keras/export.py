@@ -122,17 +122,8 @@ def _check_exportable(model, top_k):
         raise ValueError(
             f"`model` must be a `gv.GeoCLIP`; got {type(model).__name__}."
         )
-    size = model.gallery.size
-    if size == 0:
-        raise ValueError(
-            "The gallery is empty: call `model.set_gallery(gps)` before "
-            "exporting; `predict_gps` serves top-k over that gallery."
-        )
-    if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= size:
-        raise ValueError(
-            f"`top_k` must be an int in [1, {size}] (the gallery size); got "
-            f"{top_k!r}."
-        )
+    # `predict_gps` serves top-k over the gallery baked into the export.
+    model.check_top_k(top_k)
 
 
 def _write(model, directory, top_k, spec, verbose):

@@ -386,19 +386,23 @@ class GeoCLIP(keras.Model):
             `(coords (N, top_k, 2), probs (N, top_k))` as numpy arrays, best
             first.
         """
+        self.check_top_k(top_k)
+        img = self.encode_image(x, batch_size=batch_size, verbose=verbose)
+        return self.rank_gallery(img, top_k=int(top_k), batch_size=batch_size)
+
+    def check_top_k(self, top_k):
+        """Raises a `ValueError` unless the gallery is set and `top_k` fits."""
         size = self.gallery.size
         if size == 0:
             raise ValueError(
                 "The gallery is empty: call `model.set_gallery(gps)` with at "
-                "least one point before `predict_gps`."
+                "least one point first."
             )
         if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= size:
             raise ValueError(
                 f"`top_k` must be an int in [1, {size}] (the gallery size); "
                 f"got {top_k!r}."
             )
-        img = self.encode_image(x, batch_size=batch_size, verbose=verbose)
-        return self.rank_gallery(img, top_k=int(top_k), batch_size=batch_size)
 
     def rank_gallery(self, image_embeddings, top_k=5, batch_size=None):
         """Top-k over the cached gallery for normalised image embeddings.

@@ -64,12 +64,15 @@ def backbone(patch_size):
         [
             keras.Input((patch_size, patch_size, 3)),
             keras.layers.Rescaling(1.0 / 255.0),
-            keras.layers.Conv2D(32, 3, strides=2, padding="same",
-                                activation="relu"),
-            keras.layers.Conv2D(64, 3, strides=2, padding="same",
-                                activation="relu"),
-            keras.layers.Conv2D(64, 3, strides=2, padding="same",
-                                activation="relu"),
+            keras.layers.Conv2D(
+                32, 3, strides=2, padding="same", activation="relu"
+            ),
+            keras.layers.Conv2D(
+                64, 3, strides=2, padding="same", activation="relu"
+            ),
+            keras.layers.Conv2D(
+                64, 3, strides=2, padding="same", activation="relu"
+            ),
             keras.layers.Flatten(),
         ],
         name="patch_cnn",
@@ -113,8 +116,15 @@ def make_loss(method):
     return gv.losses.SemivariogramContrastiveLoss(**kwargs), [callback]
 
 
-def train(method, train_data, seed, epochs, batch_size=256, verbose=2,
-          extra_callbacks=()):
+def train(
+    method,
+    train_data,
+    seed,
+    epochs,
+    batch_size=256,
+    verbose=2,
+    extra_callbacks=(),
+):
     """Trains one model; returns `(model, history, seconds)`."""
     patch = train_data["image"].shape[1]
     model = make_model(patch, seed)

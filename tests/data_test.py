@@ -82,6 +82,7 @@ def test_blue_marble_builder(tmp_path):
         patch_size=8,
         num_places=400,
         num_test=50,
+        min_distance_km=None,
     )
     meta = builder.info.metadata
     train = gv.data.as_arrays(builder, "train")
@@ -96,7 +97,7 @@ def test_blue_marble_builder(tmp_path):
     )
     # The stated minimum distance is the patch diagonal, and holds.
     assert meta["min_train_test_distance_km"] == math.ceil(
-        math.sqrt(2) * 8 * imagery.BLUE_MARBLE_KM_PER_PIXEL
+        math.sqrt(2) * 8 * 15.0
     )
     d = np.asarray(gv.geo.pairwise_haversine_km(test["gps"], train["gps"]))
     assert d.min() >= meta["min_train_test_distance_km"] - 0.5

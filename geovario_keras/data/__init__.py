@@ -30,8 +30,8 @@ def blue_marble(config="default", data_dir=None, verbose=True, **overrides):
     """The `blue_marble` builder, built if needed (progress, time, size).
 
     Args:
-        config: `"default"` (24 px, 8,000 places; ~1 min to build) or
-            `"full"` (32 px, 40,000 places).
+        config: `"default"` (24 px at 15 km/px, 8,000 places; ~15 s to
+            build) or `"full"` (32 px, 40,000 places).
         data_dir: tfds data folder (default `~/tensorflow_datasets`).
         verbose: print build time, size and the split report.
         **overrides: fields of `BlueMarbleConfig` (`patch_size`,
@@ -56,6 +56,7 @@ def blue_marble(config="default", data_dir=None, verbose=True, **overrides):
                 "num_places",
                 "num_test",
                 "block_km",
+                "min_distance_km",
                 "seed",
             )
         }

@@ -1,0 +1,81 @@
+"""The recipes run end to end (small data, one epoch): slow tests."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_compare_train_evaluate(tmp_path):
+    data = str(tmp_path / "tfds")
+    out = _run(
+        [
+            os.path.join(ROOT, "recipes", "compare.py"),
+            "--seeds",
+            "0",
+            "1",
+            "--epochs",
+            "1",
+            "--methods",
+            "geoclip",
+            "semivariogram",
+            "robinson",
+            "--num-places",
+            "600",
+            "--data-dir",
+            data,
+            "--out",
+            "cmp",
+            "--export",
+            "sm",
+        ],
+        tmp_path,
+    )
+    assert "| GeoCLIP (plain InfoNCE) | 2 |" in out
+    assert "1-NN raw pixels" in out
+    for name in ("results.md", "results.png", "variogram.png"):
+        assert (tmp_path / "cmp" / name).is_file()
+    assert (tmp_path / "sm" / "1" / "saved_model.pb").is_file()
+    # train.py and evaluate.py use the default data set (8,000 places).
+    out = _run(
+        [
+            os.path.join(ROOT, "recipes", "train.py"),
+            "--epochs",
+            "1",
+            "--data-dir",
+            data,
+            "--out",
+            "train",
+        ],
+        tmp_path,
+    )
+    model = tmp_path / "train" / "geoclip_semivariogram.keras"
+    assert model.is_file() and (tmp_path / "train" / "error_map.png").is_file()
+    out = _run(
+        [
+            os.path.join(ROOT, "recipes", "evaluate.py"),
+            str(model),
+            "--data-dir",
+            data,
+        ],
+        tmp_path,
+    )
+    assert "acc_country" in out and "top-5 oracle" in out
