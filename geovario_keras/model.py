@@ -444,8 +444,12 @@ class GeoCLIP(keras.Model):
         top_k_fn = top_k_fn or (lambda x, k: ops.top_k(x, k=k))
         gallery_emb = ops.convert_to_tensor(self.gallery.embeddings)
         gallery_gps = ops.convert_to_tensor(self.gallery.coords)
-        logits = self.temperature() * ops.matmul(
-            ops.cast(image_embeddings, "float32"), ops.transpose(gallery_emb)
+        # (G @ q^T)^T, not q @ G^T: the latter makes TensorFlow and JAX copy
+        # the transposed (M, D) gallery on every call (~200 ms for 100K x
+        # 512 on 2 CPU cores, against ~10 ms for the whole product).
+        query = ops.cast(image_embeddings, "float32")
+        logits = self.temperature() * ops.transpose(
+            ops.matmul(gallery_emb, ops.transpose(query))
         )
         values, index = top_k_fn(logits, top_k)
         probs = ops.exp(values - ops.logsumexp(logits, axis=-1, keepdims=True))
