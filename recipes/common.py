@@ -47,15 +47,9 @@ def gallery_for(test_gps, exclude_km=1.0):
     exact answer is never in the gallery (the drawn test places are
     GeoNames places themselves).
     """
-    from scipy.spatial import cKDTree
-
     places = gv.data.imagery.load_places()["gps"]
-    xyz = gv.data.imagery._unit_vectors
-    chord = 2.0 * np.sin(exclude_km / (2.0 * gv.geo.EARTH_RADIUS_KM))
-    near = cKDTree(xyz(np.asarray(test_gps, np.float64))).query(
-        xyz(places), k=1
-    )[0]
-    return places[near >= chord].astype("float32")
+    near = gv.data.imagery.nearest_distance_km(places, test_gps)
+    return places[near >= exclude_km].astype("float32")
 
 
 def backbone(patch_size):

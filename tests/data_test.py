@@ -63,6 +63,15 @@ def test_cut_patches_samples_the_right_place():
         imagery.cut_patches(image, [[91.0, 0.0]])
 
 
+def test_nearest_distance_km_matches_brute_force_haversine():
+    a = random_gps(300, seed=3).astype(np.float64)
+    b = random_gps(200, seed=4).astype(np.float64)
+    brute = np.asarray(gv.geo.pairwise_haversine_km(a, b)).min(axis=1)
+    np.testing.assert_allclose(
+        imagery.nearest_distance_km(a, b), brute, rtol=1e-4, atol=0.05
+    )
+
+
 def test_distance_split():
     gps = random_gps(3000, seed=0, max_lat=70.0).astype(np.float64)
     train, test, dropped = imagery.distance_split(gps, 300, 250.0, 1000.0, 1)
