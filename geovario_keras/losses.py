@@ -85,12 +85,13 @@ class GeoContrastiveLoss(keras.losses.Loss):
         """
         return logits
 
-    def call(self, y_true, y_pred):
-        logits, mask = unpack_candidates(y_pred)
-        num_candidates = ops.shape(logits)[-1]
+    @staticmethod
+    def positives_and_negatives(y_true, logits, mask):
+        """One-hot positives `(B, C)` float and the negative mask (bool):
+        real candidates (per `mask`) other than the row's positive."""
         positive = ops.one_hot(
             ops.cast(ops.reshape(y_true, (-1,)), "int32"),
-            num_candidates,
+            ops.shape(logits)[-1],
             dtype="float32",
         )
         negatives = positive <= 0
@@ -98,6 +99,11 @@ class GeoContrastiveLoss(keras.losses.Loss):
             negatives = ops.logical_and(
                 negatives, ops.broadcast_to(mask, ops.shape(negatives))
             )
+        return positive, negatives
+
+    def call(self, y_true, y_pred):
+        logits, mask = unpack_candidates(y_pred)
+        positive, negatives = self.positives_and_negatives(y_true, logits, mask)
         adjusted = self.adjust_negative_logits(logits, y_pred, negatives)
         if adjusted is not logits:
             # `where`, not arithmetic with the one-hot: the positives keep
@@ -383,16 +389,7 @@ class HardNegativeContrastiveLoss(GeoContrastiveLoss):
         if self.tau_plus == 0:
             return super().call(y_true, y_pred)
         logits, mask = unpack_candidates(y_pred)
-        positive = ops.one_hot(
-            ops.cast(ops.reshape(y_true, (-1,)), "int32"),
-            ops.shape(logits)[-1],
-            dtype="float32",
-        )
-        negatives = positive <= 0
-        if mask is not None:
-            negatives = ops.logical_and(
-                negatives, ops.broadcast_to(mask, ops.shape(negatives))
-            )
+        positive, negatives = self.positives_and_negatives(y_true, logits, mask)
         log_w, count = self._log_weights(logits, negatives)
         pos = ops.sum(logits * positive, axis=-1, keepdims=True)
         neg = ops.logsumexp(

@@ -116,6 +116,8 @@ def test_blue_marble_builder(tmp_path):
     np.testing.assert_array_equal(labels["country"], test["country"])
     # Real imagery: not constant, and ocean-blue is not everything.
     assert train["image"].std() > 10
+    with pytest.raises(ValueError, match="Unknown Blue Marble settings"):
+        gv.data.blue_marble(data_dir=str(tmp_path), patch_px=8)
 
 
 _PRESET_ROWS = [

@@ -35,8 +35,8 @@ def blue_marble(config="default", data_dir=None, verbose=True, **overrides):
         data_dir: tfds data folder (default `~/tensorflow_datasets`).
         verbose: print build time, size and the split report.
         **overrides: fields of `BlueMarbleConfig` (`patch_size`,
-            `num_places`, `seed`, ...) for a custom config named
-            `"custom"`.
+            `num_places`, `min_distance_km`, `seed`, ...): a custom config
+            named after them, built in its own folder.
     """
     import dataclasses
 
@@ -46,27 +46,30 @@ def blue_marble(config="default", data_dir=None, verbose=True, **overrides):
         base = next(
             c for c in builders.BlueMarble.BUILDER_CONFIGS if c.name == config
         )
-        fields = {
-            f.name: getattr(base, f.name)
-            for f in dataclasses.fields(builders.BlueMarbleConfig)
-            if f.name
-            in (
-                "patch_size",
-                "spacing_km",
-                "num_places",
-                "num_test",
-                "block_km",
-                "min_distance_km",
-                "seed",
-            )
+        allowed = {f.name for f in dataclasses.fields(base)} - {
+            f.name for f in dataclasses.fields(_tfds_config())
         }
-        fields.update(overrides)
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise ValueError(
+                f"Unknown Blue Marble settings {unknown}; allowed: "
+                f"{sorted(allowed)}."
+            )
         suffix = "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
-        config = builders.BlueMarbleConfig(
-            name=f"custom_{suffix}".replace(".", "p"), **fields
+        config = dataclasses.replace(
+            base,
+            name=f"custom_{suffix}".replace(".", "p"),
+            description=f"{base.name} with {overrides}",
+            **overrides,
         )
     builder = builders.BlueMarble(config=config, data_dir=data_dir)
     return builders.prepare(builder, verbose=verbose)
+
+
+def _tfds_config():
+    import tensorflow_datasets as tfds
+
+    return tfds.core.BuilderConfig
 
 
 def geotagged_images(
