@@ -84,7 +84,13 @@ def patch_offsets_km(patch_size, spacing_km):
 
 
 def _destinations(gps, east_km, north_km):
-    """Azimuthal-equidistant inverse: (lat, lon) of offsets around `gps`."""
+    """Azimuthal-equidistant inverse: (lat, lon) of offsets around `gps`.
+
+    The same spherical formula as `gv.geo.destination_point`, in float64
+    numpy rather than float32 `keras.ops`: a built data set must not depend
+    on the backend that happened to build it (float32 differences flip the
+    rounding of some uint8 pixels).
+    """
     lat1 = np.radians(gps[:, 0])[:, None]
     lon1 = np.radians(gps[:, 1])[:, None]
     east, north = east_km.reshape(1, -1), north_km.reshape(1, -1)
