@@ -1,125 +1,210 @@
-"""Location-encoder throughput and per-query prediction latency vs GeoCLIP.
+"""Location-encoder throughput and per-query prediction latency.
 
-Side by side in one process and one run, with the same released weights:
-the reference PyTorch encoder (the geoclip 1.3.0 wheel's own code, run by
-`tests/reference_geoclip.py`) and ours on the current Keras backend
-(`KERAS_BACKEND`), compiled (`predict` with `jit_compile`). Every figure is
-the median of `--repeats` timed runs after one warm-up; the warm-up (which
-includes compilation) is reported separately. A float32 matmul of the
-encoder's shape gives the machine's peak for the GFLOP/s column.
+One implementation per process (`--impl`):
 
-GeoCLIP's encoder costs 18.9 MFLOP per point: per branch 2 * (512 * 1024 +
-2 * 1024 * 1024 + 1024 * 512) multiply-adds, times 3 branches.
+- `reference`: the geoclip 1.3.0 wheel's own PyTorch `GeoCLIP` (run by
+  `tests/reference_geoclip.py`), on CUDA when present. Encoding is its
+  `location_encoder` under `torch.no_grad()`; a query is its `predict`
+  minus the image loading: `forward(features, gps_gallery)`, softmax,
+  `topk`, which re-encodes the 100K gallery on every call.
+- `keras`: geovario-keras on the backend named by `KERAS_BACKEND`, with the
+  same released weights (`gv.pretrained.geoclip_model`), under the dtype
+  policy `--policy`. Encoding is `model.encode_location` (a compiled
+  `predict`: XLA on TensorFlow and JAX; torch runs eagerly); a query is
+  `model.predict_gps` over the cached gallery.
 
-Run: `KERAS_BACKEND=jax python benchmarks/encoder.py [--points 100000]`
-(needs the geoclip wheel; `make install` downloads it).
+Every time is the median of `--repeats` runs after a warm-up run, which
+includes compilation and is reported apart. Throughput is also given in
+GFLOP/s (18.9 MFLOP per point). Peak memory is measured per phase.
+
+With `--save DIR` the gallery embeddings and those of `--queries` random
+query points are written to `DIR/<backend>-<policy>.npz`, so that
+`run_all.py` can compare the top-1 gallery answer under a mixed-precision
+policy with float32's.
+
+If one encoding pass would take longer than `--max-pass-seconds` (e.g.
+bfloat16 on a CPU without bfloat16 arithmetic, where it is emulated), the
+gallery is cut to fit and the result says so (`points`).
+
+Run: `KERAS_BACKEND=jax python benchmarks/encoder.py --impl keras`.
 """
 
 import argparse
 import os
-import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import geovario_keras as gv  # noqa: E402
-from tests.reference_geoclip import reference_location_encoder  # noqa: E402
-
-FLOP_PER_POINT = 3 * 2 * (512 * 1024 + 2 * 1024 * 1024 + 1024 * 512)
+import common
+import numpy as np
 
 
-def timed(fn, repeats):
+def query_points(n, seed=0):
+    """`n` points uniform on the sphere (lat, lon degrees), float32."""
+    rng = np.random.default_rng(seed)
+    lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
+    lon = rng.uniform(-180.0, 180.0, n)
+    return np.stack([lat, lon], 1).astype("float32")
+
+
+def bench_reference(args, gallery):
+    import torch
+
+    from tests.reference_geoclip import reference_geoclip
+
+    device = common.torch_device()
+    model = reference_geoclip(args.wheel).to(device).eval()
+    encoder = model.location_encoder
+    n = len(gallery)
+    x = torch.from_numpy(gallery).to(device)
+
+    def encode():
+        with torch.no_grad():
+            return [
+                encoder(x[i : i + args.batch]) for i in range(0, n, args.batch)
+            ]
+
+    common.reset_peak_memory()
+    seconds, warmup = common.timed(encode, args.repeats, common.torch_sync)
+    encode_memory = common.peak_memory_mib()
+
+    # The reference `predict`, from the features on: forward over the whole
+    # gallery buffer, softmax, top-k (GeoCLIP.predict's own lines).
+    model.gps_gallery = x
+    features = torch.randn(1, 768, device=device)
+
+    def predict():
+        with torch.no_grad():
+            logits = model.forward(features, model.gps_gallery)
+            probs = logits.softmax(dim=-1)
+            top = torch.topk(probs, 5, dim=1)
+            return model.gps_gallery.index_select(0, top.indices[0]).cpu()
+
+    common.reset_peak_memory()
+    query_s, query_warmup = common.timed(predict, args.repeats)
+    return {
+        "encode_s": seconds,
+        "encode_warmup_s": warmup,
+        "encode_memory_mib": encode_memory,
+        "query_s": query_s,
+        "query_warmup_s": query_warmup,
+        "query_memory_mib": common.peak_memory_mib(),
+    }
+
+
+def bench_keras(args, gallery):
+    import keras
+
+    import geovario_keras as gv
+
+    keras.config.set_dtype_policy(args.policy)
+    model = gv.pretrained.geoclip_model(args.wheel, gallery=False, queue_size=0)
+    result = {}
+
+    # A pass over a small slice first: if the whole gallery would take too
+    # long (emulated low precision), cut it.
+    probe = gallery[: min(len(gallery), 2 * args.batch)]
+    model.encode_location(probe, batch_size=args.batch)
     start = time.perf_counter()
-    fn()
-    warmup = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), warmup
+    model.encode_location(probe, batch_size=args.batch)
+    per_point = (time.perf_counter() - start) / len(probe)
+    if per_point * len(gallery) > args.max_pass_seconds:
+        keep = max(args.batch, int(args.max_pass_seconds / per_point))
+        keep = min(len(gallery), keep // args.batch * args.batch)
+        gallery = gallery[:keep]
+        result["cut"] = (
+            f"{per_point * 1e3:.2f} ms/point: gallery cut to {keep} points"
+        )
+
+    embeddings = {}
+
+    def encode():
+        embeddings["gallery"] = model.encode_location(
+            gallery, batch_size=args.batch
+        )
+        return embeddings["gallery"]
+
+    common.reset_peak_memory()
+    seconds, warmup = common.timed(encode, args.repeats)
+    result.update(
+        encode_s=seconds,
+        encode_warmup_s=warmup,
+        encode_memory_mib=common.peak_memory_mib(),
+        points=len(gallery),
+    )
+
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        queries = model.encode_location(
+            query_points(args.queries), batch_size=args.batch
+        )
+        path = os.path.join(
+            args.save, f"{keras.backend.backend()}-{args.policy}.npz"
+        )
+        np.savez(path, gallery=embeddings["gallery"], queries=queries)
+        result["saved"] = path
+
+    # Per-query latency over the cached gallery (the embeddings just made).
+    model.gallery.set(gallery, embeddings["gallery"])
+    features = np.random.default_rng(0).normal(size=(1, 768)).astype("float32")
+    common.reset_peak_memory()
+    query_s, query_warmup = common.timed(
+        lambda: model.predict_gps(features, top_k=5), max(args.repeats, 10)
+    )
+    result.update(
+        query_s=query_s,
+        query_warmup_s=query_warmup,
+        query_memory_mib=common.peak_memory_mib(),
+    )
+    return result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--impl", choices=("reference", "keras"), required=True)
+    parser.add_argument(
+        "--policy",
+        default="float32",
+        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+    )
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--wheel",
-        default=os.environ.get(
-            "GEOVARIO_GEOCLIP_WHEEL",
-            os.path.join(
-                ROOT, ".cache", "geoclip", "geoclip-1.3.0-py3-none-any.whl"
-            ),
-        ),
-    )
-    args = parser.parse_args()
-    backend = keras.backend.backend()
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--save", default=None)
+    parser.add_argument("--max-pass-seconds", type=float, default=30.0)
+    args = common.add_common_args(parser).parse_args()
+
+    import geovario_keras as gv
+
     gallery = gv.pretrained.load_geoclip_gallery(args.wheel)[: args.points]
-    n = len(gallery)
-    rows = []
-
-    # Machine peak: a float32 matmul of the encoder's hidden-layer shape.
-    a = torch.randn(args.batch, 1024)
-    b = torch.randn(1024, 1024)
-    peak_s, _ = timed(lambda: [a @ b for _ in range(10)], args.repeats)
-    peak = 10 * 2 * args.batch * 1024 * 1024 / peak_s / 1e9
-
-    # Reference: PyTorch GeoCLIP encoder, same chunking.
-    ref = reference_location_encoder(args.wheel)
-    x = torch.from_numpy(gallery)
-
-    def reference_encode():
-        with torch.no_grad():
-            return [ref(x[i : i + args.batch]) for i in range(0, n, args.batch)]
-
-    ref_s, ref_warm = timed(reference_encode, args.repeats)
-    rows.append(("reference PyTorch (eager)", ref_s, ref_warm))
-
-    # Ours, compiled, same weights.
-    model = gv.pretrained.geoclip_model(args.wheel, gallery=False, queue_size=0)
-    ours_s, ours_warm = timed(
-        lambda: model.encode_location(gallery, batch_size=args.batch),
-        args.repeats,
+    if args.impl == "reference":
+        if args.policy != "float32":
+            parser.error("the reference runs in float32 only")
+        result = bench_reference(args, gallery)
+        result["points"] = len(gallery)
+        name = "reference PyTorch"
+    else:
+        result = bench_keras(args, gallery)
+        name = "geovario-keras"
+    result.update(
+        benchmark="encoder",
+        impl=args.impl,
+        name=name,
+        backend="torch" if args.impl == "reference" else gv_backend(),
+        policy=args.policy,
+        batch=args.batch,
+        repeats=args.repeats,
+        points_per_s=result["points"] / result["encode_s"],
+        gflops=result["points"]
+        * common.FLOP_PER_POINT
+        / result["encode_s"]
+        / 1e9,
     )
-    rows.append((f"geovario-keras, {backend} (compiled)", ours_s, ours_warm))
+    common.emit(result, args.json)
 
-    print(
-        f"\nLocation encoder over {n} GeoCLIP gallery points, batch "
-        f"{args.batch}; median of {args.repeats} (warm-up apart); "
-        f"float32 matmul peak measured now: {peak:.0f} GFLOP/s"
-    )
-    print(
-        "| encoder | points/s | GFLOP/s | of peak | vs reference | warm-up s |"
-    )
-    print("|---|---|---|---|---|---|")
-    for name, seconds, warm in rows:
-        gflops = n * FLOP_PER_POINT / seconds / 1e9
-        print(
-            f"| {name} | {n / seconds:,.0f} | {gflops:.0f} | "
-            f"{gflops / peak:.2f} | {ref_s / seconds:.2f}x | {warm:.1f} |"
-        )
 
-    # Per-query prediction: our cached gallery vs re-encoding it per call
-    # (what the reference `predict` does).
-    model.set_gallery(gallery, batch_size=args.batch, verbose=0)
-    query = np.random.default_rng(0).normal(size=(1, 768)).astype("float32")
-    cached_s, cached_warm = timed(
-        lambda: model.predict_gps(query, top_k=5), max(args.repeats, 10)
-    )
-    print(
-        f"\nOne query, top-5 over {n} points: cached gallery "
-        f"{cached_s * 1e3:.1f} ms (warm-up {cached_warm:.1f} s) vs "
-        f"re-encoding the gallery like the reference {ref_s * 1e3:.0f} ms: "
-        f"{ref_s / cached_s:,.0f}x"
-    )
+def gv_backend():
+    import keras
+
+    return keras.backend.backend()
 
 
 if __name__ == "__main__":

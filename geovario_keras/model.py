@@ -332,7 +332,29 @@ class GeoCLIP(keras.Model):
 
     # ------------------------------------------------------------ inference
     def encode_image(self, x, batch_size=None, verbose=0):
-        """Normalised image embeddings `(N, D)` as numpy (alias of predict)."""
+        """Normalised image embeddings `(N, D)` as numpy.
+
+        Arrays and tensors go through one cached compiled function (see
+        `encode_location`), which keeps a single query in the milliseconds;
+        anything else (`tf.data.Dataset`, `PyDataset`, generators) through
+        `predict`, whose result is the same.
+
+        Args:
+            x: images or features accepted by the image encoder.
+            batch_size: int or None (32). Inputs per step.
+            verbose: Keras progress-bar verbosity.
+        """
+        arrays = isinstance(x, np.ndarray) or (
+            keras.backend.is_tensor(x) and not isinstance(x, keras.KerasTensor)
+        )
+        # An unbuilt image encoder is built by `predict` on first use.
+        if arrays and self.image_encoder.built:
+            x = ops.convert_to_numpy(x)
+            if len(x) == 0:
+                return np.zeros((0, self.embed_dim), "float32")
+            fn = self._inference_function("image_encoder")
+            batch_size = 32 if batch_size is None else batch_size
+            return self._batched(fn, x, batch_size, verbose)
         return self.predict(x, batch_size=batch_size, verbose=verbose)
 
     def encode_location(self, gps, batch_size=4096, verbose=0):
@@ -346,12 +368,110 @@ class GeoCLIP(keras.Model):
         gps = geo.check_gps(gps, name="gps")
         return self._encode_checked_location(gps, batch_size, verbose)
 
+    def _inference_function(self, name):
+        """`fn(batch) -> normalised float32 embeddings` of `self.<name>`.
+
+        Compiled once per encoder and cached, outside Keras tracking. JAX:
+        one `jax.jit` that takes the variable values as arguments, so it
+        always sees the current weights. TensorFlow: one `tf.function`
+        (variables are read live); XLA only if the model was compiled with
+        `jit_compile=True` (Keras's "auto" does so only with a GPU; on CPUs
+        the plain graph was the faster here). PyTorch: eager, `no_grad`.
+        """
+        cache = self.__dict__.setdefault("_inference_functions", {})
+        layer = getattr(self, name)
+        if name in cache and cache[name][0] is layer:
+            return cache[name][1]
+        if not layer.built:  # only the location encoder can be unbuilt
+            layer.build((None, 2))
+
+        def embed(x, emb):
+            del x
+            return ops.normalize(ops.cast(emb, "float32"), axis=-1)
+
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            def stateless(trainable, non_trainable, x):
+                mapping = list(zip(layer.trainable_variables, trainable))
+                mapping += zip(layer.non_trainable_variables, non_trainable)
+                with keras.StatelessScope(state_mapping=mapping):
+                    return embed(x, layer(x, training=False))
+
+            jitted = jax.jit(stateless)
+
+            def fn(x):
+                return jitted(
+                    [v.value for v in layer.trainable_variables],
+                    [v.value for v in layer.non_trainable_variables],
+                    x,
+                )
+
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            fn = tf.function(
+                lambda x: embed(x, layer(x, training=False)),
+                jit_compile=getattr(self, "_jit_compile", None) is True,
+                reduce_retracing=True,
+            )
+        elif backend == "torch":
+            import torch
+
+            def fn(x):
+                with torch.no_grad():
+                    return embed(x, layer(x, training=False))
+
+        else:
+
+            def fn(x):
+                return embed(x, layer(x, training=False))
+
+        cache[name] = (layer, fn)
+        return fn
+
+    def _batched(self, fn, x, batch_size, verbose):
+        # A plain batched loop rather than `predict`: no data adapter,
+        # callbacks or final concatenation (over the 100K gallery on 2 CPU
+        # cores, ~10 % faster; one query, TensorFlow: ~90 ms less), the last
+        # batch padded to the full size (no second compilation), and the
+        # next batch dispatched before the previous one is read back (JAX
+        # and GPUs run asynchronously).
+        check_int("batch_size", batch_size)
+        n = len(x)
+        out = np.empty((n, self.embed_dim), "float32")
+        batch_size = min(batch_size, n)
+        progbar = None
+        if verbose not in (0, "silent") and n > batch_size:
+            progbar = keras.utils.Progbar(
+                n, verbose=1 if verbose == "auto" else verbose
+            )
+        pending = None
+        for start in range(0, n, batch_size):
+            chunk = x[start : start + batch_size]
+            size = len(chunk)
+            if size < batch_size:
+                pad = np.zeros((batch_size - size,) + chunk.shape[1:])
+                chunk = np.concatenate([chunk, pad.astype(chunk.dtype)])
+            result = fn(ops.convert_to_tensor(chunk))
+            if pending is not None:
+                self._store(out, *pending, progbar)
+            pending = (start, size, result)
+        if pending is not None:
+            self._store(out, *pending, progbar)
+        return out
+
+    @staticmethod
+    def _store(out, start, size, result, progbar):
+        out[start : start + size] = ops.convert_to_numpy(result)[:size]
+        if progbar is not None:
+            progbar.update(start + size)
+
     def _encode_checked_location(self, gps, batch_size, verbose):
-        inputs = keras.Input((2,), dtype="float32")
-        encoder = keras.Model(
-            inputs, self._location_embeddings(inputs), name="encode_location"
-        )
-        return encoder.predict(gps, batch_size=batch_size, verbose=verbose)
+        fn = self._inference_function("location_encoder")
+        gps = np.asarray(gps, "float32")
+        return self._batched(fn, gps, batch_size, verbose)
 
     def set_gallery(self, gps, batch_size=4096, verbose="auto"):
         """Encodes `gps` once and caches it as the retrieval gallery.
@@ -412,10 +532,11 @@ class GeoCLIP(keras.Model):
         """
         # Keep each logits block near 64 MB.
         chunk = batch_size or max(1, (1 << 24) // max(self.gallery.size, 1))
+        top_k_fn = self._gallery_top_k_function(top_k)
         coords, probs = [], []
         for start in range(0, len(image_embeddings), chunk):
             q = ops.convert_to_tensor(image_embeddings[start : start + chunk])
-            c, p = self.gallery_top_k(q, top_k)
+            c, p = top_k_fn(q)
             coords.append(ops.convert_to_numpy(c))
             probs.append(ops.convert_to_numpy(p))
         if not coords:
@@ -424,6 +545,29 @@ class GeoCLIP(keras.Model):
                 np.zeros((0, top_k), "float32"),
             )
         return np.concatenate(coords), np.concatenate(probs)
+
+    def _gallery_top_k_function(self, top_k):
+        # TensorFlow: a cached `tf.function`. Eagerly, every call copied the
+        # whole gallery variable (100K x 512: ~100 ms per query on 2 CPU
+        # cores); in a graph the variable is read in place. A `tf.function`
+        # reads variables live, so `set_gallery` is seen. JAX and torch run
+        # eagerly (a `jax.jit` here would freeze the gallery it traced).
+        if keras.backend.backend() != "tensorflow":
+            return lambda q: self.gallery_top_k(q, top_k)
+        import tensorflow as tf
+
+        # `GPSGallery.set` replaces its variables when the size changes: a
+        # traced function holds the variables it saw, so key on them.
+        current = (self.gallery.embeddings, self.gallery.coords)
+        cache = self.__dict__.get("_top_k_functions")
+        if cache is None or any(a is not b for a, b in zip(cache[0], current)):
+            cache = (current, {})
+            object.__setattr__(self, "_top_k_functions", cache)
+        if top_k not in cache[1]:
+            cache[1][top_k] = tf.function(
+                lambda q: self.gallery_top_k(q, top_k), reduce_retracing=True
+            )
+        return cache[1][top_k]
 
     def gallery_top_k(self, image_embeddings, top_k, top_k_fn=None):
         """Top-k gallery coordinates and probabilities, as tensors.

@@ -341,3 +341,56 @@ def test_public_api_snippet_verbatim():
     coords, probs = model.predict_gps(features_test, top_k=5)
     report = gv.metrics.geolocation_report(coords[:, 0], gps_test)
     assert coords.shape == (50, 5, 2) and set(report) >= {"acc_1km", "geoscore"}
+
+
+def test_encode_location_follows_weight_changes():
+    # encode_location reuses one compiled encoder; it must read the current
+    # weights (after training, or weights set by hand), not stale ones.
+    x, gps = _data(16)
+    model = small_geoclip()
+    model(x)
+    num_weights = len(model.weights)
+    first = model.encode_location(gps)
+    weights = model.location_encoder.get_weights()
+    model.location_encoder.set_weights([w * 1.5 + 0.01 for w in weights])
+    second = model.encode_location(gps)
+    direct = keras.ops.convert_to_numpy(model.location_encoder(gps))
+    direct /= np.linalg.norm(direct, axis=1, keepdims=True)
+    # Graph vs eager float32 at sigma = 256: ~1e-4 (see the export notes).
+    np.testing.assert_allclose(second, direct, atol=2e-4)
+    assert np.abs(second - first).max() > 1e-3
+    # The cached encoder is not tracked: the model's weights are unchanged.
+    assert len(model.weights) == num_weights
+
+
+def test_predict_gps_sees_a_new_gallery():
+    # Prediction may cache a compiled top-k (TensorFlow); replacing the
+    # gallery, with a new size or the same one, must be seen at once.
+    x, gps = _data(16)
+    model = small_geoclip()
+    model.set_gallery(gps, verbose=0)
+    coords, _ = model.predict_gps(x, top_k=1)
+    assert np.isin(coords[:, 0, 0], gps[:, 0]).all()
+    for other in (random_gps(7, seed=5), random_gps(7, seed=6)):
+        model.set_gallery(other, verbose=0)
+        coords, probs = model.predict_gps(x, top_k=1)
+        assert np.isin(coords[:, 0, 0], other[:, 0]).all()
+        assert np.all(probs > 0)
+
+
+def test_encode_image_fast_path_equals_predict():
+    # Arrays take a cached compiled function; `predict` is the reference.
+    x, gps = _data(37)
+    model = small_geoclip()
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model.fit(x, gps, batch_size=16, epochs=1, verbose=0)
+    expected = model.predict(x, batch_size=8, verbose=0)
+    np.testing.assert_allclose(
+        model.encode_image(x, batch_size=8), expected, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.encode_image(x[:1]), expected[:1], atol=1e-5
+    )
+    assert model.encode_image(x[:0]).shape == (0, model.embed_dim)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.encode_image(x, batch_size=0)
