@@ -59,6 +59,12 @@ def _status_kib(field):
     return None
 
 
+def current_rss_mib():
+    """The resident set size now, MiB (None where /proc is missing)."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib / 1024
+
+
 def reset_peak_memory():
     """Starts a new peak-memory window (host RSS and accelerator)."""
     try:  # Linux >= 4.0: "5" resets the VmHWM high-water mark.

@@ -133,11 +133,12 @@ class LocationEncoder(keras.layers.Layer):
 
     def call(self, inputs):
         p = self.projection(inputs)
+        dense_relu = _dense_relu_function()
         out = None
         for rff, hidden, head in zip(self.fourier, self.hidden, self.heads):
             x = rff(p)
             for dense in hidden:
-                x = dense(x)
+                x = dense_relu(dense, x)
             x = head(x)
             out = x if out is None else out + x
         return out
@@ -158,3 +159,27 @@ class LocationEncoder(keras.layers.Layer):
             }
         )
         return config
+
+
+def _call_dense(dense, x):
+    return dense(x)
+
+
+def _torch_dense_relu(dense, x):
+    # One `addmm` (bias fused into the matmul, as torch.nn.Linear does) and
+    # an in-place ReLU: Keras's Dense on torch runs matmul, add and relu as
+    # three passes, which cost ~10 % of GeoCLIP's encoder on 2 CPU cores.
+    # `dense.kernel` / `dense.bias` read here are auto-cast to the compute
+    # dtype like inside `Dense.call`. Autograd supports both ops.
+    import torch
+
+    kernel, bias = dense.kernel, dense.bias
+    if bias is None or dense.activation is not keras.activations.relu:
+        return dense(x)
+    return torch.relu_(torch.addmm(bias.value, x, kernel.value))
+
+
+def _dense_relu_function():
+    if keras.backend.backend() == "torch":
+        return _torch_dense_relu
+    return _call_dense

@@ -1,5 +1,6 @@
 """Streaming empirical semivariogram over great-circle distance bins."""
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -67,10 +68,22 @@ def batch_statistics(distance_km, dissimilarity, bin_edges_km, mask=None):
     w = ops.cast(ok, "float32")
     d = d * w
 
-    def seg(values):
-        return ops.segment_sum(values, index, num_segments=num_bins + 1)[
-            :num_bins
-        ]
+    # On torch a weighted bincount is ~7x faster than `segment_sum` over
+    # the 2.4M pairs of a GeoCLIP step (512 x 4,608). Compiled JAX and XLA
+    # need `segment_sum`'s static number of segments.
+    if keras.backend.backend() == "torch":
+
+        def seg(values):
+            return ops.bincount(
+                index, weights=values, minlength=num_bins + 1
+            )[:num_bins]
+
+    else:
+
+        def seg(values):
+            return ops.segment_sum(values, index, num_segments=num_bins + 1)[
+                :num_bins
+            ]
 
     count = seg(w)
     total = seg(d)
