@@ -101,10 +101,10 @@ def bench_keras(args, gallery):
 
     # A pass over a small slice first: if the whole gallery would take too
     # long (emulated low precision), cut it.
-    probe = gallery[: min(len(gallery), 2 * args.batch)]
-    model.encode_location(probe, batch_size=args.batch)
+    probe = gallery[: min(len(gallery), 256)]
+    model.encode_location(probe)
     start = time.perf_counter()
-    model.encode_location(probe, batch_size=args.batch)
+    model.encode_location(probe)
     per_point = (time.perf_counter() - start) / len(probe)
     if per_point * len(gallery) > args.max_pass_seconds:
         keep = max(args.batch, int(args.max_pass_seconds / per_point))
