@@ -107,9 +107,10 @@ def bench_keras(args, gallery):
     model.encode_location(probe)
     per_point = (time.perf_counter() - start) / len(probe)
     if per_point * len(gallery) > args.max_pass_seconds:
-        keep = max(args.batch, int(args.max_pass_seconds / per_point))
-        keep = min(len(gallery), keep // args.batch * args.batch)
-        gallery = gallery[:keep]
+        keep = max(256, int(args.max_pass_seconds / per_point) // 256 * 256)
+        gallery = gallery[: min(len(gallery), keep)]
+        keep = len(gallery)
+        args.batch = min(args.batch, keep)
         result["cut"] = (
             f"{per_point * 1e3:.2f} ms/point: gallery cut to {keep} points"
         )

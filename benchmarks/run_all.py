@@ -166,6 +166,25 @@ def tables(results, save_dir, failures):
             )
         emit("")
 
+    inter = [r for r in results if r["benchmark"] == "interleaved"]
+    if inter:
+        emit(
+            "### Encoder, float32, reference and ours taking turns in one "
+            "process\n"
+        )
+        emit(
+            "| backend | points | reference points/s | ours points/s | "
+            "vs reference |"
+        )
+        emit("|---|---|---|---|---|")
+        for r in inter:
+            emit(
+                f"| {r['backend']} | {r['points']:,} | "
+                f"{r['reference_points_per_s']:,.0f} | "
+                f"{r['points_per_s']:,.0f} | {r['ratio']:.2f}x |"
+            )
+        emit("")
+
     tref = next((r for r in train if r["impl"] == "reference"), None)
     if train:
         emit(
@@ -266,6 +285,11 @@ def tables(results, save_dir, failures):
             ],
         )
     goal(
+        "fp32 encoder throughput vs reference, same process",
+        GOALS["fp32"],
+        [(r["backend"], r["ratio"], f"{r['ratio']:.2f}x") for r in inter],
+    )
+    goal(
         "semivariogram overhead of the step",
         GOALS["overhead"],
         [
@@ -297,8 +321,8 @@ def main():
     parser.add_argument(
         "--only",
         nargs="+",
-        default=["matmul", "encoder", "train"],
-        choices=("matmul", "encoder", "train"),
+        default=["matmul", "encoder", "interleaved", "train"],
+        choices=("matmul", "encoder", "interleaved", "train"),
     )
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -352,6 +376,9 @@ def main():
                         backend,
                         ["--impl", "keras", "--policy", policy] + enc,
                     )
+        if "interleaved" in args.only:
+            for backend in args.backends:
+                job("interleaved.py", backend, [])
         if "train" in args.only:
             steps = ["--steps", str(args.steps)]
             job("train_step.py", "torch", ["--impl", "reference"] + steps)
