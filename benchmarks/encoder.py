@@ -29,7 +29,6 @@ gallery is cut to fit and the result says so (`points`).
 Run: `KERAS_BACKEND=jax python benchmarks/encoder.py --impl keras`.
 """
 
-import argparse
 import os
 import time
 
@@ -159,19 +158,13 @@ def bench_keras(args, gallery):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impl", choices=("reference", "keras"), required=True)
-    parser.add_argument(
-        "--policy",
-        default="float32",
-        choices=("float32", "mixed_bfloat16", "mixed_float16"),
-    )
+    parser = common.implementation_parser(__doc__)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--save", default=None)
     parser.add_argument("--max-pass-seconds", type=float, default=30.0)
-    args = common.add_common_args(parser).parse_args()
+    args = parser.parse_args()
 
     import geovario_keras as gv
 

@@ -22,7 +22,6 @@ The figure is the median over `--repeats` repeats of the time per step.
 Run: `KERAS_BACKEND=jax python benchmarks/train_step.py --impl keras`.
 """
 
-import argparse
 import contextlib
 import io
 import statistics
@@ -176,19 +175,13 @@ def bench_keras(args, gallery):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impl", choices=("reference", "keras"), required=True)
+    parser = common.implementation_parser(__doc__)
     parser.add_argument(
         "--loss",
         nargs="+",
         choices=("geo", "semivariogram"),
         default=["geo", "semivariogram"],
         help="losses to time, interleaved in this process",
-    )
-    parser.add_argument(
-        "--policy",
-        default="float32",
-        choices=("float32", "mixed_bfloat16", "mixed_float16"),
     )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
@@ -198,7 +191,7 @@ def main():
         help="Keras `jit_compile` (auto: XLA on JAX, and on TensorFlow "
         "when a GPU is present; torch runs eagerly)",
     )
-    args = common.add_common_args(parser).parse_args()
+    args = parser.parse_args()
 
     import geovario_keras as gv
 
