@@ -123,16 +123,6 @@ def torch_sync(result=None):
     return result
 
 
-def block(result):
-    """Waits until every array in `result` is computed (JAX is async)."""
-    if os.environ.get("KERAS_BACKEND") == "jax" or "jax" in sys.modules:
-        import jax
-
-        jax.block_until_ready(result)
-    torch_sync()
-    return result
-
-
 def device_description():
     """What the current backend computes on, in words."""
     backend = os.environ.get("KERAS_BACKEND", "")

@@ -21,6 +21,11 @@ from geovario_keras.utils import check_int
 _MAX_LOGIT_SCALE = math.log(100.0)
 
 
+def _normalized(embeddings):
+    """L2-normalised float32 embeddings (the model's output convention)."""
+    return ops.normalize(ops.cast(embeddings, "float32"), axis=-1)
+
+
 def _is_array_like(y):
     return isinstance(y, (np.ndarray, list, tuple)) or (
         keras.backend.is_tensor(y) and not isinstance(y, keras.KerasTensor)
@@ -161,16 +166,14 @@ class GeoCLIP(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        emb = self.image_encoder(inputs, training=training)
-        return ops.normalize(ops.cast(emb, "float32"), axis=-1)
+        return _normalized(self.image_encoder(inputs, training=training))
 
     def temperature(self):
         """`exp(logit_scale)`, capped at 100 as in CLIP."""
         return ops.exp(ops.minimum(self.logit_scale, _MAX_LOGIT_SCALE))
 
     def _location_embeddings(self, gps, training=None):
-        emb = self.location_encoder(gps, training=training)
-        return ops.normalize(ops.cast(emb, "float32"), axis=-1)
+        return _normalized(self.location_encoder(gps, training=training))
 
     # ------------------------------------------------------------- training
     def _contrastive_loss(self):
@@ -385,9 +388,6 @@ class GeoCLIP(keras.Model):
         if not layer.built:  # only the location encoder can be unbuilt
             layer.build((None, 2))
 
-        def embed(emb):
-            return ops.normalize(ops.cast(emb, "float32"), axis=-1)
-
         backend = keras.backend.backend()
         if backend == "jax":
             import jax
@@ -396,7 +396,7 @@ class GeoCLIP(keras.Model):
                 mapping = list(zip(layer.trainable_variables, trainable))
                 mapping += zip(layer.non_trainable_variables, non_trainable)
                 with keras.StatelessScope(state_mapping=mapping):
-                    return embed(layer(x, training=False))
+                    return _normalized(layer(x, training=False))
 
             jitted = jax.jit(stateless)
 
@@ -411,7 +411,7 @@ class GeoCLIP(keras.Model):
             import tensorflow as tf
 
             fn = tf.function(
-                lambda x: embed(layer(x, training=False)),
+                lambda x: _normalized(layer(x, training=False)),
                 jit_compile=getattr(self, "_jit_compile", None) is True,
                 reduce_retracing=True,
             )
@@ -420,12 +420,12 @@ class GeoCLIP(keras.Model):
 
             def fn(x):
                 with torch.no_grad():
-                    return embed(layer(x, training=False))
+                    return _normalized(layer(x, training=False))
 
         else:
 
             def fn(x):
-                return embed(layer(x, training=False))
+                return _normalized(layer(x, training=False))
 
         cache[name] = (layer, fn)
         return fn
