@@ -8,6 +8,7 @@ import pytest
 
 import geovario_keras as gv
 from geovario_keras.layers.equal_earth import SF
+from tests.testing import backend
 from tests.testing import random_gps
 from tests.testing import run_layer_test
 from tests.testing import to_numpy
@@ -275,3 +276,25 @@ def test_gps_queue_config_and_errors():
         gv.layers.GPSQueue(0)
     with pytest.raises(ValueError, match="features"):
         q.enqueue(np.zeros((1, 2), "float32"))
+
+
+@pytest.mark.skipif(backend() != "torch", reason="torch-only fused path")
+def test_location_encoder_fused_torch_path_equals_dense(monkeypatch):
+    # On torch the hidden layers run as one addmm + in-place ReLU; Keras's
+    # own Dense is the reference, also with LoRA enabled.
+    from geovario_keras.layers import location_encoder as module
+
+    gps = random_gps(64, seed=4)
+    enc = gv.layers.LocationEncoder(
+        num_features=16, hidden_units=32, hidden_layers=2, embed_dim=8, seed=0
+    )
+    fused = to_numpy(enc(gps))
+    for dense in enc.hidden[0]:
+        dense.enable_lora(2)
+        dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.1))
+    fused_lora = to_numpy(enc(gps))
+    monkeypatch.setattr(
+        module, "_dense_relu_function", lambda: module._call_dense
+    )
+    np.testing.assert_allclose(fused_lora, to_numpy(enc(gps)), atol=1e-6)
+    assert np.abs(fused_lora - fused).max() > 1e-3

@@ -173,10 +173,17 @@ def _torch_dense_relu(dense, x):
     # dtype like inside `Dense.call`. Autograd supports both ops.
     import torch
 
-    kernel, bias = dense.kernel, dense.bias
-    if bias is None or dense.activation is not keras.activations.relu:
+    if (
+        dense.bias is None
+        or dense.activation is not keras.activations.relu
+        or dense.quantization_mode is not None
+    ):
         return dense(x)
-    return torch.relu_(torch.addmm(bias.value, x, kernel.value))
+    # `convert_to_tensor` reads a variable's (auto-cast) value, and also
+    # takes the merged tensor that `Dense.kernel` returns under LoRA.
+    kernel = keras.ops.convert_to_tensor(dense.kernel)
+    bias = keras.ops.convert_to_tensor(dense.bias)
+    return torch.relu_(torch.addmm(bias, x, kernel))
 
 
 def _dense_relu_function():
