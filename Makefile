@@ -26,12 +26,14 @@ $(GEOCLIP_WHEEL): requirements/geoclip-wheel.txt $(VENV)/.installed
 
 install: $(VENV)/.installed $(GEOCLIP_WHEEL)
 
-# The whole suite once per backend; slow tests are excluded (see test-slow).
+# The whole suite and every docstring example, once per backend; slow
+# tests are excluded (see test-slow).
 test: install
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
 	  KERAS_BACKEND=$$b GEOVARIO_REQUIRE_GEOCLIP=1 \
-	    $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
+	    $(PY) -m pytest -q -p no:cacheprovider --doctest-modules \
+	      $(PYTEST_ARGS) geovario_keras tests; \
 	done
 
 # Long-running tests (marked @pytest.mark.slow), once per backend.
@@ -47,7 +49,7 @@ demo: install
 
 lint: install
 	$(PY) -m pip install -q ruff
-	$(PY) -m ruff check geovario_keras tests recipes
+	$(PY) -m ruff check geovario_keras tests recipes benchmarks conftest.py
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .cache

@@ -3,10 +3,10 @@
 One implementation per process (`--impl`):
 
 - `reference`: the geoclip 1.3.0 wheel's own PyTorch `GeoCLIP` (run by
-  `tests/reference_geoclip.py`), on CUDA when present. Encoding is its
-  `location_encoder` under `torch.no_grad()`; a query is its `predict`
-  minus the image loading: `forward(features, gps_gallery)`, softmax,
-  `topk`, which re-encodes the 100K gallery on every call.
+  `geovario_keras/testing/reference_geoclip.py`), on CUDA when present.
+  Encoding is its `location_encoder` under `torch.no_grad()`; a query is
+  its `predict` minus the image loading: `forward(features, gps_gallery)`,
+  softmax, `topk`, which re-encodes the 100K gallery on every call.
 - `keras`: geovario-keras on the backend named by `KERAS_BACKEND`, with the
   same released weights (`gv.pretrained.geoclip_model`), under the dtype
   policy `--policy`. Encoding is `model.encode_location` (a compiled
@@ -47,10 +47,10 @@ def query_points(n, seed=0):
 def bench_reference(args, gallery):
     import torch
 
-    from tests.reference_geoclip import reference_geoclip
+    from geovario_keras.testing import reference_geoclip as geoclip_ref
 
     device = common.torch_device()
-    model = reference_geoclip(args.wheel).to(device).eval()
+    model = geoclip_ref.reference_geoclip(args.wheel).to(device).eval()
     encoder = model.location_encoder
     n = len(gallery)
     x = torch.from_numpy(gallery).to(device)

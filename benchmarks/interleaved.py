@@ -28,11 +28,11 @@ def main():
     import torch
 
     import geovario_keras as gv
-    from tests.reference_geoclip import reference_location_encoder
+    from geovario_keras.testing import reference_geoclip as geoclip_ref
 
     gallery = gv.pretrained.load_geoclip_gallery(args.wheel)[: args.points]
     device = common.torch_device()
-    ref = reference_location_encoder(args.wheel).to(device)
+    ref = geoclip_ref.reference_location_encoder(args.wheel).to(device)
     x = torch.from_numpy(gallery).to(device)
     model = gv.pretrained.geoclip_model(args.wheel, gallery=False, queue_size=0)
 

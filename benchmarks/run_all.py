@@ -6,7 +6,7 @@ run: the matmul peaks, the location encoder and per-query latency
 (`encoder.py`), and the training step (`train_step.py`), for the
 reference PyTorch GeoCLIP and for geovario-keras on each backend and dtype
 policy. Then it prints Markdown tables of figures and ratios, and the
-issue #6 goals with the measured value against each.
+performance goals with the measured value against each.
 
 Run (after `make install`):
 
@@ -222,7 +222,7 @@ def tables(results, save_dir, failures):
             )
         emit("")
 
-    emit("### Goals (issue #6)\n")
+    emit("### Goals\n")
     emit("| goal | target | measured | met |")
     emit("|---|---|---|---|")
 

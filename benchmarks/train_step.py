@@ -46,12 +46,12 @@ def batches(gallery, steps, seed=0):
 def bench_reference(args, gallery):
     import torch
 
-    from tests.reference_geoclip import reference_geoclip
-    from tests.reference_geoclip import reference_train_function
+    from geovario_keras.testing import reference_geoclip as geoclip_ref
 
     device = common.torch_device()
-    model = reference_geoclip(args.wheel, queue_size=QUEUE).to(device).train()
-    train = reference_train_function(args.wheel)
+    model = geoclip_ref.reference_geoclip(args.wheel, queue_size=QUEUE)
+    model = model.to(device).train()
+    train = geoclip_ref.reference_train_function(args.wheel)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-5)
     x, y = batches(gallery, args.steps)
     loader = [
@@ -87,7 +87,7 @@ def keras_model(args, gallery, loss_name):
         # false and hard negatives occur and every branch of the loss runs.
         model.variogram.set_fit(
             gv.semivariogram.VariogramFit(
-                model="exponential",
+                family="exponential",
                 nugget=0.2,
                 psill=0.6,
                 length_scale=500.0,

@@ -6,17 +6,19 @@ import keras
 import numpy as np
 
 from geovario_keras import geo
-from geovario_keras.losses import SemivariogramContrastiveLoss
+from geovario_keras.losses import PairStatisticsLoss
 from geovario_keras.semivariogram.empirical import EmpiricalSemivariogram
 from geovario_keras.semivariogram.fit import fit_variogram
-from geovario_keras.semivariogram.models import check_model
+from geovario_keras.semivariogram.models import check_family
 from geovario_keras.utils import check_int
+from geovario_keras.utils import renamed_argument
 
 
 class SemivariogramCallback(keras.callbacks.Callback):
     """Fits the semivariogram during `model.fit` and feeds it to the loss.
 
-    For a `GeoCLIP` model compiled with `SemivariogramContrastiveLoss`:
+    For a `GeoCLIP` model compiled with `SemivariogramContrastiveLoss` (or
+    any `gv.losses.PairStatisticsLoss`):
 
     - **train begin**: if `data=(x, gps)` is given, `sample_size` of its
       points are embedded (stop-gradient image embeddings, `model.predict`)
@@ -44,8 +46,8 @@ class SemivariogramCallback(keras.callbacks.Callback):
         sample_size: int. Points of `data` used (all pairs among them).
         bin_edges_km: bin edges for the `data` fit; default: the model's
             `variogram_bins_km` (the epoch fits always use the model's bins).
-        model: variogram model name: `"stable"`, `"exponential"`,
-            `"gaussian"` or `"spherical"`.
+        family: the variogram family: `"stable"` (default),
+            `"exponential"`, `"gaussian"` or `"spherical"`.
         refit_every: int >= 1. Refit period in epochs.
         warmup_epochs: int >= 0. Epochs trained with the plain loss before
             the first re-weighting. The first fit then uses the statistics
@@ -57,16 +59,30 @@ class SemivariogramCallback(keras.callbacks.Callback):
             fit.
         seed: int. Seed of the `data` subsample.
         verbose: 0 or 1. Print one line per fit.
+        model: deprecated name of `family`.
 
     Example:
 
-    ```python
-    model.compile(optimizer=keras.optimizers.Adam(3e-5),
-                  loss=gv.losses.SemivariogramContrastiveLoss())
-    history = model.fit(x, gps, epochs=10, callbacks=[
-        gv.callbacks.SemivariogramCallback(plot_path="variogram.png")])
-    history.history["variogram_range_km"]
-    ```
+    Image features that vary smoothly with location (here the unit vector
+    of each place), so that look-alikes are near one another:
+
+    >>> rng = np.random.default_rng(0)
+    >>> gps = np.stack([rng.uniform(-60, 60, 512),
+    ...                 rng.uniform(-180, 180, 512)], 1).astype("float32")
+    >>> lat, lon = np.radians(gps).T
+    >>> x = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon),
+    ...               np.sin(lat)], 1).astype("float32")
+    >>> model = gv.GeoCLIP(
+    ...     gv.layers.ImageEncoder(None, embed_dim=32, hidden_units=64),
+    ...     gv.layers.LocationEncoder(num_features=32, hidden_units=64,
+    ...                               hidden_layers=2, embed_dim=32),
+    ...     queue_size=256)
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3),
+    ...               loss=gv.losses.SemivariogramContrastiveLoss())
+    >>> history = model.fit(x, gps, batch_size=128, epochs=2, verbose=0,
+    ...     callbacks=[gv.callbacks.SemivariogramCallback()])
+    >>> [k for k in sorted(history.history) if k.startswith("variogram_r")]
+    ['variogram_range_km', 'variogram_rmse']
     """
 
     def __init__(
@@ -74,16 +90,18 @@ class SemivariogramCallback(keras.callbacks.Callback):
         data=None,
         sample_size=2048,
         bin_edges_km=None,
-        model="stable",
+        family=None,
         refit_every=1,
         warmup_epochs=0,
         min_pairs=10,
         plot_path=None,
         seed=0,
         verbose=0,
+        model=None,
     ):
         super().__init__()
-        check_model(model)
+        family = renamed_argument("family", family, "model", model, "stable")
+        check_family(family)
         check_int("refit_every", refit_every, 1)
         check_int("warmup_epochs", warmup_epochs, 0)
         check_int("sample_size", sample_size, 2)
@@ -94,7 +112,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
         self.data = data
         self.sample_size = sample_size
         self.bin_edges_km = bin_edges_km
-        self.variogram_model = model
+        self.family = family
         self.refit_every = refit_every
         self.warmup_epochs = warmup_epochs
         self.min_pairs = min_pairs
@@ -122,7 +140,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
             centers,
             gamma,
             counts,
-            model=self.variogram_model,
+            family=self.family,
             min_count=self.min_pairs,
         )
         self._state().set_fit(fit)
@@ -135,7 +153,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
         if self.verbose:
             status = "ok" if fit.converged else f"fallback: {fit.message}"
             print(
-                f"SemivariogramCallback (epoch {epoch}): {fit.model} fit "
+                f"SemivariogramCallback (epoch {epoch}): {fit.family} fit "
                 f"{status}; nugget={fit.nugget:.4f} sill={fit.sill:.4f} "
                 f"range={fit.effective_range_km:.0f} km"
             )
@@ -157,10 +175,11 @@ class SemivariogramCallback(keras.callbacks.Callback):
     # ------------------------------------------------------------ callbacks
     def on_train_begin(self, logs=None):
         state = self._state()
-        if not isinstance(self.model.loss, SemivariogramContrastiveLoss):
+        if not isinstance(self.model.loss, PairStatisticsLoss):
             raise ValueError(
                 "SemivariogramCallback needs the model compiled with "
-                "`gv.losses.SemivariogramContrastiveLoss`; got "
+                "a `gv.losses.PairStatisticsLoss` such as "
+                "`SemivariogramContrastiveLoss`; got "
                 f"{self.model.loss!r}."
             )
         if self.bin_edges_km is not None and self.data is None:
@@ -215,7 +234,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
         )
         if fit.converged:
             h = np.linspace(0, centers.max() if len(centers) else 1, 400)
-            ax.plot(h, fit(h), "r-", lw=2, label=f"{fit.model} fit")
+            ax.plot(h, fit(h), "r-", lw=2, label=f"{fit.family} fit")
             ax.axvline(
                 fit.effective_range_km,
                 color="k",

@@ -20,7 +20,7 @@ probabilities are the softmax over the whole gallery, as in
 `encode_location` expects latitudes in [-90, 90] and longitudes in
 [-180, 180].
 
-Backends (shared/REFERENCE.md section 5): TensorFlow exports directly; JAX
+Backends: TensorFlow exports directly; JAX
 exports directly through `jax2tf` (one `XlaCallModule` op); PyTorch cannot
 (`torch.export` has no SavedModel path), so the model is saved as `.keras`
 and exported by a TensorFlow-backend subprocess. All three need the
@@ -103,13 +103,12 @@ def _input_spec(model, input_signature):
             dtype=spec.dtype or "float32",
             name="images",
         )
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
-    if len(shapes) != 1:
+    shape = model.image_input_shape
+    if shape is None:
         raise ValueError(
             "Cannot tell the model's input shape: call the model once on a "
             "batch (or pass `input_signature=(None, ...)`) before exporting."
         )
-    shape = tuple(next(iter(shapes.values())))
     return keras.InputSpec(
         shape=(None,) + shape[1:], dtype="float32", name="images"
     )
@@ -123,19 +122,23 @@ def _check_exportable(model, top_k):
             f"`model` must be a `gv.GeoCLIP`; got {type(model).__name__}."
         )
     # `predict_gps` serves top-k over the gallery baked into the export.
-    model.check_top_k(top_k)
+    model.gallery.check_top_k(top_k)
 
 
 def _write(model, directory, top_k, spec, verbose):
     """Writes the SavedModel with this process's backend (TF or JAX)."""
     backend = keras.backend.backend()
-    if not model._called and None not in spec.shape[1:]:
+    # JAX traces a subclassed model only after one eager call.
+    if None not in spec.shape[1:]:
         model(ops.zeros((1,) + tuple(spec.shape[1:]), spec.dtype))
     top_k_fn = _argmax_top_k if backend == "jax" else None
 
     def predict_gps(images):
-        coords, probs = model.gallery_top_k(
-            model(images, training=False), top_k, top_k_fn=top_k_fn
+        coords, probs = model.gallery(
+            model(images, training=False),
+            scale=model.temperature(),
+            top_k=top_k,
+            top_k_fn=top_k_fn,
         )
         return {"coordinates": coords, "probabilities": probs}
 
@@ -143,7 +146,7 @@ def _write(model, directory, top_k, spec, verbose):
         return {"embeddings": model(images, training=False)}
 
     def encode_location(gps):
-        return {"embeddings": model._location_embeddings(gps)}
+        return {"embeddings": model.location_embeddings(gps)}
 
     gps_spec = keras.InputSpec(shape=(None, 2), dtype="float32", name="gps")
     archive = keras.export.ExportArchive()
@@ -198,14 +201,28 @@ def export_saved_model(
 
     Example:
 
-    ```python
-    model.set_gallery(gallery_gps)
-    gv.export.export_saved_model(model, "saved_models/geoclip", top_k=5)
-    # -> saved_models/geoclip/1/, then in any TensorFlow process:
-    served = tf.saved_model.load("saved_models/geoclip/1")
-    out = served.signatures["predict_gps"](images=tf.constant(features))
-    out["coordinates"], out["probabilities"]
-    ```
+    >>> import os, tempfile
+    >>> model = gv.GeoCLIP(
+    ...     gv.layers.ImageEncoder(None, embed_dim=16, hidden_units=32),
+    ...     gv.layers.LocationEncoder(num_features=16, hidden_units=32,
+    ...                               hidden_layers=1, embed_dim=16),
+    ...     queue_size=0)
+    >>> features = np.random.default_rng(0).normal(size=(3, 8))
+    >>> features = features.astype("float32")
+    >>> _ = model(features)  # builds the model for (N, 8) inputs
+    >>> model.set_gallery([[48.86, 2.35], [35.68, 139.69], [-33.87, 151.21]],
+    ...                   verbose=0)
+    >>> base = os.path.join(tempfile.mkdtemp(), "geoclip")
+    >>> os.path.basename(export_saved_model(model, base, top_k=2))
+    '1'
+
+    Then, in any TensorFlow process (or TF Serving on `base`):
+
+    >>> import tensorflow as tf
+    >>> served = tf.saved_model.load(os.path.join(base, "1"))
+    >>> out = served.signatures["predict_gps"](images=tf.constant(features))
+    >>> tuple(out["coordinates"].shape), tuple(out["probabilities"].shape)
+    ((3, 2, 2), (3, 2))
     """
     _check_exportable(model, top_k)
     spec = _input_spec(model, input_signature)

@@ -156,6 +156,21 @@ def geolocation_report(
     return report
 
 
+def retrieved_gps(logits, candidate_mask, candidate_gps):
+    """Coordinates of each row's best-scoring real candidate (in-graph).
+
+    Args:
+        logits: `(B, C)` scores of images against candidate locations.
+        candidate_mask: bool `(C,)`: False for empty candidate slots.
+        candidate_gps: `(C, 2)` candidate coordinates.
+
+    Returns:
+        `(B, 2)` coordinates.
+    """
+    logits = ops.where(candidate_mask, ops.stop_gradient(logits), -np.inf)
+    return ops.take(candidate_gps, ops.argmax(logits, axis=-1), axis=0)
+
+
 def within_km(y_true, y_pred, threshold_km):
     """1.0 where the great-circle error is at most `threshold_km`, else 0."""
     d = geo.haversine_km(y_true, y_pred)

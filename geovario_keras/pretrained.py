@@ -4,7 +4,7 @@ The `geoclip` PyPI package 1.3.0 (Vivanco Cepeda et al., NeurIPS 2023; MIT
 licence, Copyright (c) 2024 Vicente Vivanco) ships the pretrained
 location encoder (with its random Fourier matrices `B`), the MLP head that
 maps 768-d CLIP ViT-L/14 image features to the 512-d embedding, the learned
-logit scale and a 100,000-point GPS gallery (shared/REFERENCE.md section 1).
+logit scale and a 100,000-point GPS gallery.
 Its Fourier-feature code comes from the `rff` package (BSD-3-Clause).
 
 This module reads those files **without importing `geoclip` and without
@@ -224,9 +224,6 @@ class GeoCLIPFiles:
             if hits:
                 self.paths[key] = hits[0]
 
-    def has(self, key):
-        return key in self.paths
-
     def open(self, key):
         """A binary file object of one file (`location_encoder`, ...)."""
         if key not in self.paths:
@@ -354,8 +351,8 @@ def load_geoclip_weights(
         logit_scale: bool. For a `GeoCLIP`: load the learned logit scale
             (3.681, a temperature of 39.7).
         gallery: bool. For a `GeoCLIP`: encode the 100K-point gallery with
-            the loaded encoder and cache it (`set_gallery`; ~20-60 s on a
-            2-core CPU).
+            the loaded encoder and cache it (`set_gallery`; the slowest
+            step on a CPU, see BENCHMARKS.md).
         gallery_batch_size: int. Gallery points encoded per step.
         verbose: progress bar of the gallery encoding.
 
@@ -365,9 +362,11 @@ def load_geoclip_weights(
     Example:
 
     ```python
+    # Needs the wheel: pip download geoclip==1.3.0 --no-deps -d .
     model = gv.GeoCLIP()  # GeoCLIP's configuration, 768-d CLIP features
     gv.pretrained.load_geoclip_weights(
         model, "geoclip-1.3.0-py3-none-any.whl")
+    clip_features = np.zeros((2, 768), "float32")  # CLIP ViT-L/14 features
     coords, probs = model.predict_gps(clip_features, top_k=5)
     ```
     """

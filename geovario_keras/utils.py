@@ -1,5 +1,7 @@
 """Small shared helpers: argument checks and non-trainable state."""
 
+import warnings
+
 
 def check_int(name, value, low=1):
     """Raises a `ValueError` naming `name` unless `value` is an int >= low."""
@@ -23,3 +25,51 @@ def add_state(layer, name, shape, dtype="float32"):
         trainable=False,
         autocast=False,
     )
+
+
+def renamed_argument(new_name, new_value, old_name, old_value, default):
+    """Resolves a renamed keyword argument, warning on the old name.
+
+    Returns `old_value` (with a `DeprecationWarning`) when only the old
+    keyword was given, `new_value` otherwise, and `default` when neither.
+    Raises a `ValueError` when both are given.
+    """
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise ValueError(
+            f"Pass `{new_name}` only; `{old_name}` is its deprecated name."
+        )
+    warnings.warn(
+        f"`{old_name}=` is deprecated; use `{new_name}=`.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value
+
+
+def check_noise_pair(gps_noise_m):
+    """`gps_noise_m` as a pair of floats >= 0, or a `ValueError`."""
+    pair = tuple(float(s) for s in gps_noise_m)
+    if len(pair) != 2 or not min(pair) >= 0:
+        raise ValueError(
+            "`gps_noise_m` must be a pair (batch_sigma, queue_sigma) of "
+            f"metres >= 0; got {gps_noise_m!r}."
+        )
+    return pair
+
+
+def common_embed_dim(image_encoder, location_encoder):
+    """The embedding size both encoders share, or a `ValueError`."""
+    embed_dim = getattr(location_encoder, "embed_dim", None)
+    if embed_dim is None:
+        raise ValueError(
+            "`location_encoder` must have an `embed_dim` attribute."
+        )
+    if getattr(image_encoder, "embed_dim", embed_dim) != embed_dim:
+        raise ValueError(
+            "`image_encoder.embed_dim` and `location_encoder.embed_dim` "
+            f"must be equal; got {image_encoder.embed_dim} and "
+            f"{embed_dim}."
+        )
+    return embed_dim

@@ -242,7 +242,7 @@ if first_sv is not None:
     outputs.append(vario)
     fit = callback.last_fit
     print(
-        f"fitted {fit.model} variogram (seed {args.seeds[0]}): nugget "
+        f"fitted {fit.family} variogram (seed {args.seeds[0]}): nugget "
         f"{fit.nugget:.3f}, sill {fit.sill:.3f}, effective range "
         f"{fit.effective_range_km:.0f} km"
     )

@@ -11,6 +11,7 @@ from geovario_keras.layers.equal_earth import SF
 from tests.testing import backend
 from tests.testing import random_gps
 from tests.testing import run_layer_test
+from tests.testing import run_state_layer_test
 from tests.testing import to_numpy
 
 
@@ -35,6 +36,8 @@ def test_equal_earth_layer_contract():
         {},
         gps,
         (8, 2),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
         mixed_precision_atol={"mixed_bfloat16": 1e-2, "mixed_float16": 1e-3},
     )
 
@@ -84,6 +87,8 @@ def test_random_fourier_features_layer_contract():
         {"sigma": 256.0, "num_features": 16, "seed": 0},
         p,
         (6, 32),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=1,
         # Phases stay float32: only the output rounding of cos/sin remains.
         mixed_precision_atol={"mixed_bfloat16": 8e-3, "mixed_float16": 1e-3},
     )
@@ -98,8 +103,9 @@ def test_random_fourier_features_bad_args(kwargs):
 
 
 def test_location_encoder_geoclip_size():
-    # shared/REFERENCE.md: 3,149,824 parameters per scale, 9,449,472 in all,
-    # 1,536 of them the frozen B values.
+    # GeoCLIP's released encoder: 3 scales of 2x256 Fourier features, then
+    # 512->1024->1024->1024->512 per scale: 3,149,824 parameters per scale,
+    # 9,449,472 in all, 1,536 of them the frozen B values.
     enc = gv.layers.LocationEncoder()
     enc.build((None, 2))
     assert enc.count_params() == 9_449_472
@@ -146,6 +152,9 @@ def test_location_encoder_layer_contract():
         },
         gps,
         (6, 8),
+        # Per branch: 2 hidden Dense + 1 head (kernel, bias), and B.
+        expected_num_trainable_weights=18,
+        expected_num_non_trainable_weights=3,
     )
 
 
@@ -181,6 +190,8 @@ def test_image_encoder_precomputed_features():
         {"backbone": None, "embed_dim": 8, "hidden_units": 16},
         x,
         (4, 8),
+        expected_num_trainable_weights=4,
+        expected_num_non_trainable_weights=0,
     )
 
 
@@ -266,11 +277,13 @@ def test_gps_queue_fifo_and_mask_against_deque():
     assert not to_numpy(q.valid_mask()).any()
 
 
-def test_gps_queue_config_and_errors():
+def test_gps_queue_state_contract_and_errors():
     q = gv.layers.GPSQueue(7, feature_dim=3, name="q")
-    assert (
-        gv.layers.GPSQueue.from_config(q.get_config()).get_config()
-        == q.get_config()
+    q.enqueue(random_gps(9, seed=2), np.ones((9, 3), "float32"))
+    assert bool(to_numpy(q.is_full()))
+    revived = run_state_layer_test(q, 0, 4)  # coords, features, pointer, count
+    np.testing.assert_array_equal(
+        to_numpy(revived.valid_mask()), np.ones(7, bool)
     )
     with pytest.raises(ValueError, match="size"):
         gv.layers.GPSQueue(0)
@@ -282,7 +295,7 @@ def test_gps_queue_config_and_errors():
 def test_location_encoder_fused_torch_path_equals_dense(monkeypatch):
     # On torch the hidden layers run as one addmm + in-place ReLU; Keras's
     # own Dense is the reference, also with LoRA enabled.
-    from geovario_keras.layers import location_encoder as module
+    from geovario_keras import backend as gv_backend
 
     gps = random_gps(64, seed=4)
     enc = gv.layers.LocationEncoder(
@@ -293,8 +306,79 @@ def test_location_encoder_fused_torch_path_equals_dense(monkeypatch):
         dense.enable_lora(2)
         dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.1))
     fused_lora = to_numpy(enc(gps))
-    monkeypatch.setattr(
-        module, "_dense_relu_function", lambda: module._call_dense
-    )
+    monkeypatch.setattr(gv_backend, "_DENSE_RELU", gv_backend._call_dense)
     np.testing.assert_allclose(fused_lora, to_numpy(enc(gps)), atol=1e-6)
     assert np.abs(fused_lora - fused).max() > 1e-3
+
+
+def test_contrastive_head_closed_form_and_contract():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(5, 8)).astype("float32")
+    loc = rng.normal(size=(5, 8)).astype("float32")
+    _, out = run_layer_test(
+        gv.layers.ContrastiveHead,
+        {"logit_scale_init": 1.5},
+        (img, loc),
+        (5, 5),
+        expected_num_trainable_weights=1,
+        expected_num_non_trainable_weights=0,
+        check_mixed_precision=False,
+    )
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa
+    np.testing.assert_allclose(
+        out, np.exp(1.5) * unit(img) @ unit(loc).T, rtol=1e-5
+    )
+    # The temperature is capped (CLIP: 100), and scoring stays float32.
+    capped = gv.layers.ContrastiveHead(logit_scale_init=10.0)
+    assert float(to_numpy(capped.temperature())) == pytest.approx(100.0)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    head = gv.layers.ContrastiveHead()
+    assert keras.backend.standardize_dtype(head(img, loc).dtype) == "float32"
+    with pytest.raises(ValueError, match="logit_scale_init"):
+        gv.layers.ContrastiveHead(logit_scale_init=float("nan"))
+
+
+def test_gps_gallery_top_k_against_numpy_and_state_contract():
+    rng = np.random.default_rng(1)
+    coords = random_gps(50, seed=1)
+    emb = rng.normal(size=(50, 6)).astype("float32")
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    gallery = gv.layers.GPSGallery(0, 6)
+    gallery.set(coords, emb)
+    query = emb[[3, 17]] + 0.01
+    got_coords, got_probs = gallery(query, scale=20.0, top_k=4)
+    logits = 20.0 * query.astype("float64") @ emb.T.astype("float64")
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    order = np.argsort(-probs, axis=1)[:, :4]
+    np.testing.assert_array_equal(to_numpy(got_coords), coords[order])
+    np.testing.assert_allclose(
+        to_numpy(got_probs), np.take_along_axis(probs, order, 1), rtol=1e-4
+    )
+    # `retrieve` (numpy, in blocks) gives the same as `call`.
+    c2, p2 = gallery.retrieve(query, 20.0, top_k=4, batch_size=1)
+    np.testing.assert_array_equal(c2, to_numpy(got_coords))
+    revived = run_state_layer_test(gallery, 0, 2)
+    assert revived.size == 50
+    with pytest.raises(
+        ValueError, match=r"`top_k` must be an int in \[1, 50\]"
+    ):
+        gallery.retrieve(query, 1.0, top_k=51)
+    with pytest.raises(ValueError, match="gallery is empty"):
+        gv.layers.GPSGallery(0, 6).check_top_k(1)
+
+
+def test_semivariogram_state_contract():
+    state = gv.semivariogram.SemivariogramState([0.0, 100.0, 1000.0])
+    h = np.array([[50.0, 500.0, 5000.0]], "float32")
+    d = np.array([[0.1, 0.3, 0.9]], "float32")
+    state.accumulate(h, d)
+    fit = gv.semivariogram.VariogramFit(
+        "exponential", psill=0.5, length_scale=200.0, converged=True
+    )
+    state.set_fit(fit)
+    assert state.active
+    # params, count, mean, m2, negatives.
+    revived = run_state_layer_test(state, 0, 5)
+    assert revived.active
+    np.testing.assert_array_equal(revived.statistics()[0], [1.0, 1.0])

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 import geovario_keras as gv
+from tests.testing import run_loss_test
+from tests.testing import small_geoclip
 from tests.testing import to_numpy
 
 LOGITS = np.array(
@@ -74,11 +76,13 @@ def test_sample_weight_and_config():
     np.testing.assert_allclose(
         to_numpy(loss(targets, LOGITS, sample_weight=w)), expected, rtol=1e-6
     )
-    revived = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(loss)
+    run_loss_test(
+        loss,
+        targets,
+        LOGITS,
+        expected=_hand_ce(LOGITS, targets).mean(),
+        fit_model=small_geoclip,
     )
-    assert isinstance(revived, gv.losses.GeoContrastiveLoss)
-    assert revived.get_config() == loss.get_config()
 
 
 def test_rejects_wrong_rank():
@@ -135,8 +139,7 @@ def test_robinson_beta_zero_is_plain_loss_and_config():
     hard = gv.losses.HardNegativeContrastiveLoss(beta=0.0)(y, logits)
     np.testing.assert_allclose(to_numpy(hard), to_numpy(plain), rtol=1e-6)
     loss = gv.losses.HardNegativeContrastiveLoss(beta=0.5, tau_plus=0.1)
-    clone = gv.losses.HardNegativeContrastiveLoss.from_config(loss.get_config())
-    assert (clone.beta, clone.tau_plus) == (0.5, 0.1)
+    run_loss_test(loss, y, logits, fit_model=small_geoclip)
     with pytest.raises(ValueError, match="tau_plus"):
         gv.losses.HardNegativeContrastiveLoss(tau_plus=1.0)
     with pytest.raises(ValueError, match="beta"):

@@ -1,11 +1,11 @@
-import keras
 import numpy as np
 import pyproj
 import pytest
 
 import geovario_keras as gv
 from tests.testing import random_gps
-from tests.testing import to_numpy
+from tests.testing import run_metric_test
+from tests.testing import small_geoclip
 
 SPHERE = pyproj.Geod(a=6371000.0, b=6371000.0)
 
@@ -54,13 +54,13 @@ def test_keras_metrics():
     # 0.1 degree of longitude on the equator = 11.12 km; 1 degree = 111.2 km.
     pred = np.array([[0.0, 0.1], [0.0, 1.0]], "float32")
     acc = gv.metrics.GeoAccuracy(25.0)
-    acc.update_state(true, pred)
-    assert float(to_numpy(acc.result())) == pytest.approx(0.5)
-    err = gv.metrics.MeanGreatCircleError()
-    err.update_state(true, pred)
+    run_metric_test(acc, true, pred, 0.5, fit_model=small_geoclip)
+    assert acc.threshold_km == 25.0 and acc.name == "acc_25km"
     expected = 6371.0 * np.radians(1.1) / 2
-    assert float(to_numpy(err.result())) == pytest.approx(expected, rel=1e-4)
-    revived = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(acc)
+    run_metric_test(
+        gv.metrics.MeanGreatCircleError(),
+        true,
+        pred,
+        expected,
+        fit_model=small_geoclip,
     )
-    assert revived.threshold_km == 25.0 and revived.name == "acc_25km"

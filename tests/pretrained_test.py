@@ -2,7 +2,7 @@
 
 References: `torch.load` (for our torch-free checkpoint reader) and the
 wheel's own `location_encoder.py` / `rff` code run under PyTorch
-(`tests/reference_geoclip.py`) for the ported encoder.
+(`geovario_keras/testing/reference_geoclip.py`) for the ported encoder.
 """
 
 import importlib.util
@@ -38,9 +38,9 @@ _EDGE_POINTS = np.array(
 
 @pytest.fixture(scope="module")
 def reference_encoder(geoclip_wheel):
-    from tests.reference_geoclip import reference_location_encoder
+    from geovario_keras.testing import reference_geoclip as geoclip_ref
 
-    return reference_location_encoder(geoclip_wheel)
+    return geoclip_ref.reference_location_encoder(geoclip_wheel)
 
 
 def _relative_error_and_cosine(ours, ref):

@@ -6,6 +6,7 @@ import geovario_keras as gv
 from geovario_keras.semivariogram import models
 from tests.testing import backend
 from tests.testing import random_gps
+from tests.testing import run_loss_test
 from tests.testing import small_geoclip
 from tests.testing import to_numpy
 from tests.testing import toy_features
@@ -38,7 +39,7 @@ D = np.array(
 # Exponential variogram: nugget 0.1, psill 0.8, length 500 km -> sill 0.9,
 # effective range 500 ln 20 = 1497.9 km.
 FIT = gv.semivariogram.VariogramFit(
-    model="exponential",
+    family="exponential",
     nugget=0.1,
     psill=0.8,
     length_scale=500.0,
@@ -117,7 +118,7 @@ def test_equals_plain_loss_without_fit_or_with_unit_weights():
     plain = to_numpy(
         gv.losses.GeoContrastiveLoss(reduction=None)(TARGETS, LOGITS)
     )
-    no_fit = gv.semivariogram.VariogramFit(model="stable")  # fallback: inactive
+    no_fit = gv.semivariogram.VariogramFit(family="stable")  # inactive
     for mode in ("weighted", "thesis"):
         loss = gv.losses.SemivariogramContrastiveLoss(mode=mode, reduction=None)
         np.testing.assert_array_equal(
@@ -185,11 +186,12 @@ def test_config_round_trip():
         false_negative_range_km=300.0,
         use_hard_negatives=False,
     )
-    revived = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(loss)
-    )
-    assert type(revived) is gv.losses.SemivariogramContrastiveLoss
-    assert revived.get_config() == loss.get_config()
+    run_loss_test(loss, TARGETS, _y_pred(), fit_model=small_geoclip)
+    weighted = gv.losses.SemivariogramContrastiveLoss()
+    run_loss_test(weighted, TARGETS, _y_pred(), fit_model=small_geoclip)
+    # The base class of pair-statistics losses is abstract.
+    with pytest.raises(TypeError, match="classify_negatives"):
+        gv.losses.PairStatisticsLoss()
     with pytest.raises(ValueError, match="false_negative_weight"):
         gv.losses.SemivariogramContrastiveLoss(false_negative_weight=1.5)
     with pytest.raises(ValueError, match="mode"):

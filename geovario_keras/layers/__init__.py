@@ -1,5 +1,6 @@
 """Keras layers of geovario-keras."""
 
+from geovario_keras.layers.contrastive_head import ContrastiveHead
 from geovario_keras.layers.equal_earth import EqualEarthProjection
 from geovario_keras.layers.fourier import RandomFourierFeatures
 from geovario_keras.layers.gps_gallery import GPSGallery
@@ -8,6 +9,7 @@ from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
 
 __all__ = [
+    "ContrastiveHead",
     "EqualEarthProjection",
     "GPSGallery",
     "GPSQueue",

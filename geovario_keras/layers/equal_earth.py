@@ -9,7 +9,7 @@ from geovario_keras.api_export import register
 
 # Equal Earth polynomial coefficients (Savric, Patterson & Jenny 2018), and
 # GeoCLIP's scale factor that maps the projected plane to x in [-1, 1]
-# (shared/REFERENCE.md section 1).
+# (the `SF = 66.50336` of GeoCLIP's released code).
 A1 = 1.340264
 A2 = -0.081106
 A3 = 0.000893
@@ -41,12 +41,10 @@ class EqualEarthProjection(keras.layers.Layer):
     Example:
 
     >>> layer = EqualEarthProjection()
-    >>> xy = layer(np.array([[0.0, 180.0]], "float32"))  # ~ [[1.0, 0.0]]
+    >>> xy = layer(np.array([[0.0, 180.0], [90.0, 0.0]], "float32"))
+    >>> keras.ops.convert_to_numpy(xy).astype("float64").round(4).tolist()
+    [[1.0, 0.0], [0.0, 0.4867]]
     """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = False
 
     @property
     def input_dtype(self):

@@ -38,7 +38,7 @@ class RandomFourierFeatures(keras.layers.Layer):
     Example:
 
     >>> rff = RandomFourierFeatures(sigma=16.0, num_features=256, seed=0)
-    >>> rff(np.zeros((4, 2), "float32")).shape
+    >>> tuple(rff(np.zeros((4, 2), "float32")).shape)
     (4, 512)
     """
 

@@ -1,28 +1,58 @@
-"""Cached gallery of GPS coordinates and their location embeddings."""
+"""Retrieval over a cached gallery of GPS coordinates."""
 
 import keras
+import numpy as np
 from keras import ops
 
+from geovario_keras import backend
 from geovario_keras.api_export import register
 from geovario_keras.utils import add_state
+from geovario_keras.utils import check_int
+
+
+def _keras_top_k(logits, k):
+    return ops.top_k(logits, k=k)
 
 
 @register
 class GPSGallery(keras.layers.Layer):
-    """Holds a retrieval gallery: coordinates and normalised embeddings.
+    """Top-k retrieval over a gallery of coordinates and their embeddings.
 
     Prediction in GeoCLIP is retrieval: every query image is scored against
     the location embeddings of a fixed gallery of coordinates (100K points in
     the paper). The reference implementation re-encodes the whole gallery on
-    every call; this layer caches the encoded gallery as non-trainable state
-    that is saved with the model (and baked into exported SavedModels).
+    every call; this layer keeps the encoded gallery as non-trainable state,
+    saved with the model and baked into exported SavedModels.
+    `GeoCLIP.set_gallery` fills it.
 
-    `GeoCLIP.set_gallery` fills it; use that rather than this layer directly.
+    `call` scores normalised query embeddings against the gallery as
+    `scale * q . g` and returns the `top_k` best coordinates with their
+    probabilities: the softmax over the **whole** gallery, as in GeoCLIP.
 
     Args:
         size: int >= 0. Number of gallery points (0: empty).
         embed_dim: int. Embedding size.
         **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        query_embeddings: `(N, embed_dim)` normalised query embeddings.
+        scale: float or scalar tensor. Multiplies the cosine similarities
+            (GeoCLIP: `exp(logit_scale)`).
+        top_k: int in `[1, size]`.
+        top_k_fn: `fn(logits, k) -> (values, indices)`; default
+            `keras.ops.top_k`.
+
+    Returns:
+        `(coords (N, top_k, 2), probs (N, top_k))`, best first.
+
+    Example:
+
+    >>> gallery = GPSGallery(size=0, embed_dim=2)
+    >>> gallery.set(np.array([[10.0, 20.0], [-5.0, 40.0]]),
+    ...             np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> coords, probs = gallery(np.array([[0.0, 1.0]]), scale=1.0, top_k=1)
+    >>> keras.ops.convert_to_numpy(coords).tolist()
+    [[[-5.0, 40.0]]]
     """
 
     def __init__(self, size=0, embed_dim=512, **kwargs):
@@ -34,11 +64,19 @@ class GPSGallery(keras.layers.Layer):
         self._make_variables(size)
         self.built = True
 
+    @property
+    def input_dtype(self):
+        # Queries are scored in float32 under any dtype policy.
+        return "float32"
+
     def _make_variables(self, size):
         self.coords = add_state(self, "coords", (size, 2), "float32")
         self.embeddings = add_state(
             self, "embeddings", (size, self.embed_dim), "float32"
         )
+        # Traced top-k functions hold the variables they saw: a new pair of
+        # variables starts a new cache (kept out of Keras tracking).
+        self.__dict__["_top_k_functions"] = {}
 
     def set(self, coords, embeddings):
         """Stores `coords (M, 2)` and `embeddings (M, embed_dim)`."""
@@ -57,8 +95,75 @@ class GPSGallery(keras.layers.Layer):
         self.coords.assign(ops.cast(coords, "float32"))
         self.embeddings.assign(ops.cast(embeddings, "float32"))
 
-    def call(self, inputs=None):
-        return self.coords, self.embeddings
+    def check_top_k(self, top_k):
+        """Raises a `ValueError` unless the gallery is set and `top_k` fits."""
+        if self.size == 0:
+            raise ValueError(
+                "The gallery is empty: call `model.set_gallery(gps)` with at "
+                "least one point first."
+            )
+        if not isinstance(top_k, (int, np.integer)) or not (
+            1 <= top_k <= self.size
+        ):
+            raise ValueError(
+                f"`top_k` must be an int in [1, {self.size}] (the gallery "
+                f"size); got {top_k!r}."
+            )
+
+    def call(self, query_embeddings, scale=1.0, top_k=5, top_k_fn=None):
+        top_k_fn = top_k_fn or _keras_top_k
+        gallery = ops.convert_to_tensor(self.embeddings)
+        # (G @ q^T)^T, not q @ G^T: the latter makes TensorFlow and JAX copy
+        # the transposed (M, D) gallery on every call (BENCHMARKS.md).
+        query = ops.cast(query_embeddings, "float32")
+        logits = scale * ops.transpose(
+            ops.matmul(gallery, ops.transpose(query))
+        )
+        values, index = top_k_fn(logits, top_k)
+        probs = ops.exp(values - ops.logsumexp(logits, axis=-1, keepdims=True))
+        coords = ops.take(ops.convert_to_tensor(self.coords), index, axis=0)
+        return coords, probs
+
+    def retrieve(self, query_embeddings, scale=1.0, top_k=5, batch_size=None):
+        """`call` over numpy queries in blocks; returns numpy arrays.
+
+        Args:
+            query_embeddings: `(N, embed_dim)` normalised embeddings.
+            scale: as in `call`.
+            top_k: int in `[1, size]`.
+            batch_size: int or None. Queries per block; default: blocks of
+                about 64 MB of logits.
+
+        Returns:
+            `(coords (N, top_k, 2), probs (N, top_k))` numpy arrays.
+        """
+        self.check_top_k(top_k)
+        top_k = int(top_k)
+        if batch_size is None:  # blocks of about 64 MB of logits
+            batch_size = max(1, (1 << 24) // self.size)
+        block = check_int("batch_size", batch_size)
+        fn = self._top_k_function(top_k)
+        scale = ops.convert_to_tensor(scale, "float32")
+        coords = [np.zeros((0, top_k, 2), "float32")]
+        probs = [np.zeros((0, top_k), "float32")]
+        for start in range(0, len(query_embeddings), block):
+            q = ops.convert_to_tensor(query_embeddings[start : start + block])
+            c, p = fn(q, scale)
+            coords.append(ops.convert_to_numpy(c))
+            probs.append(ops.convert_to_numpy(p))
+        return np.concatenate(coords), np.concatenate(probs)
+
+    def _top_k_function(self, top_k):
+        cache = self.__dict__["_top_k_functions"]
+        if top_k not in cache:
+            cache[top_k] = backend.traced_function(
+                lambda q, scale: self(q, scale=scale, top_k=top_k)
+            )
+        return cache[top_k]
+
+    def compute_output_shape(self, query_embeddings_shape, top_k=5, **kwargs):
+        n = query_embeddings_shape[0]
+        return (n, top_k, 2), (n, top_k)
 
     def get_config(self):
         config = super().get_config()

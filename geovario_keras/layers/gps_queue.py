@@ -34,7 +34,8 @@ class GPSQueue(keras.layers.Layer):
 
     >>> q = GPSQueue(4)
     >>> q.enqueue(np.array([[1.0, 2.0], [3.0, 4.0]], "float32"))
-    >>> q.valid_mask()  # [True, True, False, False]
+    >>> keras.ops.convert_to_numpy(q.valid_mask()).tolist()
+    [True, True, False, False]
     """
 
     def __init__(self, size, feature_dim=None, **kwargs):
@@ -62,6 +63,10 @@ class GPSQueue(keras.layers.Layer):
     def valid_mask(self):
         """Boolean `(size,)`: True for slots that hold a real coordinate."""
         return ops.arange(self.size, dtype="int32") < self.count
+
+    def is_full(self):
+        """Boolean scalar: True once every slot has been written."""
+        return self.count >= self.size
 
     def enqueue(self, coords, features=None):
         """Writes a batch at the pointer, overwriting the oldest entries.
@@ -95,9 +100,6 @@ class GPSQueue(keras.layers.Layer):
         """Empties the queue."""
         self.pointer.assign(0)
         self.count.assign(0)
-
-    def call(self, inputs=None):
-        return self.coords, self.valid_mask()
 
     def get_config(self):
         config = super().get_config()

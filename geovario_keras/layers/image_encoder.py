@@ -45,7 +45,7 @@ class ImageEncoder(keras.layers.Layer):
     Example:
 
     >>> enc = ImageEncoder(backbone=None, embed_dim=32, hidden_units=64)
-    >>> enc(np.zeros((4, 768), "float32")).shape
+    >>> tuple(enc(np.zeros((4, 768), "float32")).shape)
     (4, 32)
     """
 

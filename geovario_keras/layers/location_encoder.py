@@ -2,6 +2,7 @@
 
 import keras
 
+from geovario_keras import backend
 from geovario_keras.api_export import register
 from geovario_keras.layers.equal_earth import EqualEarthProjection
 from geovario_keras.layers.fourier import RandomFourierFeatures
@@ -12,7 +13,7 @@ from geovario_keras.utils import check_int
 class LocationEncoder(keras.layers.Layer):
     """Encodes (latitude, longitude) into an embedding, as GeoCLIP does.
 
-    Architecture (Vivanco Cepeda et al. 2023; shared/REFERENCE.md section 1):
+    Architecture (Vivanco Cepeda et al. 2023):
     Equal Earth projection, then for every scale `sigma` a branch made of
     random Fourier features (`num_features` frequencies, frozen `B ~
     N(0, sigma^2)`), `hidden_layers` ReLU Dense layers of `hidden_units`, and a
@@ -43,7 +44,8 @@ class LocationEncoder(keras.layers.Layer):
     Example:
 
     >>> enc = LocationEncoder(hidden_units=64, hidden_layers=2, embed_dim=32)
-    >>> enc(np.array([[48.86, 2.35], [-33.87, 151.21]], "float32")).shape
+    >>> gps = np.array([[48.86, 2.35], [-33.87, 151.21]], "float32")
+    >>> tuple(enc(gps).shape)
     (2, 32)
     """
 
@@ -133,12 +135,11 @@ class LocationEncoder(keras.layers.Layer):
 
     def call(self, inputs):
         p = self.projection(inputs)
-        dense_relu = _dense_relu_function()
         out = None
         for rff, hidden, head in zip(self.fourier, self.hidden, self.heads):
             x = rff(p)
             for dense in hidden:
-                x = dense_relu(dense, x)
+                x = backend.dense_relu(dense, x)
             x = head(x)
             out = x if out is None else out + x
         return out
@@ -159,34 +160,3 @@ class LocationEncoder(keras.layers.Layer):
             }
         )
         return config
-
-
-def _call_dense(dense, x):
-    return dense(x)
-
-
-def _torch_dense_relu(dense, x):
-    # One `addmm` (bias fused into the matmul, as torch.nn.Linear does) and
-    # an in-place ReLU: Keras's Dense on torch runs matmul, add and relu as
-    # three passes, which cost ~10 % of GeoCLIP's encoder on 2 CPU cores.
-    # `dense.kernel` / `dense.bias` read here are auto-cast to the compute
-    # dtype like inside `Dense.call`. Autograd supports both ops.
-    import torch
-
-    if (
-        dense.bias is None
-        or dense.activation is not keras.activations.relu
-        or dense.quantization_mode is not None
-    ):
-        return dense(x)
-    # `convert_to_tensor` reads a variable's (auto-cast) value, and also
-    # takes the merged tensor that `Dense.kernel` returns under LoRA.
-    kernel = keras.ops.convert_to_tensor(dense.kernel)
-    bias = keras.ops.convert_to_tensor(dense.bias)
-    return torch.relu_(torch.addmm(bias, x, kernel))
-
-
-def _dense_relu_function():
-    if keras.backend.backend() == "torch":
-        return _torch_dense_relu
-    return _call_dense

@@ -8,14 +8,16 @@ from scipy import optimize
 from scipy import stats
 
 from geovario_keras.semivariogram import models
+from geovario_keras.utils import renamed_argument
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class VariogramFit:
     """A fitted variogram, or the fallback when no fit could be trusted.
 
     Attributes:
-        model: model name (`gv.semivariogram.MODELS`).
+        family: the variogram family (`gv.semivariogram.models.FAMILIES`).
+            `model` is its deprecated name (keyword and attribute).
         nugget, psill, length_scale, alpha: parameters (see
             `gv.semivariogram.models`).
         sill: `nugget + psill`.
@@ -25,9 +27,16 @@ class VariogramFit:
             re-weighting (plain GeoCLIP loss).
         message: why the fit fell back, or the optimiser's message.
         num_bins: number of bins used.
+
+    Example:
+
+    >>> fit = VariogramFit("exponential", nugget=0.1, psill=0.5,
+    ...                    length_scale=1000.0, converged=True)
+    >>> round(float(fit(1000.0)), 4)  # 0.1 + 0.5 * (1 - 1/e)
+    0.4161
     """
 
-    model: str
+    family: str
     nugget: float = 0.0
     psill: float = 0.0
     length_scale: float = 1.0
@@ -39,11 +48,48 @@ class VariogramFit:
     message: str = ""
     num_bins: int = 0
 
+    def __init__(
+        self,
+        family=None,
+        nugget=0.0,
+        psill=0.0,
+        length_scale=1.0,
+        alpha=1.0,
+        sill=None,
+        effective_range_km=None,
+        rmse=float("nan"),
+        converged=False,
+        message="",
+        num_bins=0,
+        model=None,
+    ):
+        family = renamed_argument("family", family, "model", model, None)
+        self.family = models.check_family(family)
+        self.nugget = float(nugget)
+        self.psill = float(psill)
+        self.length_scale = float(length_scale)
+        self.alpha = float(alpha)
+        self.sill = self.nugget + self.psill if sill is None else float(sill)
+        if effective_range_km is None:
+            effective_range_km = models.effective_range(
+                self.family, self.length_scale, self.alpha
+            )
+        self.effective_range_km = float(effective_range_km)
+        self.rmse = float(rmse)
+        self.converged = bool(converged)
+        self.message = message
+        self.num_bins = int(num_bins)
+
+    @property
+    def model(self):
+        """Deprecated name of `family`."""
+        return self.family
+
     def __call__(self, h_km):
         """Evaluates the fitted curve at `h_km` (numpy)."""
         return models.evaluate(
             h_km,
-            self.model,
+            self.family,
             self.nugget,
             self.psill,
             self.length_scale,
@@ -51,17 +97,17 @@ class VariogramFit:
         )
 
     def packed(self):
-        """Parameter vector laid out as `models.PARAM_NAMES` (float32)."""
+        """Parameters as one float32 vector laid out as `PARAM_NAMES`."""
         return np.array(
-            [
-                models.MODEL_CODES[self.model],
-                self.nugget,
-                self.psill,
-                self.length_scale,
-                self.alpha,
-                self.effective_range_km,
-                1.0 if self.converged else 0.0,
-            ],
+            models.PackedParams(
+                family_code=models.FAMILY_CODES[self.family],
+                nugget=self.nugget,
+                psill=self.psill,
+                length_scale=self.length_scale,
+                alpha=self.alpha,
+                effective_range=self.effective_range_km,
+                active=1.0 if self.converged else 0.0,
+            ),
             "float32",
         )
 
@@ -77,28 +123,81 @@ class VariogramFit:
         }
 
 
-def _fallback(model, message, num_bins=0, warn=True):
+def _fallback(family, message, num_bins=0, warn=True):
     if warn:
         warnings.warn(
             f"Semivariogram fit fell back to no re-weighting: {message}",
             RuntimeWarning,
             stacklevel=3,
         )
-    return VariogramFit(model=model, message=message, num_bins=num_bins)
+    return VariogramFit(
+        family, effective_range_km=0.0, message=message, num_bins=num_bins
+    )
+
+
+def _usable_bins(centers_km, gamma, counts, min_count):
+    h = np.asarray(centers_km, "float64").reshape(-1)
+    g = np.asarray(gamma, "float64").reshape(-1)
+    n = np.asarray(counts, "float64").reshape(-1)
+    if not h.shape == g.shape == n.shape:
+        raise ValueError(
+            "`centers_km`, `gamma` and `counts` must have the same length; "
+            f"got {h.shape}, {g.shape}, {n.shape}."
+        )
+    keep = (n >= max(min_count, 1)) & np.isfinite(g) & np.isfinite(h)
+    return h[keep], g[keep], n[keep]
+
+
+def _untrustworthy(h, g, min_bins, min_count):
+    """Why the empirical curve cannot be fitted, or None."""
+    if h.size < min_bins:
+        return (
+            f"only {h.size} bins hold >= {min_count} pairs (min_bins="
+            f"{min_bins})."
+        )
+    amplitude = float(g.max() - g.min())
+    if amplitude < 1e-6:
+        return f"flat empirical curve (amplitude {amplitude:.2e})."
+    rho = stats.spearmanr(h, g).statistic
+    if not rho > 0:
+        return (
+            "the empirical curve does not rise with distance (Spearman "
+            f"correlation {rho:.2f})."
+        )
+    return None
+
+
+def _start_and_bounds(h, g, h_max, free_alpha):
+    """Initial guess: nugget from the first bin, sill from the upper third,
+    length scale from where half the rise is reached."""
+    g_lo = max(float(g[0]), 0.0)
+    g_hi = float(np.median(g[-max(1, h.size // 3) :]))
+    half = g_lo + 0.5 * max(g_hi - g_lo, 0.0)
+    length0 = float(h[np.argmax(g >= half)]) if np.any(g >= half) else h.mean()
+    length0 = float(np.clip(length0, 1e-3 * h_max, h_max))
+    p0 = [min(g_lo, max(g_hi, 1e-6) * 0.99), max(g_hi - g_lo, 1e-6), length0]
+    lower = [0.0, 0.0, 1e-6 * h_max]
+    upper = [max(g.max(), 1e-6) * 2, max(g.max(), 1e-6) * 4, h_max]
+    if free_alpha:
+        p0.append(1.0)
+        lower.append(0.05)
+        upper.append(2.0)
+    return np.clip(p0, lower, upper), lower, upper
 
 
 def fit_variogram(
     centers_km,
     gamma,
     counts,
-    model="stable",
+    family=None,
     min_bins=4,
     min_count=1,
     f_scale=None,
     max_length_scale_km=None,
     warn=True,
+    model=None,
 ):
-    """Fits `model` to an empirical semivariogram.
+    """Fits a variogram `family` to an empirical semivariogram.
 
     Robust weighted least squares (`scipy.optimize.least_squares`,
     `loss="soft_l1"`): residual of bin `k` is
@@ -118,120 +217,78 @@ def fit_variogram(
         centers_km: bin centres `(K,)` in km.
         gamma: empirical semivariance per bin `(K,)`.
         counts: pairs per bin `(K,)`.
-        model: one of `"stable"`, `"exponential"`, `"gaussian"`,
-            `"spherical"`.
+        family: one of `"stable"` (default), `"exponential"`,
+            `"gaussian"`, `"spherical"`.
         min_bins: int. Minimum number of usable bins.
         min_count: minimum pairs for a bin to be used.
         f_scale: soft-L1 scale (see above).
         max_length_scale_km: upper bound of the length scale; default 4x the
             largest bin centre.
         warn: whether a fallback emits a `RuntimeWarning`.
+        model: deprecated name of `family`.
 
     Returns:
         A `VariogramFit`.
+
+    Example:
+
+    >>> h = np.linspace(50.0, 5000.0, 40)
+    >>> fit = fit_variogram(h, 0.8 * (1 - np.exp(-h / 700.0)), np.ones(40),
+    ...                     family="exponential")
+    >>> fit.converged, round(fit.length_scale)
+    (True, 700)
     """
-    models.check_model(model)
-    h = np.asarray(centers_km, "float64").reshape(-1)
-    g = np.asarray(gamma, "float64").reshape(-1)
-    n = np.asarray(counts, "float64").reshape(-1)
-    if not h.shape == g.shape == n.shape:
-        raise ValueError(
-            "`centers_km`, `gamma` and `counts` must have the same length; "
-            f"got {h.shape}, {g.shape}, {n.shape}."
-        )
-    keep = (n >= max(min_count, 1)) & np.isfinite(g) & np.isfinite(h)
-    h, g, n = h[keep], g[keep], n[keep]
-    if h.size < min_bins:
-        return _fallback(
-            model,
-            f"only {h.size} bins hold >= {min_count} pairs (min_bins="
-            f"{min_bins}).",
-            h.size,
-            warn,
-        )
-    amplitude = float(g.max() - g.min())
-    if amplitude < 1e-6:
-        return _fallback(
-            model,
-            f"flat empirical curve (amplitude {amplitude:.2e}).",
-            h.size,
-            warn,
-        )
-    rho = stats.spearmanr(h, g).statistic
-    if not rho > 0:
-        return _fallback(
-            model,
-            f"the empirical curve does not rise with distance (Spearman "
-            f"correlation {rho:.2f}).",
-            h.size,
-            warn,
-        )
+    family = renamed_argument("family", family, "model", model, "stable")
+    models.check_family(family)
+    h, g, n = _usable_bins(centers_km, gamma, counts, min_count)
+    reason = _untrustworthy(h, g, min_bins, min_count)
+    if reason is not None:
+        return _fallback(family, reason, h.size, warn)
 
     w = np.sqrt(n / n.mean())
-    f_scale = f_scale or 0.1 * amplitude
+    amplitude = float(g.max() - g.min())
     h_max = max_length_scale_km or 4.0 * float(h.max())
-    alpha0 = models.fixed_alpha(model)
-    free_alpha = model == "stable"
+    free_alpha = family == "stable"
+    alpha0 = models.fixed_alpha(family) or 1.0
 
     def unpack(p):
-        return p[0], p[1], p[2], (p[3] if free_alpha else alpha0 or 1.0)
+        return p[0], p[1], p[2], (p[3] if free_alpha else alpha0)
 
     def residual(p):
-        nugget, psill, length, alpha = unpack(p)
-        return w * (models.evaluate(h, model, nugget, psill, length, alpha) - g)
+        curve = models.evaluate(h, family, *unpack(p))
+        return w * (curve - g)
 
-    # Initial guess: nugget from the first bin, sill from the upper third,
-    # length scale from where half the rise is reached.
-    g_lo = max(float(g[0]), 0.0)
-    g_hi = float(np.median(g[-max(1, h.size // 3) :]))
-    half = g_lo + 0.5 * max(g_hi - g_lo, 0.0)
-    length0 = float(h[np.argmax(g >= half)]) if np.any(g >= half) else h.mean()
-    length0 = float(np.clip(length0, 1e-3 * h_max, h_max))
-    p0 = [
-        min(g_lo, max(g_hi, 1e-6) * 0.99),
-        max(g_hi - g_lo, 1e-6),
-        length0,
-    ]
-    lower = [0.0, 0.0, 1e-6 * h_max]
-    upper = [max(g.max(), 1e-6) * 2, max(g.max(), 1e-6) * 4, h_max]
-    if free_alpha:
-        p0.append(1.0)
-        lower.append(0.05)
-        upper.append(2.0)
-    p0 = np.clip(p0, lower, upper)
+    p0, lower, upper = _start_and_bounds(h, g, h_max, free_alpha)
     try:
         result = optimize.least_squares(
             residual,
             p0,
             bounds=(lower, upper),
             loss="soft_l1",
-            f_scale=f_scale,
+            f_scale=f_scale or 0.1 * amplitude,
         )
     except Exception as e:  # pragma: no cover - scipy internal failure
-        return _fallback(model, f"optimiser error: {e}", h.size, warn)
-    nugget, psill, length, alpha = (float(v) for v in unpack(result.x))
+        return _fallback(family, f"optimiser error: {e}", h.size, warn)
     if not (result.success and np.all(np.isfinite(result.x))):
         return _fallback(
-            model, f"optimiser failed: {result.message}", h.size, warn
+            family, f"optimiser failed: {result.message}", h.size, warn
         )
+    nugget, psill, length, alpha = (float(v) for v in unpack(result.x))
     if psill <= 1e-9 * max(amplitude, 1e-12):
         return _fallback(
-            model,
+            family,
             "the fit has no structured part (partial sill ~ 0).",
             h.size,
             warn,
         )
-    fitted = models.evaluate(h, model, nugget, psill, length, alpha)
-    rmse = float(np.sqrt(np.sum(n * (fitted - g) ** 2) / np.sum(n)))
+    fitted = models.evaluate(h, family, nugget, psill, length, alpha)
     return VariogramFit(
-        model=model,
+        family,
         nugget=nugget,
         psill=psill,
         length_scale=length,
         alpha=alpha,
-        sill=nugget + psill,
-        effective_range_km=float(models.effective_range(model, length, alpha)),
-        rmse=rmse,
+        rmse=float(np.sqrt(np.sum(n * (fitted - g) ** 2) / np.sum(n))),
         converged=True,
         message=str(result.message),
         num_bins=int(h.size),

@@ -1,6 +1,9 @@
-"""Variogram models with nugget, partial sill and range.
+"""Variogram models (families) with nugget, partial sill and range.
 
-All models are `gamma(h) = nugget + psill * shape(h / length_scale)`:
+"Model" is the geostatistical word for the family of curves fitted to an
+empirical semivariogram; in code the family is named `family` so that it
+is never confused with a Keras model. All families are
+`gamma(h) = nugget + psill * shape(h / length_scale)`:
 
 - `stable`: `shape(u) = 1 - exp(-u**alpha)`, `alpha` in (0, 2];
 - `exponential`: stable with `alpha = 1`;
@@ -13,80 +16,117 @@ The *effective range* is the distance where `gamma` reaches
 `nugget + 0.95 * psill` (95 % of the structured part of the sill):
 `length_scale * ln(20)**(1/alpha)` for the stable family.
 
-Every model is evaluated both in numpy (`evaluate`) and in `keras.ops`
-(`evaluate_ops`, from a packed parameter vector) so the fitted curve can be
-used inside a compiled training step.
+Every family is evaluated both in numpy (`evaluate`) and in `keras.ops`
+(`evaluate_ops`, from packed parameters) so the fitted curve can be used
+inside a compiled training step.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from keras import ops
 
-MODELS = ("stable", "exponential", "gaussian", "spherical")
-MODEL_CODES = {name: float(i) for i, name in enumerate(MODELS)}
+FAMILIES = ("stable", "exponential", "gaussian", "spherical")
+FAMILY_CODES = {name: float(i) for i, name in enumerate(FAMILIES)}
+# Deprecated name of `FAMILIES`.
+MODELS = FAMILIES
 _FIXED_ALPHA = {"exponential": 1.0, "gaussian": 2.0}
 # Root of 1.5 u - 0.5 u^3 = 0.95 on [0, 1].
 _SPHERICAL_U95 = 0.8114013518995559
 
-# Layout of the packed parameter vector used in graphs.
-PARAM_NAMES = (
-    "model_code",
-    "nugget",
-    "psill",
-    "length_scale",
-    "alpha",
-    "effective_range",
-    "active",
-)
+
+class PackedParams(NamedTuple):
+    """Named view of the packed parameter vector used inside graphs.
+
+    A fit is stored in the model as one float32 vector of `NUM_PARAMS`
+    values laid out as `PARAM_NAMES` (`VariogramFit.packed()` writes it);
+    `PackedParams.unpack(vector)` names its entries. `active` is 1 for a
+    trusted fit and 0 for none (the losses then re-weight nothing).
+
+    Example:
+
+    >>> p = PackedParams.unpack(np.array([0, 0.1, 0.9, 500, 1, 1498, 1.0]))
+    >>> float(p.sill), float(p.effective_range)
+    (1.0, 1498.0)
+    """
+
+    family_code: object
+    nugget: object
+    psill: object
+    length_scale: object
+    alpha: object
+    effective_range: object
+    active: object
+
+    @classmethod
+    def unpack(cls, params):
+        """Names the entries of a 1-D vector (numpy or tensor)."""
+        return cls(*(params[i] for i in range(len(cls._fields))))
+
+    @property
+    def sill(self):
+        return self.nugget + self.psill
+
+
+PARAM_NAMES = PackedParams._fields
 NUM_PARAMS = len(PARAM_NAMES)
 
 
-def check_model(model):
-    if model not in MODELS:
-        raise ValueError(f"`model` must be one of {MODELS}; got {model!r}.")
-    return model
+def check_family(family):
+    """Returns `family`, or raises a `ValueError` naming the choices."""
+    if family not in FAMILIES:
+        raise ValueError(f"`family` must be one of {FAMILIES}; got {family!r}.")
+    return family
 
 
-def fixed_alpha(model):
-    """The shape exponent fixed by `model`, or None for `stable`."""
-    return _FIXED_ALPHA.get(model)
+def fixed_alpha(family):
+    """The shape exponent fixed by `family`, or None for `stable`."""
+    return _FIXED_ALPHA.get(family)
 
 
-def shape(u, model, alpha=1.0):
+def shape(u, family, alpha=1.0):
     """Normalised variogram shape in numpy (0 at u=0, 1 at infinity)."""
     u = np.maximum(np.asarray(u, dtype="float64"), 0.0)
-    if check_model(model) == "spherical":
+    if check_family(family) == "spherical":
         return np.where(u < 1.0, 1.5 * u - 0.5 * u**3, 1.0)
-    alpha = fixed_alpha(model) or alpha
+    alpha = fixed_alpha(family) or alpha
     return 1.0 - np.exp(-(u**alpha))
 
 
-def evaluate(h, model, nugget, psill, length_scale, alpha=1.0):
+def evaluate(h, family, nugget, psill, length_scale, alpha=1.0):
     """`gamma(h)` in numpy for distances `h` (km)."""
-    return nugget + psill * shape(np.asarray(h) / length_scale, model, alpha)
+    return nugget + psill * shape(np.asarray(h) / length_scale, family, alpha)
 
 
-def effective_range(model, length_scale, alpha=1.0):
-    """Distance where gamma reaches nugget + 95 % of the partial sill."""
-    if check_model(model) == "spherical":
+def effective_range(family, length_scale, alpha=1.0):
+    """Distance where gamma reaches nugget + 95 % of the partial sill.
+
+    Example:
+
+    >>> round(effective_range("exponential", 1000.0), 1)  # 1000 * ln 20
+    2995.7
+    """
+    if check_family(family) == "spherical":
         return _SPHERICAL_U95 * length_scale
-    alpha = fixed_alpha(model) or alpha
+    alpha = fixed_alpha(family) or alpha
     return length_scale * math.log(20.0) ** (1.0 / alpha)
 
 
 def evaluate_ops(h, params):
-    """`gamma(h)` in `keras.ops` from a packed parameter vector.
+    """`gamma(h)` in `keras.ops` from packed parameters.
 
     Args:
         h: float tensor of distances in km (any shape).
-        params: float tensor `(NUM_PARAMS,)` laid out as `PARAM_NAMES`.
+        params: a `PackedParams`, or a float tensor `(NUM_PARAMS,)` laid
+            out as `PARAM_NAMES`.
     """
+    if not isinstance(params, PackedParams):
+        params = PackedParams.unpack(params)
     h = ops.cast(h, "float32")
-    nugget, psill, length = params[1], params[2], params[3]
-    alpha = params[4]
-    u = ops.maximum(h, 0.0) / ops.maximum(length, 1e-6)
-    stable = 1.0 - ops.exp(-ops.power(u, alpha))
+    u = ops.maximum(h, 0.0) / ops.maximum(params.length_scale, 1e-6)
+    stable = 1.0 - ops.exp(-ops.power(u, params.alpha))
     spherical = ops.where(u < 1.0, 1.5 * u - 0.5 * u * u * u, 1.0)
-    is_spherical = ops.abs(params[0] - MODEL_CODES["spherical"]) < 0.5
-    return nugget + psill * ops.where(is_spherical, spherical, stable)
+    is_spherical = ops.abs(params.family_code - FAMILY_CODES["spherical"]) < 0.5
+    shaped = ops.where(is_spherical, spherical, stable)
+    return params.nugget + params.psill * shaped

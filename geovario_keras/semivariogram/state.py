@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from geovario_keras import geo
 from geovario_keras.api_export import register
 from geovario_keras.semivariogram import models
 from geovario_keras.semivariogram.empirical import batch_statistics
@@ -51,6 +52,63 @@ class SemivariogramState(keras.layers.Layer):
     @property
     def num_bins(self):
         return len(self.bin_edges_km) - 1
+
+    def pair_entries(self, image_embeddings, gps, scores, queue=None):
+        """The pair entries of a `gv.losses.PairStatisticsLoss`'s `y_pred`.
+
+        Args:
+            image_embeddings: normalised image embeddings `(B, D)`.
+            gps: clean batch coordinates `(B, 2)`.
+            scores: the model's candidate scores, whose `"candidate_gps"`
+                `(B + Q, 2)` are the clean batch, then queue, coordinates.
+            queue: the model's `GPSQueue` (with features), or None.
+
+        Returns:
+            dict with `"distance_km"` (great-circle distances) and
+            `"dissimilarity"` (`1 - cos` of stop-gradient image embeddings;
+            queue entries use the feature queue), both `(B, B + Q)`, the
+            packed `"variogram"` and `"queue_full"` (1.0 once the queue has
+            been filled).
+        """
+        feats = ops.stop_gradient(ops.cast(image_embeddings, "float32"))
+        cand_feats, queue_full = feats, ops.ones((), "float32")
+        if queue is not None:
+            queue_feats = ops.convert_to_tensor(queue.features)
+            cand_feats = ops.concatenate([feats, queue_feats], axis=0)
+            queue_full = ops.cast(queue.is_full(), "float32")
+        return {
+            "distance_km": geo.pairwise_haversine_km(
+                gps, scores["candidate_gps"]
+            ),
+            "dissimilarity": 1.0 - ops.matmul(feats, ops.transpose(cand_feats)),
+            "variogram": ops.convert_to_tensor(self.params),
+            "queue_full": queue_full,
+        }
+
+    def update(self, y_pred, y_true, loss):
+        """Accumulates one training step (in-graph).
+
+        The pair statistics of the negatives (real candidates other than the
+        row's positive) and the counts of those that `loss` classes as false
+        or hard.
+
+        Args:
+            y_pred: the loss's `y_pred` dict, with the `pair_entries`.
+            y_true: `(B,)` column of each row's positive.
+            loss: the `gv.losses.PairStatisticsLoss` being trained.
+        """
+        _, negative = loss.positives_and_negatives(
+            y_true, y_pred["logits"], y_pred.get("candidate_mask")
+        )
+        classes = loss.classify_negatives(y_pred)
+        self.accumulate(
+            y_pred["distance_km"], y_pred["dissimilarity"], negative
+        )
+        self.count_negatives(
+            ops.sum(ops.cast(negative, "float32")),
+            ops.sum(ops.cast(classes.false & negative, "float32")),
+            ops.sum(ops.cast(classes.hard & negative, "float32")),
+        )
 
     def accumulate(self, distance_km, dissimilarity, mask=None):
         """Merges one batch of pairs into the statistics (in-graph)."""
@@ -104,10 +162,9 @@ class SemivariogramState(keras.layers.Layer):
 
     @property
     def active(self):
-        return bool(keras.ops.convert_to_numpy(self.params)[6] > 0.5)
-
-    def call(self, inputs=None):
-        return self.params
+        """Whether a trusted fit is in use (the losses re-weight)."""
+        params = np.asarray(keras.ops.convert_to_numpy(self.params))
+        return bool(models.PackedParams.unpack(params).active > 0.5)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,5 @@
+"""Helpers for tests and benchmarks (not imported by `geovario_keras`).
+
+- `reference_geoclip`: the reference PyTorch GeoCLIP, executed from the
+  files of the `geoclip` 1.3.0 wheel (needs torch).
+"""
