@@ -394,3 +394,24 @@ def test_encode_image_fast_path_equals_predict():
     assert model.encode_image(x[:0]).shape == (0, model.embed_dim)
     with pytest.raises(ValueError, match="batch_size"):
         model.encode_image(x, batch_size=0)
+
+
+def test_backend_tensors_are_accepted_and_validated():
+    # `fit`/`evaluate` with a tensor `y` and `encode_image`/`predict_gps` on
+    # a tensor used `keras.backend.is_tensor`, which Keras 3.15 lacks.
+    x, gps = _data(64)
+    model = small_geoclip(queue_size=16)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    xt, yt = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(gps)
+    hist = model.fit(xt, yt, batch_size=32, epochs=1, verbose=0).history
+    assert np.isfinite(hist["loss"][0])
+    model.set_gallery(gps, verbose=0)
+    np.testing.assert_allclose(
+        model.encode_image(xt[:5]), model.encode_image(x[:5]), atol=1e-6
+    )
+    coords, _ = model.predict_gps(xt[:5], top_k=2)
+    np.testing.assert_array_equal(coords, model.predict_gps(x[:5], top_k=2)[0])
+    bad = gps.copy()
+    bad[0, 0] = 91.0
+    with pytest.raises(ValueError, match=r"`y` has latitudes outside"):
+        model.fit(xt, keras.ops.convert_to_tensor(bad), epochs=1, verbose=0)

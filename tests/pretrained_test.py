@@ -99,7 +99,7 @@ def test_wheel_files_equal_torch_load(geoclip_wheel, tmp_path):
             assert set(ours) == set(ref)
             for name, value in ref.items():
                 np.testing.assert_array_equal(ours[name], value.numpy())
-        # The released logit scale (REFERENCE section 1): 3.68103.
+        # The logit scale in the released weights: 3.68103 (exp = 39.69).
         scale = float(files.checkpoint("logit_scale"))
         assert scale == pytest.approx(3.68103, abs=1e-5)
 
@@ -111,7 +111,7 @@ def test_gallery(geoclip_wheel):
     # First data row of coordinates_100K.csv.
     np.testing.assert_allclose(gps[0], [-50.943392, -72.935664], atol=1e-5)
     unique = pretrained.load_geoclip_gallery(geoclip_wheel, deduplicate=True)
-    assert len(unique) == 100_000 - 5_877  # REFERENCE section 4
+    assert len(unique) == 100_000 - 5_877  # the released CSV repeats 5,877 rows
     np.testing.assert_array_equal(unique[0], gps[0])
 
 
