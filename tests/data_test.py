@@ -224,3 +224,87 @@ def test_admin_levels_in_report():
         gv.metrics.geolocation_report(
             pred, true, admin_levels=True, true_labels={"country": ["FR"]}
         )
+
+
+def _osv5m_corpus(root, rows, images):
+    """A tiny OSV5M-layout corpus: `rows` (id, lat, lon), `images` paths."""
+    from PIL import Image
+
+    for rel, colour in images.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (6, 6), colour).save(path)
+    with open(root / "test.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "latitude", "longitude"])
+        writer.writerows(rows)
+
+
+def test_geotagged_images_does_not_serve_another_corpus(tmp_path):
+    # Same preset, same data_dir: the second corpus, and then an edited CSV,
+    # must be built anew, not served from the first build's cache.
+    tfds_dir = str(tmp_path / "tfds")
+    first, second = tmp_path / "first", tmp_path / "second"
+    _osv5m_corpus(
+        first, [("a", 10.0, 20.0)], {"images/test/a.jpg": (255, 0, 0)}
+    )
+    _osv5m_corpus(
+        second,
+        [("a", -30.0, 140.0), ("b", 5.0, 5.0)],
+        {"images/test/a.jpg": (0, 0, 255), "images/test/b.jpg": (0, 0, 255)},
+    )
+    kw = dict(data_dir=tfds_dir, verbose=False)
+    one = gv.data.as_arrays(
+        gv.data.geotagged_images("osv5m", first, **kw), "test"
+    )
+    two = gv.data.as_arrays(
+        gv.data.geotagged_images("osv5m", second, **kw), "test"
+    )
+    np.testing.assert_allclose(one["gps"], [[10.0, 20.0]])
+    np.testing.assert_allclose(np.sort(two["gps"][:, 0]), [-30.0, 5.0])
+    _osv5m_corpus(first, [("a", 11.0, 21.0)], {})  # edit the CSV only
+    edited = gv.data.geotagged_images("osv5m", first, **kw)
+    np.testing.assert_allclose(
+        gv.data.as_arrays(edited, "test")["gps"], [[11.0, 21.0]]
+    )
+
+
+def test_geotagged_images_never_borrows_another_rows_image(tmp_path):
+    # Row "sub/img0" has no image; "img0"'s file must not be taken for it.
+    # A re-sharded image (only its name matches, no other row names it) is
+    # still found, and a name found twice is refused as ambiguous.
+    corpus = tmp_path / "corpus"
+    _osv5m_corpus(
+        corpus,
+        [
+            ("img0", 1.0, 1.0),
+            ("sub/img0", 2.0, 2.0),
+            ("img1", 3.0, 3.0),
+            ("img2", 4.0, 4.0),
+        ],
+        {
+            "images/test/img0.jpg": (255, 0, 0),
+            "images/test/shard/img1.jpg": (0, 255, 0),
+            "images/test/x/img2.jpg": (0, 0, 255),
+            "images/test/y/img2.jpg": (0, 0, 255),
+        },
+    )
+    builder = gv.data.geotagged_images(
+        "osv5m", corpus, data_dir=str(tmp_path / "tfds"), verbose=False
+    )
+    data = gv.data.as_arrays(builder, "test")
+    np.testing.assert_allclose(np.sort(data["gps"][:, 0]), [1.0, 3.0])
+    assert builder.info.metadata["skipped"]["test"] == {
+        "missing_image": 1,
+        "ambiguous_image": 1,
+    }
+
+
+def test_geotagged_images_csv_without_header(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "test.csv").write_text("a,10.0,20.0\nb,11.0,21.0\n")
+    with pytest.raises(Exception, match="must start with a header"):
+        gv.data.geotagged_images(
+            "osv5m", corpus, data_dir=str(tmp_path / "tfds"), verbose=False
+        )

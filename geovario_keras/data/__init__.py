@@ -83,6 +83,14 @@ def geotagged_images(
         manual_dir: the folder holding the CSV(s) and images.
         data_dir: tfds data folder.
         image_size: int or None. Resize images to a square at build time.
+        verbose: bool. Print the build time, size and skip counts.
+
+    The built data set is cached in `data_dir` under a name that includes a
+    fingerprint of `manual_dir` (its absolute path, and the size and
+    modification time of each CSV of the preset): another corpus, or an
+    edited CSV, is built anew instead of returning the cached examples.
+    Images replaced in place under the same names are not detected; delete
+    the cached folder (`builder.data_dir`) to rebuild then.
     """
     import tensorflow_datasets as tfds
 
@@ -93,13 +101,13 @@ def geotagged_images(
             f"`preset` must be one of {sorted(builders.PRESETS)}; got "
             f"{preset!r}."
         )
-    config = preset
-    if image_size is not None:
-        config = builders.GeotaggedImagesConfig(
-            name=f"{preset}_{int(image_size)}px",
-            preset=preset,
-            image_size=int(image_size),
-        )
+    size = None if image_size is None else int(image_size)
+    name = preset if size is None else f"{preset}_{size}px"
+    config = builders.GeotaggedImagesConfig(
+        name=f"{name}_{builders.corpus_fingerprint(preset, manual_dir)}",
+        preset=preset,
+        image_size=size,
+    )
     builder = builders.GeotaggedImages(config=config, data_dir=data_dir)
     return builders.prepare(
         builder,

@@ -8,6 +8,7 @@ packages; `geotagged_images` reads a corpus already on your disk
 import collections
 import csv
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -226,6 +227,23 @@ PRESETS = {
 }
 
 
+def corpus_fingerprint(preset, manual_dir):
+    """10 hex digits identifying a corpus folder and the state of its CSVs.
+
+    Hashes the folder's absolute path and, for each CSV the preset reads,
+    its name, size and modification time (nanoseconds).
+    """
+    root = os.path.realpath(os.fspath(manual_dir))
+    digest = hashlib.sha1(root.encode("utf-8"))
+    spec = PRESETS[preset]
+    for split in spec.splits:
+        path = os.path.join(root, spec.csv.format(split=split))
+        if os.path.isfile(path):
+            stat = os.stat(path)
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:10]
+
+
 @dataclasses.dataclass
 class GeotaggedImagesConfig(tfds.core.BuilderConfig):
     """`preset`: a key of `PRESETS`; `image_size`: resize to a square of
@@ -286,19 +304,31 @@ class GeotaggedImages(tfds.core.GeneratorBasedBuilder):
             )
         return splits
 
-    def _find_image(self, root, preset, split, image_id):
+    def _find_image(self, root, preset, split, image_id, named):
+        """`(path, None)`, or `(None, reason)` when no image can be used.
+
+        A row's image is at the path its preset names. If it is not there,
+        a file of the same name anywhere under the image root is taken
+        (corpora are often re-sharded), unless that name is ambiguous or
+        the file is the named image of another row (`named`): a row never
+        borrows another row's image.
+        """
         path = os.path.join(root, preset.image.format(id=image_id, split=split))
         if os.path.isfile(path):
-            return path
+            return path, None
         if self._index is None:
-            self._index = {}
+            self._index = collections.defaultdict(list)
             for folder, _, files in os.walk(
                 os.path.join(root, preset.image_root)
             ):
                 for f in files:
-                    self._index.setdefault(f, os.path.join(folder, f))
+                    self._index[f].append(os.path.join(folder, f))
         name = os.path.basename(str(image_id))
-        return self._index.get(name) or self._index.get(name + ".jpg")
+        hits = self._index.get(name) or self._index.get(name + ".jpg") or []
+        hits = [h for h in hits if os.path.normpath(h) not in named]
+        if len(hits) > 1:
+            return None, "ambiguous_image"
+        return (hits[0], None) if hits else (None, "missing_image")
 
     def _read_image(self, path):
         from PIL import Image
@@ -310,43 +340,71 @@ class GeotaggedImages(tfds.core.GeneratorBasedBuilder):
                 img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img)
 
+    def _named_paths(self, root, preset, split, path):
+        """The image path every row of the CSV names (normalised)."""
+        with open(path, newline="", encoding="utf-8") as f:
+            return {
+                os.path.normpath(
+                    os.path.join(root, preset.image.format(id=i, split=split))
+                )
+                for i in (row.get(preset.id) for row in csv.DictReader(f))
+                if i
+            }
+
+    def _rows(self, path, preset):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            needed = [preset.id, preset.lat, preset.lon]
+            missing = [c for c in needed if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(
+                    f"{path!r} must start with a header naming the columns "
+                    f"{needed} of the '{self.builder_config.preset}' preset; "
+                    f"missing {missing} in the first line "
+                    f"{reader.fieldnames}."
+                )
+            yield from enumerate(reader)
+
     def _generate_examples(self, root, preset, split, path):
         skipped = collections.Counter()
         kept = 0
-        with open(path, newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.DictReader(f)):
-                try:
-                    lat, lon = float(row[preset.lat]), float(row[preset.lon])
-                except (KeyError, TypeError, ValueError):
-                    skipped["bad_coordinate"] += 1
-                    continue
-                if not (abs(lat) <= 90 and abs(lon) <= 180):  # NaN too
-                    skipped["out_of_range_coordinate"] += 1
-                    continue
-                image_id = row.get(preset.id)
-                image_path = image_id and self._find_image(
-                    root, preset, split, image_id
-                )
-                if not image_path:
-                    skipped["missing_image"] += 1
-                    continue
-                try:
-                    image = self._read_image(image_path)
-                except Exception:  # PIL raises many types on bad files
-                    skipped["unreadable_image"] += 1
-                    continue
-                kept += 1
-                yield (
-                    f"{n}",
-                    {
-                        "image": image,
-                        "gps": np.array([lat, lon], np.float32),
-                        **{
-                            k: str(row.get(preset.labels.get(k, ""), "") or "")
-                            for k in _LABELS
-                        },
+        named = self._named_paths(root, preset, split, path)
+        for n, row in self._rows(path, preset):
+            try:
+                lat, lon = float(row[preset.lat]), float(row[preset.lon])
+            except (KeyError, TypeError, ValueError):
+                skipped["bad_coordinate"] += 1
+                continue
+            if not (abs(lat) <= 90 and abs(lon) <= 180):  # NaN too
+                skipped["out_of_range_coordinate"] += 1
+                continue
+            image_id = row.get(preset.id)
+            if not image_id:
+                skipped["missing_image"] += 1
+                continue
+            image_path, reason = self._find_image(
+                root, preset, split, image_id, named
+            )
+            if reason:
+                skipped[reason] += 1
+                continue
+            try:
+                image = self._read_image(image_path)
+            except Exception:  # PIL raises many types on bad files
+                skipped["unreadable_image"] += 1
+                continue
+            kept += 1
+            yield (
+                f"{n}",
+                {
+                    "image": image,
+                    "gps": np.array([lat, lon], np.float32),
+                    **{
+                        k: str(row.get(preset.labels.get(k, ""), "") or "")
+                        for k in _LABELS
                     },
-                )
+                },
+            )
         self._skipped[split] = dict(skipped)
         self.info.metadata["skipped"] = dict(self._skipped)
         self.info.metadata.setdefault("kept", {})[split] = kept
