@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from geovario_keras import backend
+
 EARTH_RADIUS_KM = 6371.0
 """Mean Earth radius used throughout (OSV5M / GeoCLIP evaluation)."""
 
@@ -73,6 +75,17 @@ def check_gps(gps, name="gps", allow_empty=False):
             "(latitude, longitude) in degrees."
         )
     return arr
+
+
+def check_gps_array(gps, name="gps"):
+    """Validates `gps` if it is an array, list or tensor; returns it as is.
+
+    Data sets and generators (`tf.data`, `PyDataset`) are not read, and
+    None passes.
+    """
+    if isinstance(gps, (np.ndarray, list, tuple)) or backend.is_tensor(gps):
+        check_gps(gps, name=name)
+    return gps
 
 
 def _to_float32(x):

@@ -10,6 +10,7 @@ from geovario_keras import backend
 from geovario_keras import geo
 from geovario_keras import inference
 from geovario_keras import metrics
+from geovario_keras import saving
 from geovario_keras.api_export import register
 from geovario_keras.layers.contrastive_head import ContrastiveHead
 from geovario_keras.layers.contrastive_head import normalize
@@ -20,16 +21,10 @@ from geovario_keras.layers.location_encoder import LocationEncoder
 from geovario_keras.losses import GeoContrastiveLoss
 from geovario_keras.losses import PairStatisticsLoss
 from geovario_keras.semivariogram.state import SemivariogramState
+from geovario_keras.utils import check_finite_rows
 from geovario_keras.utils import check_int
 from geovario_keras.utils import check_noise_pair
 from geovario_keras.utils import common_embed_dim
-
-
-def _checked_y(y):
-    # Coordinates given as arrays are validated; data sets are not read.
-    if isinstance(y, (np.ndarray, list, tuple)) or backend.is_tensor(y):
-        geo.check_gps(y, name="y")
-    return y
 
 
 @register
@@ -132,17 +127,11 @@ class GeoCLIP(keras.Model):
         """The learned log temperature (a variable of `self.head`)."""
         return self.head.logit_scale
 
-    @property
-    def logit_scale_init(self):
-        """The initial log temperature (a setting of `self.head`)."""
-        return self.head.logit_scale_init
-
     def temperature(self):
         """`exp(logit_scale)`, capped at 100 as in CLIP."""
         return self.head.temperature()
 
     def build(self, input_shape):
-        # The image input's shape, e.g. for export signatures.
         self.image_input_shape = tuple(input_shape)
         if not self.image_encoder.built:
             self.image_encoder.build(input_shape)
@@ -158,14 +147,13 @@ class GeoCLIP(keras.Model):
         return normalize(self.location_encoder(gps, training=training))
 
     def _contrastive_loss(self):
-        if self.loss is None:
-            return GeoContrastiveLoss()
-        if not isinstance(self.loss, GeoContrastiveLoss):
+        loss = GeoContrastiveLoss() if self.loss is None else self.loss
+        if not isinstance(loss, GeoContrastiveLoss):
             raise ValueError(
                 "GeoCLIP must be compiled with a contrastive loss from "
-                f"`gv.losses` (a GeoContrastiveLoss); got {self.loss!r}."
+                f"`gv.losses` (a GeoContrastiveLoss); got {loss!r}."
             )
-        return self.loss
+        return loss
 
     def candidate_logits(self, image_embeddings, gps, training=False):
         """Scores images against `[batch GPS ; queue GPS]`.
@@ -189,9 +177,8 @@ class GeoCLIP(keras.Model):
             geo.geodesic_noise(g, sigma, self.noise_seed) if training else g
             for (g, _), sigma in zip(parts, self.gps_noise_m)
         ]
-        loc = self.location_encoder(
-            ops.concatenate(noisy, 0), training=training
-        )
+        noisy = ops.concatenate(noisy, 0)
+        loc = self.location_encoder(noisy, training=training)
         return {
             "logits": self.head(image_embeddings, loc),
             "candidate_mask": ops.concatenate([m for _, m in parts], 0),
@@ -248,10 +235,23 @@ class GeoCLIP(keras.Model):
         return self.get_metrics_result()
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        return super().fit(x, _checked_y(y), *args, **kwargs)
+        batch_size = args[0] if args else kwargs.get("batch_size")
+        check_finite_rows(x, "x", batch_size or 32)
+        return super().fit(x, geo.check_gps_array(y, "y"), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        return super().evaluate(x, _checked_y(y), *args, **kwargs)
+        check_finite_rows(x, "x", kwargs.get("batch_size") or 32)
+        y = geo.check_gps_array(y, "y")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def save(self, filepath, *args, **kwargs):
+        """`Model.save`, written to a temporary file, then renamed."""
+        return saving.atomic_save(super().save, filepath, *args, **kwargs)
+
+    def save_weights(self, filepath, *args, **kwargs):
+        """`Model.save_weights`, written to a temporary file, then renamed."""
+        write = super().save_weights
+        return saving.atomic_save(write, filepath, *args, **kwargs)
 
     def encode_image(self, x, batch_size=None, verbose=0):
         """Normalised image embeddings `(N, D)` as numpy.
@@ -270,6 +270,7 @@ class GeoCLIP(keras.Model):
         if not (arrays and self.image_encoder.built):
             return self.predict(x, batch_size=batch_size, verbose=verbose)
         batch_size = 32 if batch_size is None else batch_size
+        check_finite_rows(x, "x")
         return self._embed(self.image_encoder, x, batch_size, verbose)
 
     def encode_location(self, gps, batch_size=4096, verbose=0):
@@ -306,8 +307,7 @@ class GeoCLIP(keras.Model):
     def predict_gps(self, x, top_k=5, batch_size=None, verbose=0):
         """Top-k gallery coordinates and probabilities for each input.
 
-        Probabilities are the softmax over the **whole** gallery of
-        `exp(logit_scale) * img . loc`, as in GeoCLIP.
+        Probabilities: softmax over the whole gallery, as in GeoCLIP.
 
         Args:
             x: images or features accepted by the image encoder.
@@ -333,7 +333,7 @@ class GeoCLIP(keras.Model):
                 "location_encoder": serialize(self.location_encoder),
                 "queue_size": self.queue_size,
                 "gps_noise_m": list(self.gps_noise_m),
-                "logit_scale_init": self.logit_scale_init,
+                "logit_scale_init": self.head.logit_scale_init,
                 "seed": self.seed,
                 "gallery_size": self.gallery.size,
                 "variogram_bins_km": list(self.variogram.bin_edges_km),

@@ -73,3 +73,33 @@ def common_embed_dim(image_encoder, location_encoder):
             f"{embed_dim}."
         )
     return embed_dim
+
+
+def check_finite_rows(x, name="x", batch_size=None):
+    """Raises a `ValueError` naming the first rows of `x` with NaN or inf.
+
+    Only numpy arrays and concrete tensors are read (not data sets); `x` is
+    returned unchanged. With `batch_size`, the message also names the batch
+    of an unshuffled pass.
+    """
+    import keras
+    import numpy as np
+
+    from geovario_keras import backend
+
+    if not (isinstance(x, np.ndarray) or backend.is_tensor(x)):
+        return x
+    values = np.asarray(keras.ops.convert_to_numpy(x))
+    if values.dtype.kind != "f" or values.ndim == 0:
+        return x
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(1))
+    if bad.size:
+        where = (
+            f" (batch {bad[0] // batch_size} unshuffled)" if batch_size else ""
+        )
+        raise ValueError(
+            f"`{name}` has NaN or infinite values in {bad.size} row(s), the "
+            f"first at rows {bad[:5].tolist()}{where}: a single bad row turns "
+            "the loss and the weights to NaN. Clean or drop those rows."
+        )
+    return x

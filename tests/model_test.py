@@ -415,3 +415,69 @@ def test_backend_tensors_are_accepted_and_validated():
     bad[0, 0] = 91.0
     with pytest.raises(ValueError, match=r"`y` has latitudes outside"):
         model.fit(xt, keras.ops.convert_to_tensor(bad), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_failed_save_keeps_the_good_file(tmp_path, monkeypatch, weights_only):
+    from keras.src.saving import saving_lib
+
+    x, gps = _data(32)
+    model = small_geoclip(queue_size=8)
+    model(x[:1])
+    name = "m.weights.h5" if weights_only else "m.keras"
+    save = model.save_weights if weights_only else model.save
+    path = tmp_path / name
+    save(str(path))
+    good = path.read_bytes()
+    assert len(good) > 1000
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    # Fails after the destination would have been opened for writing.
+    monkeypatch.setattr(saving_lib, "_save_state", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save(str(path))
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    monkeypatch.undo()
+    # A successful save still replaces the file; overwrite=False refuses.
+    model.location_encoder.set_weights(
+        [w + 1.0 for w in model.location_encoder.get_weights()]
+    )
+    save(str(path))
+    assert path.read_bytes() != good
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save(str(path), overwrite=False)
+
+
+def test_save_refuses_formats_that_do_not_reload(tmp_path):
+    model = small_geoclip(queue_size=8)
+    with pytest.raises(ValueError, match=r"must end in '\.keras'"):
+        model.save(str(tmp_path / "m.h5"))
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_non_finite_features_are_refused_naming_the_row():
+    x, gps = _data(64)
+    model = small_geoclip(queue_size=8)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model.fit(x, gps, batch_size=16, epochs=1, verbose=0)
+    model.set_gallery(gps, verbose=0)
+    weights = [to_numpy(w).copy() for w in model.weights]
+    bad = x.copy()
+    bad[37, 2] = np.nan
+    with pytest.raises(ValueError, match=r"rows \[37\] \(batch 2 unshuffled"):
+        model.fit(bad, gps, batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`x` has NaN .* rows \[37\]"):
+        model.evaluate(bad, gps, batch_size=16, verbose=0)
+    bad[40, 0] = np.inf
+    with pytest.raises(
+        ValueError, match=r"2 row\(s\), the first at rows \[37, 40\]"
+    ):
+        model.predict_gps(bad, top_k=1)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.encode_image(keras.ops.convert_to_tensor(bad))
+    # Nothing was trained on the bad rows.
+    for w, before in zip(model.weights, weights):
+        np.testing.assert_array_equal(to_numpy(w), before)
