@@ -14,6 +14,21 @@ from geovario_keras.utils import check_int
 from geovario_keras.utils import renamed_argument
 
 
+def variogram_first(callbacks):
+    """`callbacks` with every `SemivariogramCallback` moved to the front.
+
+    Keras runs callbacks in list order at each epoch end. The variogram fit
+    of an epoch must be in the model before a `ModelCheckpoint` or
+    `BackupAndRestore` saves it, whatever order the user listed them in;
+    `GeoCLIP.fit` applies this to its `callbacks`.
+    """
+    if not callbacks:
+        return callbacks
+    callbacks = list(callbacks)
+    first = [c for c in callbacks if isinstance(c, SemivariogramCallback)]
+    return first + [c for c in callbacks if c not in first]
+
+
 class SemivariogramCallback(keras.callbacks.Callback):
     """Fits the semivariogram during `model.fit` and feeds it to the loss.
 
@@ -40,6 +55,10 @@ class SemivariogramCallback(keras.callbacks.Callback):
     - A fit that cannot be trusted (too few bins, flat or falling curve,
       optimiser failure) warns and disables re-weighting until the next
       successful fit: never NaN.
+    - `GeoCLIP.fit` runs this callback before the others at each epoch end,
+      so a `ModelCheckpoint` or `BackupAndRestore` saves the epoch's fit;
+      the statistics since the last fit are saved with the model and kept
+      at train begin, so a resumed run continues exactly.
 
     Args:
         data: optional `(x, gps)` arrays to fit from at train begin.
@@ -191,7 +210,8 @@ class SemivariogramCallback(keras.callbacks.Callback):
                     "statistics gathered during training use the model's. "
                     "Pass `variogram_bins_km=...` to `GeoCLIP` instead."
                 )
-        state.reset_statistics()
+        # The pair statistics are kept: they hold the pairs since the last
+        # fit, which a model restored from a checkpoint brings with it.
         if self.data is not None and self.warmup_epochs == 0:
             self.fit_from_data(*self.data, epoch=-1)
 

@@ -12,8 +12,10 @@ from geovario_keras import inference
 from geovario_keras import metrics
 from geovario_keras import saving
 from geovario_keras.api_export import register
+from geovario_keras.callbacks import variogram_first
 from geovario_keras.layers.contrastive_head import ContrastiveHead
 from geovario_keras.layers.contrastive_head import normalize
+from geovario_keras.layers.geodesic_noise import GeodesicNoise
 from geovario_keras.layers.gps_gallery import GPSGallery
 from geovario_keras.layers.gps_queue import GPSQueue
 from geovario_keras.layers.image_encoder import ImageEncoder
@@ -116,7 +118,7 @@ class GeoCLIP(keras.Model):
         if queue_size:
             self.queue = GPSQueue(queue_size, self.embed_dim, name="gps_queue")
         self.gallery = GPSGallery(gallery_size, self.embed_dim, name="gallery")
-        self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
+        self.noise = GeodesicNoise(seed, name="gps_noise")
         self.retrieval_error = keras.metrics.Mean(name="retrieval_km")
         self.variogram = SemivariogramState(
             variogram_bins_km, name="semivariogram"
@@ -159,22 +161,20 @@ class GeoCLIP(keras.Model):
         """Scores images against `[batch GPS ; queue GPS]`.
 
         Args:
-            image_embeddings: image embeddings `(B, D)`.
-            gps: clean batch coordinates `(B, 2)` in degrees.
+            image_embeddings: `(B, D)`; gps: clean batch `(B, 2)` degrees.
             training: bool. Adds the geodesic training noise.
 
         Returns:
-            dict with `"logits"` `(B, B + Q)`, `"candidate_mask"` `(B + Q,)`,
-            and the clean candidate coordinates `"candidate_gps"`.
+            dict: `"logits"` `(B, B + Q)`, `"candidate_mask"` `(B + Q,)`,
+            `"candidate_gps"` (clean).
         """
         gps = ops.cast(gps, "float32")
         parts = [(gps, ops.ones((ops.shape(gps)[0],), "bool"))]
         if self.queue is not None:
             queue_gps = ops.convert_to_tensor(self.queue.coords)
             parts.append((queue_gps, self.queue.valid_mask()))
-        # Batch noise first, then queue noise (gps_noise_m is in that order).
-        noisy = [
-            geo.geodesic_noise(g, sigma, self.noise_seed) if training else g
+        noisy = [  # batch noise first, then queue noise, as in gps_noise_m
+            self.noise(g, sigma_m=sigma, training=training)
             for (g, _), sigma in zip(parts, self.gps_noise_m)
         ]
         noisy = ops.concatenate(noisy, 0)
@@ -190,8 +190,8 @@ class GeoCLIP(keras.Model):
     ):
         if y is None:
             raise ValueError(
-                "GeoCLIP is trained with `fit(x, y)` where `y` holds the "
-                "(latitude, longitude) degrees of each image; got y=None."
+                "GeoCLIP is trained with `fit(x, y)`, `y` the (latitude, "
+                "longitude) degrees of each image; got y=None."
             )
         loss_fn = self._contrastive_loss()
         pairwise = isinstance(loss_fn, PairStatisticsLoss)
@@ -237,6 +237,7 @@ class GeoCLIP(keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         batch_size = args[0] if args else kwargs.get("batch_size")
         check_finite_rows(x, "x", batch_size or 32)
+        kwargs["callbacks"] = variogram_first(kwargs.get("callbacks"))
         return super().fit(x, geo.check_gps_array(y, "y"), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
@@ -305,9 +306,8 @@ class GeoCLIP(keras.Model):
         self.gallery.set(gps, self.encode_location(gps, batch_size, verbose))
 
     def predict_gps(self, x, top_k=5, batch_size=None, verbose=0):
-        """Top-k gallery coordinates and probabilities for each input.
-
-        Probabilities: softmax over the whole gallery, as in GeoCLIP.
+        """Top-k gallery coordinates and probabilities (softmax over the
+        whole gallery, as in GeoCLIP) for each input.
 
         Args:
             x: images or features accepted by the image encoder.

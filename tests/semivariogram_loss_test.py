@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -302,3 +304,114 @@ def test_variogram_state_survives_save_and_load(tmp_path):
     np.testing.assert_allclose(to_numpy(loaded.variogram.params), FIT.packed())
     assert loaded.variogram.active
     assert models.PARAM_NAMES[6] == "active"
+
+
+def _resume_setup():
+    gps = random_gps(192, seed=3, max_lat=70.0)
+    return toy_features(gps, seed=3), gps
+
+
+def _fresh_model():
+    keras.utils.set_random_seed(0)
+    model = small_geoclip(queue_size=64, seed=0)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=gv.losses.SemivariogramContrastiveLoss(),
+    )
+    return model
+
+
+def _fit(model, x, gps, callbacks, **kwargs):
+    # Callbacks run in list order; the variogram goes last unless listed.
+    if not any(
+        isinstance(c, gv.callbacks.SemivariogramCallback) for c in callbacks
+    ):
+        callbacks = callbacks + [gv.callbacks.SemivariogramCallback()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # early fallbacks
+        return model.fit(
+            x,
+            gps,
+            batch_size=32,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+            **kwargs,
+        ).history["loss"]
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+@pytest.mark.parametrize("checkpoint_first", [True, False])
+def test_resume_from_model_checkpoint_continues_exactly(
+    tmp_path, weights_only, checkpoint_first
+):
+    x, gps = _resume_setup()
+    reference = _fit(_fresh_model(), x, gps, [], epochs=3)
+    path = str(tmp_path / ("m.weights.h5" if weights_only else "m.keras"))
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        path, save_weights_only=weights_only
+    )
+    model = _fresh_model()
+    # The user's order: the checkpoint before (or after) the variogram.
+    cbs = [checkpoint, gv.callbacks.SemivariogramCallback()]
+    first = _fit(
+        model, x, gps, cbs if checkpoint_first else cbs[::-1], epochs=2
+    )
+    np.testing.assert_allclose(first, reference[:2], rtol=1e-5)
+    if weights_only:
+        resumed = _fresh_model()
+        resumed(x[:1])
+        resumed.optimizer.build(resumed.trainable_variables)
+        resumed.load_weights(path)
+    else:
+        resumed = keras.models.load_model(path)
+    assert resumed.variogram.active
+    rest = _fit(resumed, x, gps, [], epochs=3, initial_epoch=2)
+    np.testing.assert_allclose(rest[0], reference[2], atol=1e-4)
+
+
+def test_resume_from_backup_and_restore_continues_exactly(tmp_path):
+    x, gps = _resume_setup()
+    reference = _fit(_fresh_model(), x, gps, [], epochs=3)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    backup = str(tmp_path / "backup")
+    model = _fresh_model()
+    model(x[:1])  # Keras's BackupAndRestore needs a built model on TF
+    with pytest.raises(KeyboardInterrupt):
+        _fit(
+            model,
+            x,
+            gps,
+            [keras.callbacks.BackupAndRestore(backup), Interrupt()],
+            epochs=3,
+        )
+    resumed = _fresh_model()
+    resumed(x[:1])  # BackupAndRestore restores into a built model
+    rest = _fit(
+        resumed, x, gps, [keras.callbacks.BackupAndRestore(backup)], epochs=3
+    )
+    assert len(rest) == 1
+    np.testing.assert_allclose(rest[0], reference[2], atol=1e-4)
+
+
+def test_train_begin_keeps_the_statistics_a_checkpoint_restored(tmp_path):
+    # refit_every=2: after epoch 2 the statistics hold that epoch's pairs
+    # for the next fit; a resumed fit must not discard them.
+    x, gps = _resume_setup()
+    model = _fresh_model()
+    callback = gv.callbacks.SemivariogramCallback(refit_every=2)
+    _fit(model, x, gps, [callback], epochs=2)
+    count = model.variogram.statistics()[0].sum()
+    assert count > 0
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    resumed = gv.callbacks.SemivariogramCallback(refit_every=2)
+    resumed.set_model(loaded)
+    resumed.on_train_begin()
+    assert loaded.variogram.statistics()[0].sum() == count

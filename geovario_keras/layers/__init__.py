@@ -3,6 +3,7 @@
 from geovario_keras.layers.contrastive_head import ContrastiveHead
 from geovario_keras.layers.equal_earth import EqualEarthProjection
 from geovario_keras.layers.fourier import RandomFourierFeatures
+from geovario_keras.layers.geodesic_noise import GeodesicNoise
 from geovario_keras.layers.gps_gallery import GPSGallery
 from geovario_keras.layers.gps_queue import GPSQueue
 from geovario_keras.layers.image_encoder import ImageEncoder
@@ -12,6 +13,7 @@ __all__ = [
     "ContrastiveHead",
     "EqualEarthProjection",
     "GPSGallery",
+    "GeodesicNoise",
     "GPSQueue",
     "ImageEncoder",
     "LocationEncoder",
