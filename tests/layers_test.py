@@ -382,3 +382,32 @@ def test_semivariogram_state_contract():
     revived = run_state_layer_test(state, 0, 5)
     assert revived.active
     np.testing.assert_array_equal(revived.statistics()[0], [1.0, 1.0])
+
+
+def test_geodesic_noise_contract_closed_form_and_saved_state(tmp_path):
+    gps = random_gps(8, seed=5, max_lat=80.0)
+    _, out = run_layer_test(
+        gv.layers.GeodesicNoise,
+        {"seed": 3},
+        gps,
+        (8, 2),
+        expected_num_trainable_weights=0,
+        check_mixed_precision=False,  # coordinates stay float32
+    )
+    np.testing.assert_array_equal(out, gps)  # identity outside training
+    # In training: Rayleigh displacement, mean sigma * sqrt(pi / 2).
+    noise = gv.layers.GeodesicNoise(seed=3)
+    many = np.repeat(gps[:1], 20000, axis=0)
+    moved = noise(many, sigma_m=500.0, training=True)
+    km = to_numpy(gv.geo.haversine_km(many, moved))
+    assert km.mean() == pytest.approx(0.5 * math.sqrt(math.pi / 2), rel=0.03)
+    # The random state is saved: a restored layer draws the same noise.
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, noise(inputs, sigma_m=500.0))
+    path = str(tmp_path / "noise.weights.h5")
+    model.save_weights(path)
+    expected = to_numpy(noise(gps, sigma_m=500.0, training=True))
+    noise(gps, sigma_m=500.0, training=True)  # advance the state
+    model.load_weights(path)
+    got = to_numpy(noise(gps, sigma_m=500.0, training=True))
+    np.testing.assert_array_equal(got, expected)
