@@ -78,13 +78,13 @@ def check_gps(gps, name="gps", allow_empty=False):
 
 
 def check_gps_array(gps, name="gps"):
-    """Validates `gps` if it is an array, list or tensor; returns it as is.
+    """Validates `gps` if it is an array, list or tensor.
 
-    Data sets and generators (`tf.data`, `PyDataset`) are not read, and
-    None passes.
+    Returns the checked float32 array, or `gps` itself when it is a data set
+    or generator (`tf.data`, `PyDataset`: not read) or None.
     """
     if isinstance(gps, (np.ndarray, list, tuple)) or backend.is_tensor(gps):
-        check_gps(gps, name=name)
+        return check_gps(gps, name=name)
     return gps
 
 

@@ -23,9 +23,9 @@ from geovario_keras.layers.location_encoder import LocationEncoder
 from geovario_keras.losses import GeoContrastiveLoss
 from geovario_keras.losses import PairStatisticsLoss
 from geovario_keras.semivariogram.state import SemivariogramState
-from geovario_keras.utils import check_finite_rows
 from geovario_keras.utils import check_int
 from geovario_keras.utils import check_noise_pair
+from geovario_keras.utils import checked_features
 from geovario_keras.utils import common_embed_dim
 
 
@@ -236,12 +236,12 @@ class GeoCLIP(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         batch_size = args[0] if args else kwargs.get("batch_size")
-        check_finite_rows(x, "x", batch_size or 32)
+        x = checked_features(x, "x", batch_size or 32)
         kwargs["callbacks"] = variogram_first(kwargs.get("callbacks"))
         return super().fit(x, geo.check_gps_array(y, "y"), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        check_finite_rows(x, "x", kwargs.get("batch_size") or 32)
+        x = checked_features(x, "x", kwargs.get("batch_size") or 32)
         y = geo.check_gps_array(y, "y")
         return super().evaluate(x, y, *args, **kwargs)
 
@@ -257,7 +257,7 @@ class GeoCLIP(keras.Model):
     def encode_image(self, x, batch_size=None, verbose=0):
         """Normalised image embeddings `(N, D)` as numpy.
 
-        Arrays and tensors go through one cached compiled function
+        Arrays, lists and tensors go through one cached compiled function
         (`geovario_keras.inference.embed`); anything else (`tf.data`,
         `PyDataset`, generators) through `predict`, with the same result.
 
@@ -266,12 +266,12 @@ class GeoCLIP(keras.Model):
             batch_size: int or None (32). Inputs per step.
             verbose: Keras progress-bar verbosity.
         """
+        x = checked_features(x, "x")  # numeric lists become arrays
         arrays = isinstance(x, np.ndarray) or backend.is_tensor(x)
         # An unbuilt image encoder is built by `predict` on first use.
         if not (arrays and self.image_encoder.built):
             return self.predict(x, batch_size=batch_size, verbose=verbose)
         batch_size = 32 if batch_size is None else batch_size
-        check_finite_rows(x, "x")
         return self._embed(self.image_encoder, x, batch_size, verbose)
 
     def encode_location(self, gps, batch_size=4096, verbose=0):

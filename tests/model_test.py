@@ -481,3 +481,30 @@ def test_non_finite_features_are_refused_naming_the_row():
     # Nothing was trained on the bad rows.
     for w, before in zip(model.weights, weights):
         np.testing.assert_array_equal(to_numpy(w), before)
+
+
+def test_predict_gps_takes_lists_tf_data_and_py_datasets():
+    import tensorflow as tf
+
+    x, gps = _data(64)
+    model = small_geoclip(queue_size=8)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model.fit(x.tolist(), gps.tolist(), batch_size=32, epochs=1, verbose=0)
+    model.set_gallery(gps, verbose=0)
+    expected = model.predict_gps(x[:10], top_k=2)[0]
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return (x[i * 5 : (i + 1) * 5],)
+
+    for inputs in (
+        x[:10].tolist(),
+        tf.data.Dataset.from_tensor_slices(x[:10]).batch(4),
+        tf.data.Dataset.from_tensor_slices((x[:10], gps[:10])).batch(4),
+        Batches(),
+    ):
+        coords, _ = model.predict_gps(inputs, top_k=2)
+        np.testing.assert_array_equal(coords, expected)
