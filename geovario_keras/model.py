@@ -10,7 +10,6 @@ from geovario_keras import backend
 from geovario_keras import geo
 from geovario_keras import inference
 from geovario_keras import metrics
-from geovario_keras import saving
 from geovario_keras.api_export import register
 from geovario_keras.callbacks import variogram_first
 from geovario_keras.layers.contrastive_head import ContrastiveHead
@@ -22,6 +21,7 @@ from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
 from geovario_keras.losses import GeoContrastiveLoss
 from geovario_keras.losses import PairStatisticsLoss
+from geovario_keras.saving import SavingMixin
 from geovario_keras.semivariogram.state import SemivariogramState
 from geovario_keras.utils import check_int
 from geovario_keras.utils import check_noise_pair
@@ -30,7 +30,7 @@ from geovario_keras.utils import common_embed_dim
 
 
 @register
-class GeoCLIP(keras.Model):
+class GeoCLIP(SavingMixin, keras.Model):
     """GeoCLIP (Vivanco Cepeda et al., NeurIPS 2023) as a Keras 3 model.
 
     Parts: an image encoder and a location encoder; a `ContrastiveHead`
@@ -244,15 +244,6 @@ class GeoCLIP(keras.Model):
         x = checked_features(x, "x", kwargs.get("batch_size") or 32)
         y = geo.check_gps_array(y, "y")
         return super().evaluate(x, y, *args, **kwargs)
-
-    def save(self, filepath, *args, **kwargs):
-        """`Model.save`, written to a temporary file, then renamed."""
-        return saving.atomic_save(super().save, filepath, *args, **kwargs)
-
-    def save_weights(self, filepath, *args, **kwargs):
-        """`Model.save_weights`, written to a temporary file, then renamed."""
-        write = super().save_weights
-        return saving.atomic_save(write, filepath, *args, **kwargs)
 
     def encode_image(self, x, batch_size=None, verbose=0):
         """Normalised image embeddings `(N, D)` as numpy.

@@ -1,15 +1,21 @@
-"""Saving that never leaves a good file half overwritten.
+"""Saving that never loses a good file and loads on every backend.
 
-Keras writes `.keras` and `.weights.h5` files in place: a save that fails
-part way (a full disk, an interrupt, an object that cannot be serialised)
-leaves the previous file truncated. `GeoCLIP.save` and
-`GeoCLIP.save_weights` (so `keras.callbacks.ModelCheckpoint` too) go
-through `atomic_save`: the file is written next to its destination under a
-temporary name, then renamed over it in one step (`os.replace`).
+- Keras writes `.keras` and `.weights.h5` files in place: a save that fails
+  part way (a full disk, an interrupt, an object that cannot be serialised)
+  leaves the previous file truncated. `GeoCLIP.save` and
+  `GeoCLIP.save_weights` (so `keras.callbacks.ModelCheckpoint` too) go
+  through `atomic_save`: the file is written next to its destination under
+  a temporary name, then renamed over it in one step (`os.replace`).
+- On PyTorch, Keras records the optimizer under its torch-only module
+  (`keras.src.backend.torch.optimizers...`), so the file cannot train on
+  JAX or TensorFlow. `portable_compile_config` names the backend-neutral
+  `keras.optimizers` class instead, when saving and when loading.
 """
 
 import os
 import uuid
+
+import keras
 
 _SUFFIXES = {"save": (".keras",), "save_weights": (".weights.h5",)}
 
@@ -46,3 +52,52 @@ def atomic_save(write, filepath, *args, overwrite=True, **kwargs):
         if os.path.exists(tmp):
             os.remove(tmp)
     return result
+
+
+_BACKEND_OPTIMIZERS = "keras.src.backend."
+
+
+def portable_compile_config(config):
+    """`config` with a backend-specific optimizer named as `keras.optimizers`.
+
+    Example:
+
+    >>> config = {"optimizer": {"module": "keras.src.backend.torch.optimizers"
+    ...           ".torch_adam", "class_name": "Adam", "config": {}}}
+    >>> portable_compile_config(config)["optimizer"]["module"]
+    'keras.optimizers'
+    """
+    optimizer = (config or {}).get("optimizer")
+    if not isinstance(optimizer, dict):
+        return config
+    module = optimizer.get("module") or ""
+    name = optimizer.get("class_name")
+    if module.startswith(_BACKEND_OPTIMIZERS) and hasattr(
+        keras.optimizers, str(name)
+    ):
+        optimizer = dict(optimizer, module="keras.optimizers")
+        optimizer.pop("registered_name", None)
+        config = dict(config, optimizer=optimizer)
+    return config
+
+
+class SavingMixin:
+    """`save`, `save_weights` and the compile config of `GeoCLIP`.
+
+    Saves are atomic (`atomic_save`) and the saved optimizer is named by its
+    backend-neutral class (`portable_compile_config`).
+    """
+
+    def save(self, filepath, *args, **kwargs):
+        """`Model.save`, written to a temporary file, then renamed."""
+        return atomic_save(super().save, filepath, *args, **kwargs)
+
+    def save_weights(self, filepath, *args, **kwargs):
+        """`Model.save_weights`, written to a temporary file, then renamed."""
+        return atomic_save(super().save_weights, filepath, *args, **kwargs)
+
+    def get_compile_config(self):
+        return portable_compile_config(super().get_compile_config())
+
+    def compile_from_config(self, config):
+        return super().compile_from_config(portable_compile_config(config))

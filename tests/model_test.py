@@ -175,7 +175,7 @@ model.fit(x, gps, batch_size=32, epochs=1, verbose=0)
 model.set_gallery(gps, verbose=0)
 coords, probs = model.predict_gps(x, top_k=3)
 model.save({path!r})
-np.savez({out!r}, coords=coords, probs=probs, x=x)
+np.savez({out!r}, coords=coords, probs=probs, x=x, gps=gps)
 """
 
 
@@ -202,6 +202,13 @@ def test_keras_file_saved_on_another_backend_loads_here(tmp_path):
     coords, probs = loaded.predict_gps(ref["x"], top_k=3)
     np.testing.assert_array_equal(coords, ref["coords"])
     np.testing.assert_allclose(probs, ref["probs"], atol=1e-5)
+    # Training goes on here too: the optimizer (with its state) is rebuilt
+    # as this backend's (a file saved on torch named torch's Adam).
+    assert type(loaded.optimizer).__name__ == "Adam"
+    assert int(to_numpy(loaded.optimizer.iterations)) == 2
+    hist = loaded.fit(ref["x"], ref["gps"], batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+    assert int(to_numpy(loaded.optimizer.iterations)) == 4
 
 
 def test_fit_from_tf_data_and_py_dataset():
