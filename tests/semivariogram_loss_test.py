@@ -415,3 +415,70 @@ def test_train_begin_keeps_the_statistics_a_checkpoint_restored(tmp_path):
     resumed.set_model(loaded)
     resumed.on_train_begin()
     assert loaded.variogram.statistics()[0].sum() == count
+
+
+@pytest.mark.parametrize("signal", [False, True])
+def test_callback_falls_back_on_features_without_spatial_signal(signal):
+    # Random features (the README snippet's kind) carry no spatial signal:
+    # every fit must fall back and nothing be re-weighted. Features that
+    # vary smoothly with location must still be fitted.
+    gps = random_gps(512, seed=1, max_lat=70.0)
+    noise = np.random.default_rng(0).normal(size=(512, 32)).astype("float32")
+    x = toy_features(gps, dim=32) if signal else noise
+    keras.utils.set_random_seed(0)
+    model = small_geoclip(queue_size=256)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=gv.losses.SemivariogramContrastiveLoss(),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hist = model.fit(
+            x,
+            gps,
+            batch_size=128,
+            epochs=3,
+            verbose=0,
+            callbacks=[gv.callbacks.SemivariogramCallback()],
+        ).history
+    if signal:
+        assert hist["variogram_converged"] == [1.0, 1.0, 1.0]
+    else:
+        assert hist["variogram_converged"] == [0.0, 0.0, 0.0]
+        assert hist["hard_negative_frac"] == [0.0, 0.0, 0.0]
+        assert hist["false_negative_frac"] == [0.0, 0.0, 0.0]
+
+
+def test_statistics_leave_out_pairs_at_identical_coordinates():
+    # Row 0's own earlier copy sits in the queue (candidate 3): same
+    # coordinates, dissimilarity 0. It must not enter the statistics.
+    state = gv.semivariogram.SemivariogramState([0.0, 1000.0, 20100.0])
+    gps = np.array([[0.0, 0.0], [0.0, 5.0], [0.0, 50.0]], "float32")
+    candidates = np.concatenate([gps, gps[:1]])
+    y_pred = {
+        "logits": np.zeros((3, 4), "float32"),
+        "candidate_mask": np.ones(4, bool),
+        "candidate_gps": candidates,
+        "distance_km": to_numpy(gv.geo.pairwise_haversine_km(gps, candidates)),
+        "dissimilarity": np.full((3, 4), 0.5, "float32"),
+        "variogram": FIT.packed(),
+    }
+    state.update(y_pred, np.arange(3), gv.losses.SemivariogramContrastiveLoss())
+    count, mean, _ = state.statistics()
+    # Negatives: 3 x 4 - 3 positives = 9; minus row 0's copy = 8 pairs.
+    assert count.sum() == 8.0
+    np.testing.assert_allclose(mean, [0.5, 0.5])
+
+
+def test_fit_falls_back_on_a_range_beyond_the_data_and_on_nan_bins():
+    h = np.linspace(100.0, 5000.0, 30)
+    rising = 1e-4 * h  # never levels off within the data
+    fit = gv.semivariogram.fit_variogram(
+        h, rising, np.full(30, 50.0), family="spherical", warn=False
+    )
+    assert not fit.converged and "beyond the largest distance" in fit.message
+    gamma = 0.8 * (1 - np.exp(-h / 700.0))
+    gamma[5] = np.nan
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        fit = gv.semivariogram.fit_variogram(h, gamma, np.full(30, 50.0))
+    assert not fit.converged

@@ -144,8 +144,36 @@ def _usable_bins(centers_km, gamma, counts, min_count):
             "`centers_km`, `gamma` and `counts` must have the same length; "
             f"got {h.shape}, {g.shape}, {n.shape}."
         )
-    keep = (n >= max(min_count, 1)) & np.isfinite(g) & np.isfinite(h)
+    counted = n >= max(min_count, 1)
+    if np.any(counted & ~np.isfinite(g)):
+        raise _NotFinite(int(np.sum(counted & ~np.isfinite(g))))
+    keep = counted & np.isfinite(h)
     return h[keep], g[keep], n[keep]
+
+
+class _NotFinite(ValueError):
+    def __init__(self, bins):
+        super().__init__(
+            f"{bins} bins hold NaN or infinite dissimilarities (non-finite "
+            "image embeddings?)."
+        )
+
+
+def _poor_fit(h, g, n, fitted, effective_range, min_r2):
+    """Why a converged fit is not to be trusted, or None."""
+    const = np.sum(n * (g - np.average(g, weights=n)) ** 2)
+    r2 = 1.0 - np.sum(n * (fitted - g) ** 2) / max(const, 1e-300)
+    if r2 < min_r2:
+        return (
+            f"the fit explains {r2:.0%} of the spread of the bins around a "
+            f"constant (min_r2={min_r2:.0%}): no spatial structure to trust."
+        )
+    if effective_range > h.max():
+        return (
+            f"the effective range ({effective_range:,.0f} km) lies beyond "
+            f"the largest distance observed ({h.max():,.0f} km)."
+        )
+    return None
 
 
 def _untrustworthy(h, g, min_bins, min_count):
@@ -194,6 +222,7 @@ def fit_variogram(
     min_count=1,
     f_scale=None,
     max_length_scale_km=None,
+    min_r2=0.5,
     warn=True,
     model=None,
 ):
@@ -209,9 +238,13 @@ def fit_variogram(
 
     The fit **falls back** (returns `converged=False` and warns; the loss then
     applies no re-weighting, never NaN) when fewer than `min_bins` bins hold
-    `min_count` pairs, the curve is flat (amplitude below 1e-6 or no
-    structured part), it does not rise with distance (Spearman correlation
-    of gamma with distance <= 0), or the optimiser fails.
+    `min_count` pairs, a bin's mean is NaN or infinite, the curve is flat
+    (amplitude below 1e-6 or no structured part), it does not rise with
+    distance (Spearman correlation of gamma with distance <= 0), the
+    optimiser fails, the fitted curve explains less than `min_r2` of the
+    count-weighted spread of the bins around a constant (noise without
+    spatial structure), or the effective range lies beyond the largest
+    distance observed.
 
     Args:
         centers_km: bin centres `(K,)` in km.
@@ -224,6 +257,8 @@ def fit_variogram(
         f_scale: soft-L1 scale (see above).
         max_length_scale_km: upper bound of the length scale; default 4x the
             largest bin centre.
+        min_r2: float in [0, 1]. Minimum count-weighted coefficient of
+            determination of the fit against a constant.
         warn: whether a fallback emits a `RuntimeWarning`.
         model: deprecated name of `family`.
 
@@ -240,7 +275,10 @@ def fit_variogram(
     """
     family = renamed_argument("family", family, "model", model, "stable")
     models.check_family(family)
-    h, g, n = _usable_bins(centers_km, gamma, counts, min_count)
+    try:
+        h, g, n = _usable_bins(centers_km, gamma, counts, min_count)
+    except _NotFinite as e:
+        return _fallback(family, str(e), 0, warn)
     reason = _untrustworthy(h, g, min_bins, min_count)
     if reason is not None:
         return _fallback(family, reason, h.size, warn)
@@ -282,6 +320,10 @@ def fit_variogram(
             warn,
         )
     fitted = models.evaluate(h, family, nugget, psill, length, alpha)
+    effective_range = models.effective_range(family, length, alpha)
+    reason = _poor_fit(h, g, n, fitted, effective_range, min_r2)
+    if reason is not None:
+        return _fallback(family, reason, h.size, warn)
     return VariogramFit(
         family,
         nugget=nugget,

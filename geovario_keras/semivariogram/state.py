@@ -90,7 +90,10 @@ class SemivariogramState(keras.layers.Layer):
 
         The pair statistics of the negatives (real candidates other than the
         row's positive) and the counts of those that `loss` classes as false
-        or hard.
+        or hard. Pairs at identical coordinates are left out of the
+        statistics: above all the image's own earlier copy in the queue,
+        which would add a dissimilarity of ~0 at 0 km to every epoch and fake
+        a short-range structure even in features without any.
 
         Args:
             y_pred: the loss's `y_pred` dict, with the `pair_entries`.
@@ -101,9 +104,15 @@ class SemivariogramState(keras.layers.Layer):
             y_true, y_pred["logits"], y_pred.get("candidate_mask")
         )
         classes = loss.classify_negatives(y_pred)
-        self.accumulate(
-            y_pred["distance_km"], y_pred["dissimilarity"], negative
+        # Identical coordinates, compared as given (a distance computed in
+        # float32 inside a compiled step need not be exactly 0 for them).
+        candidates = ops.convert_to_tensor(y_pred["candidate_gps"])
+        rows = candidates[: ops.shape(negative)[0]]
+        same = ops.all(
+            ops.expand_dims(rows, 1) == ops.expand_dims(candidates, 0), -1
         )
+        apart = ops.logical_and(negative, ops.logical_not(same))
+        self.accumulate(y_pred["distance_km"], y_pred["dissimilarity"], apart)
         self.count_negatives(
             ops.sum(ops.cast(negative, "float32")),
             ops.sum(ops.cast(classes.false & negative, "float32")),
