@@ -1,6 +1,7 @@
 """Fit-time callbacks."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -14,18 +15,26 @@ from geovario_keras.utils import check_int
 from geovario_keras.utils import renamed_argument
 
 
-def variogram_first(callbacks):
+def variogram_first(callbacks, loss=None):
     """`callbacks` with every `SemivariogramCallback` moved to the front.
 
     Keras runs callbacks in list order at each epoch end. The variogram fit
     of an epoch must be in the model before a `ModelCheckpoint` or
     `BackupAndRestore` saves it, whatever order the user listed them in;
-    `GeoCLIP.fit` applies this to its `callbacks`.
+    `GeoCLIP.fit` applies this to its `callbacks`. It also warns when `loss`
+    uses pair statistics but no `SemivariogramCallback` would fit them.
     """
-    if not callbacks:
-        return callbacks
-    callbacks = list(callbacks)
+    callbacks = list(callbacks or [])
     first = [c for c in callbacks if isinstance(c, SemivariogramCallback)]
+    if isinstance(loss, PairStatisticsLoss) and not first:
+        warnings.warn(
+            f"{type(loss).__name__} without a `gv.callbacks."
+            "SemivariogramCallback` trains as the plain GeoCLIP loss unless a "
+            "fit is set with `model.variogram.set_fit(...)`: pass "
+            "`callbacks=[gv.callbacks.SemivariogramCallback()]` to `fit`.",
+            UserWarning,
+            stacklevel=3,
+        )
     return first + [c for c in callbacks if c not in first]
 
 

@@ -225,6 +225,12 @@ def export_saved_model(
     ((3, 2, 2), (3, 2))
     """
     _check_exportable(model, top_k)
+    if os.path.isfile(os.path.join(os.fspath(path), "saved_model.pb")):
+        raise ValueError(
+            f"`path` {os.fspath(path)!r} is itself a SavedModel (a version "
+            "folder): pass the model's base folder, its parent, which holds "
+            "the numbered versions."
+        )
     spec = _input_spec(model, input_signature)
     if version is None:
         version = _next_version(path)

@@ -479,12 +479,20 @@ class HardNegativeContrastiveLoss(GeoContrastiveLoss):
             -1,
             keepdims=True,
         )
-        # Debiased denominator, in log space relative to the positive.
+        # Debiased denominator relative to the positive, all in log space
+        # (at temperatures near 100, exp(neg - pos) overflows float32):
+        # log Ng = max(log((e^a - t N) / (1 - t)), log(N e^(-max_logit-pos)))
+        # with a = neg - pos, the first term only where e^a > t N.
         t = self.tau_plus
-        ratio = ops.exp(neg - pos) - t * count
-        floor = count * ops.exp(-self.max_logit - pos)
-        ng = ops.maximum(ratio / (1.0 - t), floor)
-        return ops.squeeze(ops.log1p(ng), -1)
+        a = neg - pos
+        log_tn = ops.log(t * count)
+        valid = a > log_tn
+        rest = ops.where(valid, -ops.expm1(log_tn - a), 1.0)  # 1 - tN e^-a
+        log_ratio = a + ops.log(rest) - float(np.log1p(-t))
+        log_ratio = ops.where(valid, log_ratio, MASKED_LOGIT)
+        log_floor = ops.log(count) - self.max_logit - pos
+        log_ng = ops.maximum(log_ratio, log_floor)
+        return ops.squeeze(ops.softplus(log_ng), -1)  # log(1 + Ng)
 
     def get_config(self):
         config = super().get_config()

@@ -236,8 +236,11 @@ class GeoCLIP(SavingMixin, keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         batch_size = args[0] if args else kwargs.get("batch_size")
+        if batch_size is not None:
+            check_int("batch_size", batch_size)
         x = checked_features(x, "x", batch_size or 32)
-        kwargs["callbacks"] = variogram_first(kwargs.get("callbacks"))
+        callbacks = kwargs.get("callbacks")
+        kwargs["callbacks"] = variogram_first(callbacks, self.loss)
         return super().fit(x, geo.check_gps_array(y, "y"), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):

@@ -241,6 +241,12 @@ def test_versions_and_overwrite(exported):
     )
     assert again == second
     assert sorted(os.listdir(base)) == ["1", "2"]
+    # A version folder given as the base is refused (it nested "1/1").
+    with pytest.raises(ValueError, match="is itself a SavedModel"):
+        gv.export.export_saved_model(model, os.path.join(str(base), "1"))
+    assert sorted(os.listdir(os.path.join(str(base), "1"))) == sorted(
+        os.listdir(second)
+    )
     import tensorflow as tf
 
     served = tf.saved_model.load(second)

@@ -144,3 +144,21 @@ def test_robinson_beta_zero_is_plain_loss_and_config():
         gv.losses.HardNegativeContrastiveLoss(tau_plus=1.0)
     with pytest.raises(ValueError, match="beta"):
         gv.losses.HardNegativeContrastiveLoss(beta=-1.0)
+
+
+def test_robinson_debiased_loss_is_finite_at_high_temperature():
+    # Logits at CLIP's largest temperature (100) reach +-100: the debiased
+    # denominator must not overflow float32 (it did at temperatures >= 80).
+    rng = np.random.default_rng(2)
+    cos = rng.uniform(-1, 1, size=(4, 6))
+    logits = (100.0 * cos).astype("float32")
+    negatives = ~np.eye(4, 6, dtype=bool)
+    loss = gv.losses.HardNegativeContrastiveLoss(
+        beta=1.0, tau_plus=0.1, max_logit=100.0, reduction=None
+    )
+    ours = to_numpy(loss(np.arange(4), logits))
+    ref = _robinson_reference(
+        logits.astype(np.float64), np.arange(4), negatives, 1.0, 0.1, 100.0
+    )
+    assert np.all(np.isfinite(ours))
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-3)

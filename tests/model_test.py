@@ -515,3 +515,35 @@ def test_predict_gps_takes_lists_tf_data_and_py_datasets():
     ):
         coords, _ = model.predict_gps(inputs, top_k=2)
         np.testing.assert_array_equal(coords, expected)
+
+
+def test_load_weights_takes_the_saved_gallery_size(tmp_path):
+    x, gps = _data(64)
+    model = small_geoclip(queue_size=16)
+    model(x[:1])
+    model.set_gallery(gps[:50], verbose=0)
+    expected = model.predict_gps(x[:5], top_k=3)
+    for name in ("m.weights.h5", "m.keras"):
+        path = str(tmp_path / name)
+        (model.save_weights if "weights" in name else model.save)(path)
+        fresh = small_geoclip(queue_size=16)  # gallery_size=0
+        fresh(x[:1])
+        fresh.load_weights(path)
+        assert fresh.gallery.size == 50
+        coords, probs = fresh.predict_gps(x[:5], top_k=3)
+        np.testing.assert_array_equal(coords, expected[0])
+        np.testing.assert_allclose(probs, expected[1], rtol=1e-5)
+
+
+def test_fit_refuses_bad_batch_size_and_warns_without_the_callback():
+    x, gps = _data(32)
+    model = small_geoclip(queue_size=8)
+    model.compile(
+        optimizer="adam", loss=gv.losses.SemivariogramContrastiveLoss()
+    )
+    with pytest.raises(ValueError, match="`batch_size` must be an int >= 1"):
+        model.fit(x, gps, batch_size=0, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match="trains as the plain GeoCLIP loss"):
+        model.fit(x, gps, batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="logit_scale_init"):
+        small_geoclip(logit_scale_init=float("nan"))

@@ -23,7 +23,8 @@ class GPSGallery(keras.layers.Layer):
     the paper). The reference implementation re-encodes the whole gallery on
     every call; this layer keeps the encoded gallery as non-trainable state,
     saved with the model and baked into exported SavedModels.
-    `GeoCLIP.set_gallery` fills it.
+    `GeoCLIP.set_gallery` fills it; loading weights resizes it to the
+    saved gallery.
 
     `call` scores normalised query embeddings against the gallery as
     `scale * q . g` and returns the `top_k` best coordinates with their
@@ -94,6 +95,16 @@ class GPSGallery(keras.layers.Layer):
             self._make_variables(size)
         self.coords.assign(ops.cast(coords, "float32"))
         self.embeddings.assign(ops.cast(embeddings, "float32"))
+
+    def load_own_variables(self, store):
+        # A saved gallery of another size (e.g. `load_weights` into a model
+        # built with the default `gallery_size=0`) takes its stored size.
+        if sorted(store.keys()) == ["0", "1"]:
+            coords = np.asarray(store["0"])
+            if coords.shape != (self.size, 2):
+                self.set(coords, np.asarray(store["1"]))
+                return
+        super().load_own_variables(store)
 
     def check_top_k(self, top_k):
         """Raises a `ValueError` unless the gallery is set and `top_k` fits."""
