@@ -25,8 +25,8 @@ from geovario_keras.saving import SavingMixin
 from geovario_keras.semivariogram.state import SemivariogramState
 from geovario_keras.utils import check_int
 from geovario_keras.utils import check_noise_pair
-from geovario_keras.utils import checked_features
 from geovario_keras.utils import common_embed_dim
+from geovario_keras.validation import checked_features
 
 
 @register

@@ -73,36 +73,3 @@ def common_embed_dim(image_encoder, location_encoder):
             f"{embed_dim}."
         )
     return embed_dim
-
-
-def checked_features(x, name="x", batch_size=None):
-    """`x`, with numeric lists as arrays, refused if a row has NaN or inf.
-
-    Only numpy arrays, concrete tensors and (nested) lists of numbers are
-    read, not data sets. The `ValueError` names the first bad rows and,
-    with `batch_size`, the batch of an unshuffled pass.
-    """
-    import keras
-    import numpy as np
-
-    from geovario_keras import backend
-
-    if isinstance(x, list) and x and not isinstance(x[0], np.ndarray):
-        if not backend.is_tensor(x[0]):
-            x = np.asarray(x, "float32")
-    if not (isinstance(x, np.ndarray) or backend.is_tensor(x)):
-        return x
-    values = np.asarray(keras.ops.convert_to_numpy(x))
-    if values.dtype.kind != "f" or values.ndim == 0 or values.size == 0:
-        return x
-    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(1))
-    if bad.size:
-        where = (
-            f" (batch {bad[0] // batch_size} unshuffled)" if batch_size else ""
-        )
-        raise ValueError(
-            f"`{name}` has NaN or infinite values in {bad.size} row(s), the "
-            f"first at rows {bad[:5].tolist()}{where}: a single bad row turns "
-            "the loss and the weights to NaN. Clean or drop those rows."
-        )
-    return x

@@ -547,3 +547,34 @@ def test_fit_refuses_bad_batch_size_and_warns_without_the_callback():
         model.fit(x, gps, batch_size=16, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="logit_scale_init"):
         small_geoclip(logit_scale_init=float("nan"))
+
+
+def test_non_finite_features_in_data_sets_stop_at_the_bad_batch():
+    import tensorflow as tf
+
+    x, gps = _data(64)
+    bad = x.copy()
+    bad[37, 1] = np.nan  # batch 2 of 16
+    model = small_geoclip(queue_size=8)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model(x[:1])
+    dataset = tf.data.Dataset.from_tensor_slices((bad, gps)).batch(16)
+    with pytest.raises(Exception, match=r"NaN or infinite values in batch.*2"):
+        model.fit(dataset, epochs=1, verbose=0)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return bad[i * 16 : (i + 1) * 16], gps[i * 16 : (i + 1) * 16]
+
+    # (On TensorFlow, Keras reads a PyDataset in a py_function, which wraps
+    # the ValueError in an InvalidArgumentError with the same message.)
+    with pytest.raises(Exception, match=r"rows \[5\] of batch 2"):
+        model.fit(Batches(), epochs=1, verbose=0)
+    # The steps before the bad batch ran; no weight became NaN.
+    for w in model.weights:
+        assert np.all(np.isfinite(to_numpy(w))), w.path
+    with pytest.raises(Exception, match="NaN or infinite values in batch"):
+        model.encode_image(tf.data.Dataset.from_tensor_slices(bad).batch(16))

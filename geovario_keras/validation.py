@@ -1,0 +1,132 @@
+"""Checks of image features before they reach a training or inference step.
+
+One NaN or inf in a batch of image features turns the loss, then every
+weight, into NaN. `checked_features` refuses such input with an error that
+names where it is: at once for arrays, lists and tensors (the rows), and at
+the bad batch, before its step runs, for a `tf.data.Dataset` or a
+`keras.utils.PyDataset` (which are wrapped, not read ahead).
+"""
+
+import sys
+
+import keras
+import numpy as np
+
+from geovario_keras import backend
+
+
+def _bad_rows_message(name, values, where=""):
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(1))
+    if not bad.size:
+        return None
+    return (
+        f"`{name}` has NaN or infinite values in {bad.size} row(s), the "
+        f"first at rows {bad[:5].tolist()}{where}: a single bad row turns "
+        "the loss and the weights to NaN. Clean or drop those rows."
+    )
+
+
+def _float_array(x):
+    values = np.asarray(keras.ops.convert_to_numpy(x))
+    if values.dtype.kind != "f" or values.ndim == 0 or values.size == 0:
+        return None
+    return values
+
+
+def _first(element):
+    """The inputs of a data-set element: `x` of `(x, y[, w])`, or itself."""
+    return element[0] if isinstance(element, tuple) else element
+
+
+class _FiniteBatches(keras.utils.PyDataset):
+    """A `PyDataset` whose batches are checked as they are read."""
+
+    def __init__(self, inner, name):
+        super().__init__(
+            workers=inner.workers,
+            use_multiprocessing=inner.use_multiprocessing,
+            max_queue_size=inner.max_queue_size,
+        )
+        self.inner = inner
+        self.name = name
+
+    @property
+    def num_batches(self):
+        return self.inner.num_batches
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        batch = self.inner[index]
+        for part in keras.tree.flatten(_first(batch)):
+            values = _float_array(part)
+            if values is not None:
+                message = _bad_rows_message(
+                    self.name, values, f" of batch {index}"
+                )
+                if message:
+                    raise ValueError(message)
+        return batch
+
+    def on_epoch_begin(self):
+        self.inner.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.inner.on_epoch_end()
+
+
+def _finite_tf_dataset(dataset, name):
+    import tensorflow as tf
+
+    def check(index, element):
+        asserts = [
+            tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(t)),
+                [f"`{name}` has NaN or infinite values in batch", index],
+            )
+            for t in tf.nest.flatten(_first(element))
+            if t.dtype.is_floating
+        ]
+        with tf.control_dependencies(asserts):
+            return tf.nest.map_structure(tf.identity, element)
+
+    return dataset.enumerate().map(check)
+
+
+def checked_features(x, name="x", batch_size=None):
+    """`x`, refused (or wrapped to be refused) if features are NaN or inf.
+
+    - Arrays, concrete tensors and lists of numbers (returned as an array):
+      a `ValueError` naming the first bad rows and, with `batch_size`, the
+      batch of an unshuffled pass.
+    - A `tf.data.Dataset`: returned wrapped, so that iterating it fails
+      (`InvalidArgumentError`) at the first bad batch, naming it.
+    - A `keras.utils.PyDataset`: returned wrapped, so that reading a bad
+      batch raises a `ValueError` naming the batch and rows.
+
+    Anything else (generators, dicts of inputs) passes unchecked.
+    """
+    if isinstance(x, list) and x and not isinstance(x[0], np.ndarray):
+        if not backend.is_tensor(x[0]):
+            x = np.asarray(x, "float32")
+    if isinstance(x, keras.utils.PyDataset) and not isinstance(
+        x, _FiniteBatches
+    ):
+        return _FiniteBatches(x, name)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(x, tf.data.Dataset):
+        return _finite_tf_dataset(x, name)
+    if not (isinstance(x, np.ndarray) or backend.is_tensor(x)):
+        return x
+    values = _float_array(x)
+    if values is not None:
+        where = ""
+        if batch_size:
+            bad = ~np.isfinite(values.reshape(len(values), -1)).all(1)
+            if bad.any():
+                where = f" (batch {np.argmax(bad) // batch_size} unshuffled)"
+        message = _bad_rows_message(name, values, where)
+        if message:
+            raise ValueError(message)
+    return x
