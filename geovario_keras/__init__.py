@@ -13,6 +13,7 @@ from geovario_keras import metrics
 from geovario_keras import pretrained
 from geovario_keras import semivariogram
 from geovario_keras.model import GeoCLIP
+from geovario_keras.saving import load_model
 from geovario_keras.version import __version__
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "export",
     "geo",
     "layers",
+    "load_model",
     "losses",
     "metrics",
     "pretrained",

@@ -14,6 +14,7 @@
 
 import os
 import uuid
+import zipfile
 
 import keras
 
@@ -101,3 +102,38 @@ class SavingMixin:
 
     def compile_from_config(self, config):
         return super().compile_from_config(portable_compile_config(config))
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """`keras.saving.load_model`, with a clear error for a bad file.
+
+    Keras reports any `.keras` path that is not a zip archive as "File not
+    found", also when the file is there but truncated. This says which.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    >>> _ = open(path, "wb").write(b"PK\\x03\\x04 cut short")
+    >>> load_model(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ... exists (14 bytes) but is not a complete `.keras` archive...
+    """
+    path = os.fspath(filepath)
+    if path.endswith(".keras") and "://" not in path:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No such `.keras` file: {path!r}.")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"{path!r} exists ({os.path.getsize(path)} bytes) but is not "
+                "a complete `.keras` archive (a zip file): it is truncated or "
+                "of another format. Saves by `GeoCLIP.save` are atomic, so an "
+                "interrupted copy is the usual cause."
+            )
+    return keras.saving.load_model(
+        path,
+        custom_objects=custom_objects,
+        compile=compile,
+        safe_mode=safe_mode,
+    )

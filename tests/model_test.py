@@ -578,3 +578,18 @@ def test_non_finite_features_in_data_sets_stop_at_the_bad_batch():
         assert np.all(np.isfinite(to_numpy(w))), w.path
     with pytest.raises(Exception, match="NaN or infinite values in batch"):
         model.encode_image(tf.data.Dataset.from_tensor_slices(bad).batch(16))
+
+
+def test_load_model_names_a_truncated_file(tmp_path):
+    x, gps = _data(16)
+    model = small_geoclip(queue_size=8)
+    model(x[:1])
+    path = tmp_path / "m.keras"
+    model.save(str(path))
+    loaded = gv.load_model(str(path))  # a good file loads
+    np.testing.assert_allclose(loaded.encode_image(x), model.encode_image(x))
+    path.write_bytes(path.read_bytes()[:500])  # an interrupted copy
+    with pytest.raises(ValueError, match="exists .500 bytes. but is not a com"):
+        gv.load_model(str(path))
+    with pytest.raises(FileNotFoundError, match="No such"):
+        gv.load_model(str(tmp_path / "missing.keras"))
