@@ -24,6 +24,9 @@ def variogram_first(callbacks, loss=None):
     `GeoCLIP.fit` applies this to its `callbacks`. It also warns when `loss`
     uses pair statistics but no `SemivariogramCallback` would fit them.
     """
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.callbacks[:] = variogram_first(callbacks.callbacks, loss)
+        return callbacks
     callbacks = list(callbacks or [])
     first = [c for c in callbacks if isinstance(c, SemivariogramCallback)]
     if isinstance(loss, PairStatisticsLoss) and not first:

@@ -1,5 +1,6 @@
 """GeoCLIP: image and GPS encoders aligned by a contrastive loss."""
 
+import inspect
 import math
 
 import keras
@@ -27,6 +28,16 @@ from geovario_keras.utils import check_int
 from geovario_keras.utils import check_noise_pair
 from geovario_keras.utils import common_embed_dim
 from geovario_keras.validation import checked_features
+
+
+def _checked_arguments(method, x, y, args, kwargs):
+    """`method`'s arguments by name, with `x`, `y`, `batch_size` checked."""
+    a = inspect.signature(method).bind(x, y, *args, **kwargs).arguments
+    if a.get("batch_size") is not None:
+        check_int("batch_size", a["batch_size"])
+    a["x"] = checked_features(a["x"], "x", a.get("batch_size") or 32)
+    a["y"] = geo.check_gps_array(a["y"], "y")
+    return a
 
 
 @register
@@ -235,18 +246,13 @@ class GeoCLIP(SavingMixin, keras.Model):
         return self.get_metrics_result()
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        batch_size = args[0] if args else kwargs.get("batch_size")
-        if batch_size is not None:
-            check_int("batch_size", batch_size)
-        x = checked_features(x, "x", batch_size or 32)
-        callbacks = kwargs.get("callbacks")
-        kwargs["callbacks"] = variogram_first(callbacks, self.loss)
-        return super().fit(x, geo.check_gps_array(y, "y"), *args, **kwargs)
+        a = _checked_arguments(super().fit, x, y, args, kwargs)
+        a["callbacks"] = variogram_first(a.get("callbacks"), self.loss)
+        return super().fit(**a)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        x = checked_features(x, "x", kwargs.get("batch_size") or 32)
-        y = geo.check_gps_array(y, "y")
-        return super().evaluate(x, y, *args, **kwargs)
+        a = _checked_arguments(super().evaluate, x, y, args, kwargs)
+        return super().evaluate(**a)
 
     def encode_image(self, x, batch_size=None, verbose=0):
         """Normalised image embeddings `(N, D)` as numpy.

@@ -482,3 +482,29 @@ def test_fit_falls_back_on_a_range_beyond_the_data_and_on_nan_bins():
     with pytest.warns(RuntimeWarning, match="NaN"):
         fit = gv.semivariogram.fit_variogram(h, gamma, np.full(30, 50.0))
     assert not fit.converged
+
+
+def test_callback_order_also_applies_to_positional_and_callback_lists(tmp_path):
+    # `fit(x, y, batch_size, epochs, verbose, callbacks)` positionally, and
+    # a `keras.callbacks.CallbackList`: the variogram callback still runs
+    # first, so the checkpoint holds the epoch's fit.
+    x, gps = _resume_setup()
+    for as_list in (False, True):
+        model = _fresh_model()
+        path = str(tmp_path / f"m{int(as_list)}.keras")
+        cbs = [
+            keras.callbacks.ModelCheckpoint(path),
+            gv.callbacks.SemivariogramCallback(),
+        ]
+        if as_list:
+            cbs = keras.callbacks.CallbackList(
+                cbs, add_history=True, model=model
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            model.fit(x, gps, 32, 1, 0, cbs, shuffle=False)
+        saved = keras.models.load_model(path).variogram.params
+        np.testing.assert_array_equal(
+            to_numpy(saved), to_numpy(model.variogram.params)
+        )
+        assert model.variogram.active
