@@ -18,6 +18,7 @@ from keras import ops
 
 from geovario_keras import geo
 from geovario_keras.api_export import register
+from geovario_keras.losses import MASKED_LOGIT
 
 THRESHOLDS_KM = (1.0, 25.0, 200.0, 750.0, 2500.0)
 GEOSCORE_SCALE_KM = 1492.7
@@ -167,7 +168,7 @@ def retrieved_gps(logits, candidate_mask, candidate_gps):
     Returns:
         `(B, 2)` coordinates.
     """
-    logits = ops.where(candidate_mask, ops.stop_gradient(logits), -np.inf)
+    logits = ops.where(candidate_mask, ops.stop_gradient(logits), MASKED_LOGIT)
     return ops.take(candidate_gps, ops.argmax(logits, axis=-1), axis=0)
 
 
