@@ -144,19 +144,8 @@ def _usable_bins(centers_km, gamma, counts, min_count):
             "`centers_km`, `gamma` and `counts` must have the same length; "
             f"got {h.shape}, {g.shape}, {n.shape}."
         )
-    counted = n >= max(min_count, 1)
-    if np.any(counted & ~np.isfinite(g)):
-        raise _NotFinite(int(np.sum(counted & ~np.isfinite(g))))
-    keep = counted & np.isfinite(h)
+    keep = (n >= max(min_count, 1)) & np.isfinite(h)
     return h[keep], g[keep], n[keep]
-
-
-class _NotFinite(ValueError):
-    def __init__(self, bins):
-        super().__init__(
-            f"{bins} bins hold NaN or infinite dissimilarities (non-finite "
-            "image embeddings?)."
-        )
 
 
 def _poor_fit(h, g, n, fitted, effective_range, min_r2):
@@ -178,6 +167,11 @@ def _poor_fit(h, g, n, fitted, effective_range, min_r2):
 
 def _untrustworthy(h, g, min_bins, min_count):
     """Why the empirical curve cannot be fitted, or None."""
+    if not np.all(np.isfinite(g)):
+        return (
+            f"{int(np.sum(~np.isfinite(g)))} bins hold NaN or infinite "
+            "dissimilarities (non-finite image embeddings?)."
+        )
     if h.size < min_bins:
         return (
             f"only {h.size} bins hold >= {min_count} pairs (min_bins="
@@ -275,10 +269,7 @@ def fit_variogram(
     """
     family = renamed_argument("family", family, "model", model, "stable")
     models.check_family(family)
-    try:
-        h, g, n = _usable_bins(centers_km, gamma, counts, min_count)
-    except _NotFinite as e:
-        return _fallback(family, str(e), 0, warn)
+    h, g, n = _usable_bins(centers_km, gamma, counts, min_count)
     reason = _untrustworthy(h, g, min_bins, min_count)
     if reason is not None:
         return _fallback(family, reason, h.size, warn)
