@@ -308,3 +308,24 @@ def test_geotagged_images_csv_without_header(tmp_path):
         gv.data.geotagged_images(
             "osv5m", corpus, data_dir=str(tmp_path / "tfds"), verbose=False
         )
+
+
+def test_geotagged_images_reads_the_csv_once_when_images_are_in_place(
+    tmp_path, monkeypatch
+):
+    from geovario_keras.data import builders
+
+    def second_read(*args):
+        raise AssertionError("the CSV was read a second time")
+
+    monkeypatch.setattr(builders.GeotaggedImages, "_named_paths", second_read)
+    corpus = tmp_path / "corpus"
+    _osv5m_corpus(
+        corpus,
+        [("a", 1.0, 1.0), ("b", 2.0, 2.0)],
+        {"images/test/a.jpg": (9, 9, 9), "images/test/b.jpg": (9, 9, 9)},
+    )
+    builder = gv.data.geotagged_images(
+        "osv5m", corpus, data_dir=str(tmp_path / "tfds"), verbose=False
+    )
+    assert len(gv.data.as_arrays(builder, "test")["gps"]) == 2

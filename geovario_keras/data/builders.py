@@ -310,8 +310,9 @@ class GeotaggedImages(tfds.core.GeneratorBasedBuilder):
         A row's image is at the path its preset names. If it is not there,
         a file of the same name anywhere under the image root is taken
         (corpora are often re-sharded), unless that name is ambiguous or
-        the file is the named image of another row (`named`): a row never
-        borrows another row's image.
+        the file is the named image of another row (`named()`, read from
+        the CSV only when a fallback is needed): a row never borrows another
+        row's image.
         """
         path = os.path.join(root, preset.image.format(id=image_id, split=split))
         if os.path.isfile(path):
@@ -325,7 +326,9 @@ class GeotaggedImages(tfds.core.GeneratorBasedBuilder):
                     self._index[f].append(os.path.join(folder, f))
         name = os.path.basename(str(image_id))
         hits = self._index.get(name) or self._index.get(name + ".jpg") or []
-        hits = [h for h in hits if os.path.normpath(h) not in named]
+        if hits:
+            taken = named()
+            hits = [h for h in hits if os.path.normpath(h) not in taken]
         if len(hits) > 1:
             return None, "ambiguous_image"
         return (hits[0], None) if hits else (None, "missing_image")
@@ -368,7 +371,13 @@ class GeotaggedImages(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, root, preset, split, path):
         skipped = collections.Counter()
         kept = 0
-        named = self._named_paths(root, preset, split, path)
+        named_paths = []  # read on the first row whose image is elsewhere
+
+        def named():
+            if not named_paths:
+                named_paths.append(self._named_paths(root, preset, split, path))
+            return named_paths[0]
+
         for n, row in self._rows(path, preset):
             try:
                 lat, lon = float(row[preset.lat]), float(row[preset.lon])
