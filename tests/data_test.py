@@ -83,33 +83,79 @@ def test_distance_split():
     assert float(np.min(np.asarray(d))) >= 250.0 - 0.5
 
 
+def test_random_split_keeps_the_distance_and_the_distribution():
+    gps = random_gps(4000, seed=2, max_lat=70.0).astype(np.float64)
+    train, test, near = imagery.random_split(gps, 200, 1500, 150.0, seed=3)
+    assert len(test) == 200 and len(train) == 1500
+    assert not set(train) & set(test)
+    d = np.asarray(
+        gv.geo.pairwise_haversine_km(
+            gps[test].astype("float32"), gps[train].astype("float32")
+        )
+    )
+    assert d.min() >= 150.0 - 0.5
+    # `near` counts the points within 150 km of a test point (brute force).
+    rest = np.setdiff1d(np.arange(len(gps)), test)
+    brute = np.asarray(
+        gv.geo.pairwise_haversine_km(
+            gps[rest].astype("float32"), gps[test].astype("float32")
+        )
+    ).min(1)
+    assert near == int((brute < 150.0).sum())
+    # Test points are a uniform draw: their mean |latitude| is that of all
+    # points (a block split would not promise this).
+    assert abs(np.abs(gps[test, 0]).mean() - np.abs(gps[:, 0]).mean()) < 4.0
+    with pytest.raises(ValueError, match="n_test"):
+        imagery.random_split(gps, 0, 10, 1.0)
+
+
+@pytest.mark.parametrize("lat", [0.0, 60.0])
+@pytest.mark.parametrize("shift_px", [0.25, 3.25, 7.25, 10.5])
+def test_shared_ground_fraction_closed_form(lat, shift_px):
+    # A patch of P pixel centres at spacing s, shifted east by k + 1/4
+    # pixels, has P - k - 1 ... P - k columns inside the other's footprint
+    # (side P s): exactly (P - ceil(shift - 1/2)) / P of its pixels when
+    # the shift is not a half-integer; 0 once the shift exceeds P.
+    size, spacing = 10, 7.0
+    train = np.array([[lat, 20.0]])
+    # `_destinations` puts a point `shift * spacing` km east of the centre.
+    lat2, lon2 = imagery._destinations(
+        train, np.array([shift_px * spacing]), np.array([0.0])
+    )
+    test = np.array([[lat2[0, 0], lon2[0, 0]]])
+    got = imagery.shared_ground_fraction(test, train, size, spacing)
+    columns = max(0, size - int(np.floor(shift_px + 0.5)))
+    np.testing.assert_allclose(got, [columns / size], atol=1e-9)
+
+
 # -------------------------------------------------------------- builders
 def test_blue_marble_builder(tmp_path):
     builder = gv.data.blue_marble(
         data_dir=str(tmp_path),
         verbose=False,
         patch_size=8,
-        num_places=400,
+        num_places=300,
         num_test=50,
         min_distance_km=None,
     )
     meta = builder.info.metadata
     train = gv.data.as_arrays(builder, "train")
     test = gv.data.as_arrays(builder, "test")
+    assert meta["split"] == "random"
     assert train["image"].shape[1:] == (8, 8, 3)
     assert train["image"].dtype == np.uint8
-    assert len(test["gps"]) == meta["num_test"] >= 50
-    assert len(train["gps"]) == meta["num_train"]
-    assert (
-        meta["num_train"] + meta["num_test"] + meta["num_dropped_near_test"]
-        == 400
-    )
-    # The stated minimum distance is the patch diagonal, and holds.
-    assert meta["min_train_test_distance_km"] == math.ceil(
-        math.sqrt(2) * 8 * 15.0
-    )
+    assert len(test["gps"]) == meta["num_test"] == 50
+    assert len(train["gps"]) == meta["num_train"] == 300
+    # Native resolution; the stated minimum distance is half the patch
+    # width, and holds.
+    spacing = 2 * math.pi * 6371.0 / 5400
+    assert meta["spacing_km"] == pytest.approx(spacing, rel=1e-4)
+    assert meta["min_train_test_distance_km"] == math.ceil(4 * spacing)
     d = np.asarray(gv.geo.pairwise_haversine_km(test["gps"], train["gps"]))
     assert d.min() >= meta["min_train_test_distance_km"] - 0.5
+    # With half a patch width apart, at most half the ground is shared.
+    assert 0.0 <= meta["shared_ground_mean"] <= meta["shared_ground_max"]
+    assert meta["shared_ground_max"] <= 0.5 + 1e-9
     # Labels are the places' GeoNames labels.
     assert all(len(c) == 2 for c in train["country"])
     labels = gv.metrics.reverse_geocode(test["gps"])
@@ -118,6 +164,27 @@ def test_blue_marble_builder(tmp_path):
     assert train["image"].std() > 10
     with pytest.raises(ValueError, match="Unknown Blue Marble settings"):
         gv.data.blue_marble(data_dir=str(tmp_path), patch_px=8)
+
+
+def test_blue_marble_block_split(tmp_path):
+    builder = gv.data.blue_marble(
+        "blocks",
+        data_dir=str(tmp_path),
+        verbose=False,
+        patch_size=8,
+        num_places=400,
+        num_test=50,
+    )
+    meta = builder.info.metadata
+    assert meta["split"] == "blocks" and meta["spacing_km"] == 15.0
+    assert (
+        meta["num_train"] + meta["num_test"] + meta["num_dropped_near_test"]
+        == 400
+    )
+    train = gv.data.as_arrays(builder, "train")
+    test = gv.data.as_arrays(builder, "test")
+    d = np.asarray(gv.geo.pairwise_haversine_km(test["gps"], train["gps"]))
+    assert d.min() >= 180.0 - 0.5
 
 
 _PRESET_ROWS = [

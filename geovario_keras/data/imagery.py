@@ -212,3 +212,84 @@ def distance_split(gps, n_test, min_distance_km, block_km=600.0, seed=0):
     test, rest = np.flatnonzero(is_test), np.flatnonzero(~is_test)
     near = nearest_distance_km(gps[rest], gps[test]) < min_distance_km
     return rest[~near], test, int(near.sum())
+
+
+def random_split(gps, n_test, n_train, min_distance_km, seed=0):
+    """Test and train drawn from the same places, apart by a minimum distance.
+
+    `n_test` test points are drawn uniformly from `gps` (so they follow the
+    same prior as the training points: where people live). The points at
+    least `min_distance_km` from every test point form the training pool,
+    from which `n_train` are drawn uniformly (all of them if fewer).
+
+    Returns:
+        `(train_index, test_index, n_near)`, `n_near` the number of points
+        of `gps` excluded from the training pool for being too close to a
+        test point.
+    """
+    gps = np.asarray(gps, np.float64)
+    if not 1 <= n_test < len(gps):
+        raise ValueError(
+            f"`n_test` must be in [1, {len(gps) - 1}]; got {n_test!r}."
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(gps))
+    test, rest = order[:n_test], order[n_test:]
+    near = nearest_distance_km(gps[rest], gps[test]) < min_distance_km
+    pool = rest[~near]
+    train = pool[:n_train]  # `order` is already a random permutation
+    return train, test, int(near.sum())
+
+
+def _local_offsets_km(centre, points):
+    """East and north offsets (km) of `points` in the azimuthal-equidistant
+    frame of `centre` (both `(N, 2)` degrees, row by row)."""
+    lat1, lon1 = np.radians(centre[:, 0]), np.radians(centre[:, 1])
+    lat2, lon2 = np.radians(points[:, 0]), np.radians(points[:, 1])
+    dlon = lon2 - lon1
+    hav = (
+        np.sin((lat2 - lat1) / 2) ** 2
+        + np.cos(lat1) * np.cos(lat2) * np.sin(dlon / 2) ** 2
+    )
+    dist = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(hav, 0, 1)))
+    bearing = np.arctan2(
+        np.sin(dlon) * np.cos(lat2),
+        np.cos(lat1) * np.sin(lat2)
+        - np.sin(lat1) * np.cos(lat2) * np.cos(dlon),
+    )
+    return dist * np.sin(bearing), dist * np.cos(bearing)
+
+
+def shared_ground_fraction(
+    test_gps, train_gps, patch_size, spacing_km, neighbours=8
+):
+    """How much of each test patch's ground a single training patch covers.
+
+    For every test patch, the fraction of its pixel centres that fall
+    inside the footprint of a training patch (side `patch_size *
+    spacing_km`, north up), maximised over its `neighbours` nearest
+    training patches. 1 means a training patch shows the same ground (a
+    pixel copy); 0 means no training patch shares a pixel with it.
+
+    Returns:
+        `(N_test,)` float64 in [0, 1].
+    """
+    from scipy.spatial import cKDTree
+
+    test_gps = np.asarray(test_gps, np.float64)
+    train_gps = np.asarray(train_gps, np.float64)
+    k = min(neighbours, len(train_gps))
+    tree = cKDTree(_unit_vectors(train_gps))
+    index = tree.query(_unit_vectors(test_gps), k=k)[1]
+    index = index.reshape(len(test_gps), k)
+    east, north = patch_offsets_km(patch_size, spacing_km)
+    lat, lon = _destinations(test_gps, east, north)  # (N, P * P) pixels
+    pixels = np.stack([lat, lon], -1)
+    half = patch_size * spacing_km / 2.0
+    best = np.zeros(len(test_gps))
+    for j in range(k):
+        centre = np.repeat(train_gps[index[:, j]], pixels.shape[1], axis=0)
+        dx, dy = _local_offsets_km(centre, pixels.reshape(-1, 2))
+        inside = (np.abs(dx) <= half) & (np.abs(dy) <= half)
+        best = np.maximum(best, inside.reshape(len(test_gps), -1).mean(1))
+    return best
