@@ -39,8 +39,8 @@ def blue_marble(config="default", data_dir=None, verbose=True, **overrides):
         data_dir: tfds data folder (default `~/tensorflow_datasets`).
         verbose: print build time, size and the split report.
         **overrides: fields of `BlueMarbleConfig` (`patch_size`,
-            `num_places`, `min_distance_km`, `split`, `seed`, ...): a custom config
-            named after them, built in its own folder.
+            `num_places`, `min_distance_km`, `split`, `seed`, ...): a
+            custom config named after them, built in its own folder.
     """
     import dataclasses
 
