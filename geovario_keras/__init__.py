@@ -11,6 +11,7 @@ from geovario_keras import layers
 from geovario_keras import losses
 from geovario_keras import metrics
 from geovario_keras import pretrained
+from geovario_keras import retrieval
 from geovario_keras import semivariogram
 from geovario_keras.model import GeoCLIP
 from geovario_keras.saving import load_model
@@ -28,5 +29,6 @@ __all__ = [
     "losses",
     "metrics",
     "pretrained",
+    "retrieval",
     "semivariogram",
 ]

@@ -14,6 +14,13 @@ three signatures with stable names and dtypes (`N` is the batch):
 - `encode_location`: input `gps` float32 `(N, 2)` (latitude, longitude in
   degrees) -> `embeddings` float32 `(N, D)`, L2-normalised.
 
+With a reference set (`model.set_reference`), a fourth signature,
+`nearest_references`: input `images` -> `coordinates` float32 `(N, K, 2)`
+of the `K = min(16, reference size)` most similar reference images, best
+first, and their voting `weights` float32 `(N, K)` (softmax of the scaled
+similarities over the K), as `gv.retrieval` uses them; the client votes
+(`gv.retrieval.neighbour_density`).
+
 The gallery cached by `model.set_gallery` is baked into `predict_gps`, and
 probabilities are the softmax over the whole gallery, as in
 `GeoCLIP.predict_gps`. The served graph does not validate coordinates:
@@ -38,6 +45,8 @@ import tempfile
 import keras
 import numpy as np
 from keras import ops
+
+from geovario_keras.retrieval import RetrievalOptions
 
 SIGNATURES = ("predict_gps", "encode_image", "encode_location")
 
@@ -145,6 +154,18 @@ def _write(model, directory, top_k, spec, verbose):
     def encode_image(images):
         return {"embeddings": model(images, training=False)}
 
+    neighbours = min(RetrievalOptions().neighbours, model.reference.size)
+
+    def nearest_references(images):
+        coords, probs = model.reference(
+            model(images, training=False),
+            scale=model.temperature(),
+            top_k=neighbours,
+            top_k_fn=top_k_fn,
+        )
+        weights = probs / ops.sum(probs, axis=-1, keepdims=True)
+        return {"coordinates": coords, "weights": weights}
+
     def encode_location(gps):
         return {"embeddings": model.location_embeddings(gps)}
 
@@ -155,6 +176,8 @@ def _write(model, directory, top_k, spec, verbose):
     archive.add_endpoint("predict_gps", predict_gps, [spec])
     archive.add_endpoint("encode_image", encode_image, [spec])
     archive.add_endpoint("encode_location", encode_location, [gps_spec])
+    if neighbours:
+        archive.add_endpoint("nearest_references", nearest_references, [spec])
     archive.write_out(directory, verbose=verbose)
 
 

@@ -1,6 +1,5 @@
 """GeoCLIP: image and GPS encoders aligned by a contrastive loss."""
 
-import inspect
 import math
 
 import keras
@@ -17,44 +16,41 @@ from geovario_keras.layers.contrastive_head import ContrastiveHead
 from geovario_keras.layers.contrastive_head import normalize
 from geovario_keras.layers.geodesic_noise import GeodesicNoise
 from geovario_keras.layers.gps_gallery import GPSGallery
+from geovario_keras.layers.gps_gallery import ReferenceSet
 from geovario_keras.layers.gps_queue import GPSQueue
 from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
 from geovario_keras.losses import GeoContrastiveLoss
 from geovario_keras.losses import PairStatisticsLoss
+from geovario_keras.retrieval import RetrievalMixin
 from geovario_keras.saving import SavingMixin
 from geovario_keras.semivariogram.state import SemivariogramState
 from geovario_keras.utils import check_int
 from geovario_keras.utils import check_noise_pair
 from geovario_keras.utils import common_embed_dim
+from geovario_keras.validation import checked_arguments
 from geovario_keras.validation import checked_features
 
 
-def _checked_arguments(method, x, y, args, kwargs):
-    """`method`'s arguments by name, with `x`, `y`, `batch_size` checked."""
-    a = inspect.signature(method).bind(x, y, *args, **kwargs).arguments
-    if a.get("batch_size") is not None:
-        check_int("batch_size", a["batch_size"])
-    a["x"] = checked_features(a["x"], "x", a.get("batch_size") or 32)
-    a["y"] = geo.check_gps_array(a["y"], "y")
-    return a
-
-
 @register
-class GeoCLIP(SavingMixin, keras.Model):
+class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
     """GeoCLIP (Vivanco Cepeda et al., NeurIPS 2023) as a Keras 3 model.
 
     Parts: an image encoder and a location encoder; a `ContrastiveHead`
     that normalises both and scores `exp(logit_scale) * img . loc`; a
     `GPSQueue` of recent training GPS (extra negatives, empty slots
-    masked); a `GPSGallery` for retrieval; a `SemivariogramState`.
+    masked); a `GPSGallery` for retrieval; a `ReferenceSet` of geotagged
+    image embeddings for retrieval-augmented prediction; a
+    `SemivariogramState`.
 
     Training (`fit(x, y)`, `y` = (lat, lon) degrees) contrasts each image
     with its own GPS against the batch's other GPS and the queue, after
     geodesic Gaussian noise of `gps_noise_m` metres (batch, queue); the
     queue is then refilled with the batch's clean GPS and stop-gradient
-    image embeddings. `set_gallery` encodes a gallery once; `predict_gps`
-    returns the top-k gallery points per image. `call(x)` (so `predict`)
+    image embeddings. `set_gallery` encodes a gallery once, `set_reference`
+    a set of geotagged images; `predict_gps` returns the top-k locations
+    per image from the gallery, the reference neighbours or both
+    (`gv.retrieval`). `call(x)` (so `predict`)
     returns normalised image embeddings. Coordinate arrays are validated
     (a `ValueError` names the argument and range); coordinates inside a
     `tf.data.Dataset` or `PyDataset` are not read: check them with
@@ -73,8 +69,9 @@ class GeoCLIP(SavingMixin, keras.Model):
         logit_scale_init: float. Initial log temperature (CLIP:
             `log(1 / 0.07)`); learned, capped at `log(100)`.
         seed: int or None. Seed of the GPS noise.
-        gallery_size: int. Size of the (initially zero) gallery state; set by
-            `set_gallery` and recorded in the config so saved models reload.
+        gallery_size, reference_size: int. Sizes of the (initially empty)
+            gallery and reference states; set by `set_gallery` and
+            `set_reference`, recorded in the config so saved models reload.
         variogram_bins_km: distance bin edges (km) of the semivariogram
             statistics gathered in training with a `PairStatisticsLoss`;
             default `gv.semivariogram.default_bin_edges_km()`.
@@ -109,6 +106,7 @@ class GeoCLIP(SavingMixin, keras.Model):
         seed=None,
         gallery_size=0,
         variogram_bins_km=None,
+        reference_size=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -129,6 +127,9 @@ class GeoCLIP(SavingMixin, keras.Model):
         if queue_size:
             self.queue = GPSQueue(queue_size, self.embed_dim, name="gps_queue")
         self.gallery = GPSGallery(gallery_size, self.embed_dim, name="gallery")
+        self.reference = ReferenceSet(
+            reference_size, self.embed_dim, name="reference"
+        )
         self.noise = GeodesicNoise(seed, name="gps_noise")
         self.retrieval_error = keras.metrics.Mean(name="retrieval_km")
         self.variogram = SemivariogramState(
@@ -246,12 +247,12 @@ class GeoCLIP(SavingMixin, keras.Model):
         return self.get_metrics_result()
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        a = _checked_arguments(super().fit, x, y, args, kwargs)
+        a = checked_arguments(super().fit, x, y, args, kwargs)
         a["callbacks"] = variogram_first(a.get("callbacks"), self.loss)
         return super().fit(**a)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        a = _checked_arguments(super().evaluate, x, y, args, kwargs)
+        a = checked_arguments(super().evaluate, x, y, args, kwargs)
         return super().evaluate(**a)
 
     def encode_image(self, x, batch_size=None, verbose=0):
@@ -291,39 +292,6 @@ class GeoCLIP(SavingMixin, keras.Model):
         x, dim, jit = ops.convert_to_numpy(x), self.embed_dim, self.jit_compile
         return inference.embed(layer, x, dim, batch_size, verbose, jit)
 
-    def set_gallery(self, gps, batch_size=4096, verbose="auto"):
-        """Encodes `gps` once and caches it as the retrieval gallery.
-
-        The coordinates and normalised embeddings become model state (saved
-        with the model); call again after further training to refresh.
-
-        Args:
-            gps: `(M, 2)` latitude, longitude in degrees, `M >= 1`.
-            batch_size: int. Gallery points encoded per step.
-            verbose: Keras progress-bar verbosity.
-        """
-        gps = geo.check_gps(gps, name="gps")
-        self.gallery.set(gps, self.encode_location(gps, batch_size, verbose))
-
-    def predict_gps(self, x, top_k=5, batch_size=None, verbose=0):
-        """Top-k gallery coordinates and probabilities (softmax over the
-        whole gallery, as in GeoCLIP) for each input.
-
-        Args:
-            x: images or features accepted by the image encoder.
-            top_k: int in `[1, gallery size]`.
-            batch_size: int or None. Inputs per step (encoding, scoring).
-            verbose: Keras progress-bar verbosity of the image encoding.
-
-        Returns:
-            `(coords (N, top_k, 2), probs (N, top_k))` numpy, best first.
-        """
-        self.gallery.check_top_k(top_k)
-        img = self.encode_image(x, batch_size=batch_size, verbose=verbose)
-        return self.gallery.retrieve(
-            img, self.temperature(), top_k=top_k, batch_size=batch_size
-        )
-
     def get_config(self):
         config = super().get_config()
         serialize = keras.saving.serialize_keras_object
@@ -336,6 +304,7 @@ class GeoCLIP(SavingMixin, keras.Model):
                 "logit_scale_init": self.head.logit_scale_init,
                 "seed": self.seed,
                 "gallery_size": self.gallery.size,
+                "reference_size": self.reference.size,
                 "variogram_bins_km": list(self.variogram.bin_edges_km),
             }
         )

@@ -7,12 +7,15 @@ the bad batch, before its step runs, for a `tf.data.Dataset` or a
 `keras.utils.PyDataset` (which are wrapped, not read ahead).
 """
 
+import inspect
 import sys
 
 import keras
 import numpy as np
 
 from geovario_keras import backend
+from geovario_keras import geo
+from geovario_keras.utils import check_int
 
 
 def _check_rows(name, values, where=None):
@@ -132,3 +135,13 @@ def checked_features(x, name="x", batch_size=None):
 
         _check_rows(name, values, where)
     return x
+
+
+def checked_arguments(method, x, y, args, kwargs):
+    """`method`'s arguments by name, with `x`, `y`, `batch_size` checked."""
+    a = inspect.signature(method).bind(x, y, *args, **kwargs).arguments
+    if a.get("batch_size") is not None:
+        check_int("batch_size", a["batch_size"])
+    a["x"] = checked_features(a["x"], "x", a.get("batch_size") or 32)
+    a["y"] = geo.check_gps_array(a["y"], "y")
+    return a

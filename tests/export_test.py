@@ -47,6 +47,9 @@ out["encode_image"] = sigs["encode_image"](
     images=tf.constant(data["images"]))["embeddings"].numpy()
 out["encode_location"] = sigs["encode_location"](
     gps=tf.constant(data["gps"]))["embeddings"].numpy()
+res = sigs["nearest_references"](images=tf.constant(data["images"]))
+out["nearest_references/coordinates"] = res["coordinates"].numpy()
+out["nearest_references/weights"] = res["weights"].numpy()
 np.savez(sys.argv[3], **out)
 """
 
@@ -62,10 +65,10 @@ def exported(tmp_path_factory):
         optimizer=keras.optimizers.Adam(1e-3),
         loss=gv.losses.GeoContrastiveLoss(),
     )
-    model.fit(
-        toy_features(gps, FEATURE_DIM), gps, batch_size=128, epochs=1, verbose=0
-    )
+    features = toy_features(gps, FEATURE_DIM)
+    model.fit(features, gps, batch_size=128, epochs=1, verbose=0)
     model.set_gallery(random_gps(3000, seed=1), verbose=0)
+    model.set_reference(features, gps, verbose=0)
     base = tmp / "saved_models" / "toy"
     path = gv.export.export_saved_model(model, base, top_k=TOP_K)
     queries = random_gps(37, seed=2)
@@ -76,7 +79,14 @@ def exported(tmp_path_factory):
         ).astype("float32"),
     }
     coords, probs = model.predict_gps(data["images"], top_k=TOP_K)
+    near, weights = gv.retrieval.neighbours(
+        model,
+        model.encode_image(data["images"]),
+        gv.retrieval.RetrievalOptions(),
+    )
     expected = {
+        "nearest_references/coordinates": near,
+        "nearest_references/weights": weights,
         "coordinates": coords,
         "probabilities": probs,
         "encode_image": model.encode_image(data["images"]),
@@ -113,6 +123,10 @@ def test_fresh_tensorflow_process_serves_same_answers(exported):
         np.testing.assert_allclose(
             out[key + "/probabilities"], expected["probabilities"], atol=1e-5
         )
+    # The reference set is baked in: the same neighbours and weights.
+    for key in ("coordinates", "weights"):
+        key = "nearest_references/" + key
+        np.testing.assert_allclose(out[key], expected[key], atol=1e-4)
     assert out["predict_gps/coordinates"].dtype == np.float32
     assert out["predict_gps/coordinates"].shape == (37, TOP_K, 2)
     np.testing.assert_allclose(

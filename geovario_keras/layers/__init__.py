@@ -5,6 +5,7 @@ from geovario_keras.layers.equal_earth import EqualEarthProjection
 from geovario_keras.layers.fourier import RandomFourierFeatures
 from geovario_keras.layers.geodesic_noise import GeodesicNoise
 from geovario_keras.layers.gps_gallery import GPSGallery
+from geovario_keras.layers.gps_gallery import ReferenceSet
 from geovario_keras.layers.gps_queue import GPSQueue
 from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
@@ -18,4 +19,5 @@ __all__ = [
     "ImageEncoder",
     "LocationEncoder",
     "RandomFourierFeatures",
+    "ReferenceSet",
 ]

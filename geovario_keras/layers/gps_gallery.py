@@ -14,6 +14,18 @@ def _keras_top_k(logits, k):
     return ops.top_k(logits, k=k)
 
 
+# Points scored at once by `search`: 2**20 points x 512 float32 is a 2 GB
+# gallery slice; a block of queries against it is ~64 MB of logits.
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+
+def _chunk_top_k(keys, query, scale, top_k):
+    """Top-k scaled scores of `query` against `keys`, and their logsumexp."""
+    logits = scale * ops.transpose(ops.matmul(keys, ops.transpose(query)))
+    values, index = ops.top_k(logits, k=top_k)
+    return values, index, ops.logsumexp(logits, axis=-1, keepdims=True)
+
+
 @register
 class GPSGallery(keras.layers.Layer):
     """Top-k retrieval over a gallery of coordinates and their embeddings.
@@ -106,19 +118,22 @@ class GPSGallery(keras.layers.Layer):
                 return
         super().load_own_variables(store)
 
-    def check_top_k(self, top_k):
-        """Raises a `ValueError` unless the gallery is set and `top_k` fits."""
+    # How `check_top_k` names the set and the method that fills it.
+    _what, _setter = "gallery", "model.set_gallery(gps)"
+
+    def check_top_k(self, top_k, name="top_k"):
+        """Raises a `ValueError` unless the set is filled and `top_k` fits."""
         if self.size == 0:
             raise ValueError(
-                "The gallery is empty: call `model.set_gallery(gps)` with at "
+                f"The {self._what} is empty: call `{self._setter}` with at "
                 "least one point first."
             )
         if not isinstance(top_k, (int, np.integer)) or not (
             1 <= top_k <= self.size
         ):
             raise ValueError(
-                f"`top_k` must be an int in [1, {self.size}] (the gallery "
-                f"size); got {top_k!r}."
+                f"`{name}` must be an int in [1, {self.size}] (the "
+                f"{self._what} size); got {top_k!r}."
             )
 
     def call(self, query_embeddings, scale=1.0, top_k=5, top_k_fn=None):
@@ -135,40 +150,102 @@ class GPSGallery(keras.layers.Layer):
         coords = ops.take(ops.convert_to_tensor(self.coords), index, axis=0)
         return coords, probs
 
-    def retrieve(self, query_embeddings, scale=1.0, top_k=5, batch_size=None):
+    def retrieve(
+        self,
+        query_embeddings,
+        scale=1.0,
+        top_k=5,
+        batch_size=None,
+        chunk_size=None,
+    ):
         """`call` over numpy queries in blocks; returns numpy arrays.
 
         Args:
             query_embeddings: `(N, embed_dim)` normalised embeddings.
             scale: as in `call`.
             top_k: int in `[1, size]`.
-            batch_size: int or None. Queries per block; default: blocks of
-                about 64 MB of logits.
+            batch_size, chunk_size: as in `search`.
 
         Returns:
             `(coords (N, top_k, 2), probs (N, top_k))` numpy arrays.
         """
+        logits, index, log_norm = self.search(
+            query_embeddings, scale, top_k, batch_size, chunk_size
+        )
+        coords = ops.convert_to_numpy(self.coords)[index]
+        return coords, np.exp(logits - log_norm[:, None]).astype("float32")
+
+    def search(
+        self,
+        query_embeddings,
+        scale=1.0,
+        top_k=5,
+        batch_size=None,
+        chunk_size=None,
+    ):
+        """Top-k search in bounded memory, for sets of any size.
+
+        The set is scored `chunk_size` points at a time and the per-chunk
+        top-k are merged (and their softmax normalisers combined), so the
+        logits held at once are `batch_size x chunk_size`, however large
+        the set.
+
+        Args:
+            query_embeddings: `(N, embed_dim)` normalised embeddings.
+            scale: float or scalar. Multiplies the cosine similarities.
+            top_k: int in `[1, size]`.
+            batch_size: int or None. Queries per block; default: blocks of
+                about 64 MB of logits.
+            chunk_size: int or None. Set points scored at once; default
+                `DEFAULT_CHUNK_SIZE` (2**20).
+
+        Returns:
+            `(logits (N, top_k), indices (N, top_k), log_normaliser (N,))`
+            numpy: the best scaled similarities (best first), their row in
+            the set, and the logsumexp of the scaled similarities over the
+            whole set (so `exp(logits - log_normaliser)` are probabilities).
+        """
         self.check_top_k(top_k)
         top_k = int(top_k)
+        chunk = check_int("chunk_size", chunk_size or DEFAULT_CHUNK_SIZE)
+        chunk = min(chunk, self.size)
         if batch_size is None:  # blocks of about 64 MB of logits
-            batch_size = max(1, (1 << 24) // self.size)
+            batch_size = max(1, (1 << 24) // chunk)
         block = check_int("batch_size", batch_size)
-        fn = self._top_k_function(top_k)
+        query_embeddings = np.asarray(query_embeddings, "float32")
         scale = ops.convert_to_tensor(scale, "float32")
-        coords = [np.zeros((0, top_k, 2), "float32")]
-        probs = [np.zeros((0, top_k), "float32")]
+        keys = ops.convert_to_tensor(self.embeddings)
+        chunks = [
+            (start, keys[start : start + chunk])
+            for start in range(0, self.size, chunk)
+        ]
+        out = ([], [], [])
         for start in range(0, len(query_embeddings), block):
             q = ops.convert_to_tensor(query_embeddings[start : start + block])
-            c, p = fn(q, scale)
-            coords.append(ops.convert_to_numpy(c))
-            probs.append(ops.convert_to_numpy(p))
-        return np.concatenate(coords), np.concatenate(probs)
+            parts = []
+            for offset, part in chunks:
+                k = min(top_k, int(part.shape[0]))
+                fn = self._top_k_function(k)
+                v, i, n = (ops.convert_to_numpy(t) for t in fn(part, q, scale))
+                parts.append((v, i + offset, n))
+            v, i, n = (np.concatenate(p, axis=-1) for p in zip(*parts))
+            if len(parts) > 1:  # running merge of the chunks' top-k
+                best = np.argsort(-v, axis=1, kind="stable")[:, :top_k]
+                v = np.take_along_axis(v, best, 1)
+                i = np.take_along_axis(i, best, 1)
+                n = np.logaddexp.reduce(n, axis=-1, keepdims=True)
+            for acc, value in zip(out, (v, i, n[:, 0])):
+                acc.append(value)
+        if not out[0]:
+            empty = np.zeros((0, top_k))
+            return empty.astype("float32"), empty.astype("int64"), empty[:, 0]
+        return tuple(np.concatenate(parts) for parts in out)
 
     def _top_k_function(self, top_k):
         cache = self.__dict__["_top_k_functions"]
         if top_k not in cache:
             cache[top_k] = backend.traced_function(
-                lambda q, scale: self(q, scale=scale, top_k=top_k)
+                lambda keys, q, scale: _chunk_top_k(keys, q, scale, top_k)
             )
         return cache[top_k]
 
@@ -180,3 +257,32 @@ class GPSGallery(keras.layers.Layer):
         config = super().get_config()
         config.update({"size": self.size, "embed_dim": self.embed_dim})
         return config
+
+
+@register
+class ReferenceSet(GPSGallery):
+    """Geotagged reference images: normalised image embeddings and coords.
+
+    The state behind retrieval-augmented prediction: `GeoCLIP.set_reference`
+    encodes a set of geotagged images (typically the training set) and keeps
+    their L2-normalised image embeddings with their coordinates, saved with
+    the model like the gallery. `search` finds the nearest reference images
+    of each query (cosine similarity, chunked for references of millions);
+    `gv.retrieval` votes over their locations.
+
+    Args:
+        size: int >= 0. Number of reference images (0: empty).
+        embed_dim: int. Embedding size.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> refs = ReferenceSet(size=0, embed_dim=2)
+    >>> refs.set(np.array([[10.0, 20.0], [-5.0, 40.0]]),
+    ...          np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> sims, index, _ = refs.search(np.array([[0.6, 0.8]]), top_k=2)
+    >>> index.tolist(), np.round(sims, 2).tolist()
+    ([[1, 0]], [[0.8, 0.6]])
+    """
+
+    _what, _setter = "reference set", "model.set_reference(x, gps)"

@@ -34,6 +34,8 @@ class ImageEncoder(keras.layers.Layer):
         trainable_backbone: bool. Whether the backbone is fine-tuned.
         pooling: one of `"avg"`, `"max"`, `"cls"`. How to pool a backbone
             output of rank 3 or 4.
+        kernel_initializer: initializer of the MLP's Dense kernels.
+        bias_initializer: initializer of the MLP's Dense biases.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -56,6 +58,8 @@ class ImageEncoder(keras.layers.Layer):
         hidden_units=768,
         trainable_backbone=False,
         pooling="avg",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -77,14 +81,21 @@ class ImageEncoder(keras.layers.Layer):
         self.pooling = pooling
         if backbone is not None:
             backbone.trainable = trainable_backbone
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        init = {
+            "kernel_initializer": self.kernel_initializer,
+            "bias_initializer": self.bias_initializer,
+        }
         self.hidden = keras.layers.Dense(
             hidden_units,
             activation="relu",
             dtype=self.dtype_policy,
             name="mlp_hidden",
+            **init,
         )
         self.head = keras.layers.Dense(
-            embed_dim, dtype=self.dtype_policy, name="mlp_head"
+            embed_dim, dtype=self.dtype_policy, name="mlp_head", **init
         )
 
     def _select(self, features):
@@ -163,6 +174,12 @@ class ImageEncoder(keras.layers.Layer):
                 "hidden_units": self.hidden_units,
                 "trainable_backbone": self.trainable_backbone,
                 "pooling": self.pooling,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
             }
         )
         return config

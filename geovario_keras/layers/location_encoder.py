@@ -31,6 +31,8 @@ class LocationEncoder(keras.layers.Layer):
         seed: int or None. Seeds the Fourier matrices (branch `i` uses
             `seed + i`) so that two encoders built with the same seed share
             them.
+        kernel_initializer: initializer of the Dense kernels.
+        bias_initializer: initializer of the Dense biases.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
             Under a mixed-precision policy the projection and the Fourier
             phases still run in float32.
@@ -57,6 +59,8 @@ class LocationEncoder(keras.layers.Layer):
         hidden_layers=3,
         embed_dim=512,
         seed=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -76,7 +80,12 @@ class LocationEncoder(keras.layers.Layer):
         self.hidden_layers = hidden_layers
         self.embed_dim = embed_dim
         self.seed = seed
-
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        init = {
+            "kernel_initializer": self.kernel_initializer,
+            "bias_initializer": self.bias_initializer,
+        }
         # The projected plane feeds phases of up to ~2 pi * 4 sigma radians:
         # it must reach the Fourier layers in float32 (a bfloat16 x carries
         # an error of ~4e-3, i.e. several radians at sigma = 256).
@@ -103,13 +112,17 @@ class LocationEncoder(keras.layers.Layer):
                         activation="relu",
                         dtype=self.dtype_policy,
                         name=f"branch_{i}_dense_{j}",
+                        **init,
                     )
                     for j in range(hidden_layers)
                 ]
             )
             self.heads.append(
                 keras.layers.Dense(
-                    embed_dim, dtype=self.dtype_policy, name=f"branch_{i}_head"
+                    embed_dim,
+                    dtype=self.dtype_policy,
+                    name=f"branch_{i}_head",
+                    **init,
                 )
             )
 
@@ -157,6 +170,12 @@ class LocationEncoder(keras.layers.Layer):
                 "hidden_layers": self.hidden_layers,
                 "embed_dim": self.embed_dim,
                 "seed": self.seed,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
             }
         )
         return config

@@ -1,0 +1,276 @@
+"""geovario-keras against an independent plain-PyTorch GeoCLIP, same data.
+
+Trains one configuration with the plain GeoCLIP loss twice on the default
+Blue Marble data, with the same inputs, budget and evaluation:
+
+- **geovario-keras** (`gv.GeoCLIP`, the backend of `KERAS_BACKEND`), and
+- **plain PyTorch**: this file's own implementation of the published
+  specification (Vivanco Cepeda et al. 2023), written from the paper and the
+  reference code's layout, not from geovario-keras: Equal Earth projection,
+  frozen random Fourier features per scale, ReLU MLP branches summed, an MLP
+  image head, `exp(logit_scale) * cos` logits (started at log(1/0.07), not
+  capped, as the reference), a FIFO queue of raw GPS re-encoded every step
+  (masked until filled), torch's default `nn.Linear` initialisation and
+  `torch.optim.Adam` defaults.
+
+Configuration: inputs are the flattened patches (uint8 / 255), image head
+512 -> 256, location encoder sigmas (1, 16, 256) with 256 Fourier
+features, 2 x 512 hidden and a 256-d output, queue 2048, batch 256, Adam
+1e-3, no GPS noise in either. Both are scored by top-1 retrieval over the
+same GeoNames gallery; the accuracies are computed here with numpy.
+
+Options compare geovario-keras variants against the same torch runs:
+`--keras-init torch` gives the Keras model torch's `nn.Linear` kernel
+initialiser, U(+-1/sqrt(fan_in)), to isolate the initialisation.
+
+Run: `KERAS_BACKEND=jax python benchmarks/independent.py [--epochs 10]
+[--seeds 0 1] [--keras-init glorot torch]`. Results: BENCHMARKS.md.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+
+THRESHOLDS_KM = (25, 200, 750, 2500)
+
+
+def haversine_km(a, b):
+    """Great-circle km between rows of `a` and `b` (degrees), numpy."""
+    a, b = np.radians(a), np.radians(b)
+    h = (
+        np.sin((b[:, 0] - a[:, 0]) / 2) ** 2
+        + np.cos(a[:, 0])
+        * np.cos(b[:, 0])
+        * np.sin((b[:, 1] - a[:, 1]) / 2) ** 2
+    )
+    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+
+
+def scores(pred, true):
+    d = haversine_km(pred, true)
+    out = {f"acc_{t}km": 100.0 * np.mean(d <= t) for t in THRESHOLDS_KM}
+    out["median_km"] = float(np.median(d))
+    return out
+
+
+# ------------------------------------------------------ plain PyTorch
+def torch_geoclip(in_dim, seed):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    def equal_earth(gps):
+        a1, a2, a3, a4 = 1.340264, -0.081106, 0.000893, 0.003796
+        lat, lon = torch.deg2rad(gps[:, 0]), torch.deg2rad(gps[:, 1])
+        theta = torch.asin(math.sqrt(3.0) / 2 * torch.sin(lat))
+        t2 = theta**2
+        t6 = t2**3
+        x = (
+            2
+            * math.sqrt(3)
+            * lon
+            * torch.cos(theta)
+            / (3 * (9 * a4 * t6 * t2 + 7 * a3 * t6 + 3 * a2 * t2 + a1))
+        )
+        y = theta * (a4 * t6 * t2 + a3 * t6 + a2 * t2 + a1)
+        return torch.stack([x, y], 1) * 66.50336 / 180.0
+
+    class Branch(nn.Module):
+        def __init__(self, sigma):
+            super().__init__()
+            self.register_buffer("b", torch.randn(256, 2) * sigma)
+            self.mlp = nn.Sequential(
+                nn.Linear(512, 512),
+                nn.ReLU(),
+                nn.Linear(512, 512),
+                nn.ReLU(),
+                nn.Linear(512, 256),
+            )
+
+        def forward(self, p):
+            v = 2 * math.pi * p @ self.b.T
+            return self.mlp(torch.cat([torch.cos(v), torch.sin(v)], 1))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.image = nn.Sequential(
+                nn.Linear(in_dim, 512), nn.ReLU(), nn.Linear(512, 256)
+            )
+            self.branches = nn.ModuleList(Branch(s) for s in (1, 16, 256))
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+        def locations(self, gps):
+            p = equal_earth(gps)
+            return nn.functional.normalize(
+                sum(b(p) for b in self.branches), dim=1
+            )
+
+        def images(self, x):
+            return nn.functional.normalize(self.image(x), dim=1)
+
+    return Model()
+
+
+def train_torch(train_x, train_gps, epochs, seed, batch=256, queue=2048):
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    model = torch_geoclip(train_x.shape[1], seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=float(os.environ.get("ADAM_EPS", "1e-8")))
+    steps = epochs * (len(train_x) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    rng = np.random.default_rng(seed)
+    q = torch.zeros(queue, 2)
+    filled, ptr = 0, 0
+    x_all = torch.from_numpy(train_x)
+    g_all = torch.from_numpy(train_gps)
+    for _ in range(epochs):
+        order = rng.permutation(len(train_x))
+        for s in range(len(train_x) // batch):
+            idx = torch.from_numpy(order[s * batch : (s + 1) * batch])
+            x, g = x_all[idx], g_all[idx]
+            cand = torch.cat([g, q[:filled]], 0)
+            logits = model.logit_scale.exp() * (
+                model.images(x) @ model.locations(cand).T
+            )
+            loss = torch.nn.functional.cross_entropy(
+                logits, torch.arange(batch)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            q[ptr : ptr + batch] = g  # queue % batch == 0
+            ptr = (ptr + batch) % queue
+            filled = min(queue, filled + batch)
+    model.eval()
+
+    def predict(test_x, gallery):
+        with torch.no_grad():
+            loc = torch.cat(
+                [
+                    model.locations(torch.from_numpy(gallery[i : i + 8192]))
+                    for i in range(0, len(gallery), 8192)
+                ]
+            )
+            img = model.images(torch.from_numpy(test_x))
+            return gallery[(img @ loc.T).argmax(1).numpy()]
+
+    return predict
+
+
+# ------------------------------------------------------ geovario-keras
+def train_keras(train_x, train_gps, epochs, seed, init, batch=256):
+    import keras
+
+    import geovario_keras as gv
+
+    keras.utils.set_random_seed(seed)
+    dense = {}
+    if init == "torch":  # torch.nn.Linear's kernel: U(+-1/sqrt(fan_in))
+        dense = {
+            "kernel_initializer": keras.initializers.VarianceScaling(
+                1.0 / 3.0, "fan_in", "uniform"
+            )
+        }
+    model = gv.GeoCLIP(
+        image_encoder=gv.layers.ImageEncoder(
+            None, embed_dim=256, hidden_units=512, **dense
+        ),
+        location_encoder=gv.layers.LocationEncoder(
+            sigmas=(1, 16, 256),
+            num_features=256,
+            hidden_units=512,
+            hidden_layers=2,
+            embed_dim=256,
+            seed=seed,
+            **dense,
+        ),
+        queue_size=2048,
+        gps_noise_m=(0.0, 0.0),
+        seed=seed,
+    )
+    steps = epochs * (len(train_x) // batch)
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule))
+    model.fit(train_x, train_gps, batch_size=batch, epochs=epochs, verbose=0)
+
+    def predict(test_x, gallery):
+        model.set_gallery(gallery, verbose=0)
+        return model.predict_gps(test_x, top_k=1)[0][:, 0]
+
+    return predict
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--keras-init", nargs="+", default=["glorot", "torch"])
+    parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument(
+        "--data-dir", default=os.path.join("artifacts", "tensorflow_datasets")
+    )
+    args = parser.parse_args()
+
+    import common
+    import keras
+
+    import geovario_keras as gv
+
+    _, train, test = common.load_blue_marble(data_dir=args.data_dir)
+    gallery = common.gallery_for(test["gps"])
+
+    def flat(images):
+        return (images.reshape(len(images), -1) / 255.0).astype("float32")
+
+    train_x, test_x = flat(train["image"]), flat(test["image"])
+    train_gps = train["gps"].astype("float32")
+    print(
+        f"keras {keras.__version__} ({keras.backend.backend()}), "
+        f"geovario-keras {gv.__version__}; {len(train_x)} train / "
+        f"{len(test_x)} test, inputs {train_x.shape[1]}-d, gallery "
+        f"{len(gallery)}, {args.epochs} epochs"
+    )
+    runs = [("plain PyTorch", None)] * (not args.skip_torch)
+    runs += [(f"geovario-keras, {i} init", i) for i in args.keras_init]
+    rows = {}
+    for name, init in runs:
+        for seed in args.seeds:
+            start = time.time()
+            if init is None:
+                predict = train_torch(train_x, train_gps, args.epochs, seed)
+            else:
+                predict = train_keras(
+                    train_x, train_gps, args.epochs, seed, init
+                )
+            r = scores(predict(test_x, gallery), test["gps"])
+            rows.setdefault(name, []).append(r)
+            print(
+                f"{name:>32} seed {seed}: "
+                + " / ".join(f"{r[f'acc_{t}km']:.1f}" for t in THRESHOLDS_KM)
+                + f", median {r['median_km']:.0f} km "
+                f"({time.time() - start:.0f} s)",
+                flush=True,
+            )
+    print("\n| implementation | 25 km | 200 km | 750 km | 2500 km | median |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in rows.items():
+        mean = {k: np.mean([r[k] for r in rs]) for k in rs[0]}
+        print(
+            f"| {name} | "
+            + " | ".join(f"{mean[f'acc_{t}km']:.1f}" for t in THRESHOLDS_KM)
+            + f" | {mean['median_km']:.0f} km |"
+        )
+
+
+if __name__ == "__main__":
+    main()

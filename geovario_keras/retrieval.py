@@ -1,0 +1,284 @@
+"""Retrieval-augmented prediction: gallery, reference neighbours, hybrid.
+
+GeoCLIP predicts by retrieval over a gallery of GPS coordinates scored by
+the location encoder. Current systems (Img2Loc, G3, Pinpoint) also
+retrieve the *geotagged images* most similar to the query before deciding.
+`GeoCLIP.predict_gps(x, mode=...)` offers the three:
+
+- `"gallery"`: GeoCLIP. Softmax over the whole gallery of
+  `exp(logit_scale) * cos(image, location)`.
+- `"reference"`: neighbour voting. The `neighbours` most similar reference
+  images (cosine of image embeddings; `GeoCLIP.set_reference`) vote with
+  weights `softmax(exp(logit_scale) * similarity)`; each neighbour's
+  location is scored by the weighted kernel density of all neighbours'
+  locations there, `sum_i w_i exp(-d(c, n_i) / bandwidth_km)`, and the
+  densest `top_k` distinct locations are returned (probabilities: the
+  densities, normalised over the neighbours' locations).
+- `"hybrid"`: candidates are the `gallery_candidates` best gallery points
+  and the neighbours' locations; each candidate `c` is re-scored by the
+  location encoder and the neighbours' agreement,
+  `exp(logit_scale) * cos(image, loc(c)) + log(density(c) + floor)`, a
+  product of the two experts (`floor` keeps a candidate no neighbour
+  supports alive). Probabilities: softmax over the candidates.
+
+Everything runs on blocks of queries, and the gallery and reference
+searches are chunked (`GPSGallery.search`), so memory stays bounded for
+galleries and reference sets of millions.
+"""
+
+import dataclasses
+
+import numpy as np
+from keras import ops
+
+from geovario_keras import geo
+
+MODES = ("gallery", "reference", "hybrid")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalOptions:
+    """Settings of `"reference"` and `"hybrid"` prediction.
+
+    Attributes:
+        neighbours: int >= 1. Reference images retrieved per query.
+        bandwidth_km: float > 0. Length scale of the neighbours' kernel
+            density (km).
+        gallery_candidates: int >= 1. Gallery points re-scored by
+            `"hybrid"` (capped at the gallery size).
+        floor: float > 0. Density added before the log in `"hybrid"`.
+    """
+
+    neighbours: int = 16
+    bandwidth_km: float = 50.0
+    gallery_candidates: int = 32
+    floor: float = 0.01
+
+    def __post_init__(self):
+        for name in ("neighbours", "gallery_candidates"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(
+                    f"`{name}` must be an int >= 1; got {value!r}."
+                )
+        for name in ("bandwidth_km", "floor"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(
+                    f"`{name}` must be a number > 0; got {value!r}."
+                )
+
+
+def _haversine(a, b):
+    """Great-circle km between broadcast (..., 2) degree arrays."""
+    a, b = np.radians(a), np.radians(b)
+    h = (
+        np.sin((b[..., 0] - a[..., 0]) / 2) ** 2
+        + np.cos(a[..., 0])
+        * np.cos(b[..., 0])
+        * np.sin((b[..., 1] - a[..., 1]) / 2) ** 2
+    )
+    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def neighbour_density(candidates, neighbours, weights, bandwidth_km):
+    """Weighted kernel density of `neighbours` at `candidates`.
+
+    Args:
+        candidates: `(N, C, 2)` degrees.
+        neighbours: `(N, K, 2)` degrees.
+        weights: `(N, K)`, rows summing to 1.
+        bandwidth_km: float. Kernel `exp(-d / bandwidth_km)`.
+
+    Returns:
+        `(N, C)` densities in [0, 1].
+    """
+    d = _haversine(candidates[:, :, None, :], neighbours[:, None, :, :])
+    return np.einsum("nck,nk->nc", np.exp(-d / bandwidth_km), weights)
+
+
+def _softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _distinct_top_k(coords, scores, top_k):
+    """The `top_k` best distinct coordinates of each row, best first.
+
+    Rows with fewer distinct coordinates repeat their last one (with its
+    score), so the output stays rectangular.
+    """
+    order = np.argsort(-scores, axis=1, kind="stable")
+    out_c = np.empty(coords.shape[:1] + (top_k, 2), "float32")
+    out_s = np.empty((len(coords), top_k), "float64")
+    for n in range(len(coords)):
+        seen, picked = set(), []
+        for j in order[n]:
+            key = (float(coords[n, j, 0]), float(coords[n, j, 1]))
+            if key not in seen:
+                seen.add(key)
+                picked.append(j)
+                if len(picked) == top_k:
+                    break
+        picked += [picked[-1]] * (top_k - len(picked))
+        out_c[n], out_s[n] = coords[n, picked], scores[n, picked]
+    return out_c, out_s
+
+
+def neighbours(model, image_embeddings, options, batch_size=None):
+    """Nearest reference images: coords `(N, K, 2)`, weights `(N, K)`."""
+    refs = model.reference
+    refs.check_top_k(options.neighbours, name="neighbours")
+    scale = float(ops.convert_to_numpy(model.temperature()))
+    logits, index, _ = refs.search(
+        image_embeddings, scale, options.neighbours, batch_size
+    )
+    coords = ops.convert_to_numpy(refs.coords)[index].astype("float64")
+    return coords, _softmax(logits.astype("float64"))
+
+
+# Queries re-ranked at once by "reference" and "hybrid" (bounds the
+# candidate arrays: 4096 x 48 candidates x 16 neighbours).
+QUERY_BLOCK = 4096
+
+
+def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
+    """Top-k coordinates and probabilities under `mode` (see module doc)."""
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if mode != "gallery" and len(image_embeddings) > QUERY_BLOCK:
+        parts = [
+            predict(
+                model,
+                image_embeddings[i : i + QUERY_BLOCK],
+                top_k,
+                mode,
+                options,
+                batch_size,
+            )
+            for i in range(0, len(image_embeddings), QUERY_BLOCK)
+        ]
+        return tuple(np.concatenate(p) for p in zip(*parts))
+    if mode == "gallery":
+        model.gallery.check_top_k(top_k)
+        return model.gallery.retrieve(
+            image_embeddings, model.temperature(), top_k, batch_size
+        )
+    if model.reference.size == 0:
+        raise ValueError(
+            f"`mode={mode!r}` needs a reference set of geotagged images: "
+            "call `model.set_reference(x, gps)` first (or use "
+            "`mode='gallery'`)."
+        )
+    near, weights = neighbours(model, image_embeddings, options, batch_size)
+    if mode == "reference":
+        if not 1 <= top_k <= options.neighbours:
+            raise ValueError(
+                f"`top_k` must be an int in [1, {options.neighbours}] (the "
+                f"number of neighbours) with mode='reference'; got "
+                f"{top_k!r}."
+            )
+        density = neighbour_density(near, near, weights, options.bandwidth_km)
+        coords, score = _distinct_top_k(near, density, top_k)
+        probs = score / density.sum(axis=1, keepdims=True)
+        return coords, probs.astype("float32")
+    g = min(options.gallery_candidates, model.gallery.size)
+    if not 1 <= top_k <= g + options.neighbours:
+        raise ValueError(
+            f"`top_k` must be an int in [1, {g + options.neighbours}] "
+            f"(gallery candidates + neighbours) with mode='hybrid'; got "
+            f"{top_k!r}."
+        )
+    gallery_coords, _ = model.gallery.retrieve(
+        image_embeddings, model.temperature(), g, batch_size
+    )
+    candidates = np.concatenate(
+        [gallery_coords.astype("float64"), near], axis=1
+    )
+    n, c = candidates.shape[:2]
+    loc = model.encode_location(candidates.reshape(-1, 2).astype("float32"))
+    cos = np.einsum(
+        "ncd,nd->nc",
+        loc.reshape(n, c, -1),
+        np.asarray(image_embeddings, "float32"),
+    )
+    scale = float(ops.convert_to_numpy(model.temperature()))
+    density = neighbour_density(candidates, near, weights, options.bandwidth_km)
+    score = scale * cos + np.log(density + options.floor)
+    probs = _softmax(score)
+    coords, p = _distinct_top_k(candidates, probs, top_k)
+    return coords, p.astype("float32")
+
+
+class RetrievalMixin:
+    """`set_gallery`, `set_reference` and `predict_gps` of `GeoCLIP`.
+
+    Needs `encode_image`, `encode_location`, `temperature`, and the
+    `gallery` and `reference` layers of the model.
+    """
+
+    def set_gallery(self, gps, batch_size=4096, verbose="auto"):
+        """Encodes `gps` once and caches it as the retrieval gallery.
+
+        The coordinates and normalised embeddings become model state (saved
+        with the model); call again after further training to refresh.
+
+        Args:
+            gps: `(M, 2)` latitude, longitude in degrees, `M >= 1`.
+            batch_size: int. Gallery points encoded per step.
+            verbose: Keras progress-bar verbosity.
+        """
+        gps = geo.check_gps(gps, name="gps")
+        self.gallery.set(gps, self.encode_location(gps, batch_size, verbose))
+
+    def set_reference(self, x, gps, batch_size=None, verbose="auto"):
+        """Encodes geotagged images `x` at `gps` as the reference set.
+
+        Their normalised image embeddings and coordinates become model
+        state (saved with the model, exported with it), used by
+        `predict_gps(mode="reference" | "hybrid")`. Typically the training
+        set; call again after further training to refresh.
+
+        Args:
+            x: `M >= 1` images or features accepted by the image encoder.
+            gps: `(M, 2)` latitude, longitude in degrees.
+            batch_size: int or None. Images encoded per step.
+            verbose: Keras progress-bar verbosity.
+        """
+        gps = geo.check_gps(gps, name="gps")
+        emb = self.encode_image(x, batch_size=batch_size, verbose=verbose)
+        if len(emb) != len(gps):
+            raise ValueError(
+                f"`x` and `gps` must have the same length; got {len(emb)} "
+                f"images and {len(gps)} coordinates."
+            )
+        self.reference.set(gps, emb)
+
+    def predict_gps(
+        self, x, top_k=5, mode="gallery", batch_size=None, verbose=0, **options
+    ):
+        """Top-k coordinates and probabilities for each input.
+
+        Args:
+            x: images or features accepted by the image encoder.
+            top_k: int >= 1. Predictions per input.
+            mode: `"gallery"` (GeoCLIP: softmax over the whole gallery),
+                `"reference"` (neighbour voting over the reference set) or
+                `"hybrid"` (gallery and neighbour candidates re-scored by
+                both); see `gv.retrieval`. The last two need
+                `set_reference`.
+            batch_size: int or None. Inputs per step (encoding, scoring).
+            verbose: Keras progress-bar verbosity of the image encoding.
+            **options: `gv.retrieval.RetrievalOptions` fields
+                (`neighbours`, `bandwidth_km`, `gallery_candidates`,
+                `floor`).
+
+        Returns:
+            `(coords (N, top_k, 2), probs (N, top_k))` numpy, best first.
+        """
+        options = RetrievalOptions(**options)
+        if mode == "gallery":
+            self.gallery.check_top_k(top_k)
+        img = self.encode_image(x, batch_size=batch_size, verbose=verbose)
+        return predict(self, img, top_k, mode, options, batch_size)

@@ -1,0 +1,195 @@
+"""Retrieval: chunked search, the reference set, and the prediction modes.
+
+References: brute-force numpy top-k and logsumexp; pyproj's geodesic
+distances for the neighbours' kernel density; the modes' defining formulas
+written out in numpy.
+"""
+
+import keras
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+import geovario_keras as gv
+from geovario_keras import retrieval
+from tests.testing import random_gps
+from tests.testing import run_state_layer_test
+from tests.testing import small_geoclip
+from tests.testing import toy_features
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 997, 4096])
+def test_chunked_search_matches_brute_force(chunk_size):
+    rng = np.random.default_rng(0)
+    keys = _unit(rng.normal(size=(20_000, 8))).astype("float32")
+    queries = _unit(rng.normal(size=(50, 8))).astype("float32")
+    gallery = gv.layers.GPSGallery(embed_dim=8)
+    gallery.set(random_gps(20_000, seed=1), keys)
+    logits, index, log_norm = gallery.search(
+        queries, scale=20.0, top_k=7, batch_size=16, chunk_size=chunk_size
+    )
+    full = 20.0 * queries.astype("float64") @ keys.T.astype("float64")
+    best = np.argsort(-full, axis=1)[:, :7]
+    np.testing.assert_array_equal(index, best)
+    np.testing.assert_allclose(
+        logits, np.take_along_axis(full, best, 1), atol=1e-4
+    )
+    np.testing.assert_allclose(log_norm, logsumexp(full, axis=1), atol=1e-4)
+    coords, probs = gallery.retrieve(queries, 20.0, 7, chunk_size=chunk_size)
+    np.testing.assert_allclose(
+        probs,
+        np.exp(np.take_along_axis(full, best, 1) - logsumexp(full, 1)[:, None]),
+        rtol=1e-3,
+    )
+    np.testing.assert_array_equal(
+        coords, keras.ops.convert_to_numpy(gallery.coords)[best]
+    )
+
+
+def test_reference_set_layer():
+    refs = gv.layers.ReferenceSet(size=0, embed_dim=4)
+    with pytest.raises(ValueError, match="reference set is empty.*"):
+        refs.search(np.ones((1, 4)), top_k=1)
+    refs.set(random_gps(3), np.eye(3, 4))
+    run_state_layer_test(refs, 0, 2)
+    with pytest.raises(ValueError, match=r"`top_k` must be .* \[1, 3\]"):
+        refs.search(np.ones((1, 4)), top_k=4)
+
+
+def test_neighbour_density_against_pyproj():
+    from pyproj import Geod
+
+    geod = Geod(ellps="sphere", a=6371.0e3, b=6371.0e3)
+    rng = np.random.default_rng(1)
+    cand = random_gps(6, seed=2).astype("float64")[None]
+    near = random_gps(4, seed=3).astype("float64")[None]
+    w = rng.dirichlet(np.ones(4))[None]
+    got = retrieval.neighbour_density(cand, near, w, bandwidth_km=800.0)
+    want = np.zeros(6)
+    for c in range(6):
+        for k in range(4):
+            d = geod.inv(
+                near[0, k, 1], near[0, k, 0], cand[0, c, 1], cand[0, c, 0]
+            )
+            want[c] += w[0, k] * np.exp(-d[2] / 1000.0 / 800.0)
+    np.testing.assert_allclose(got[0], want, rtol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    gps = random_gps(512, seed=0, max_lat=70.0)
+    x = toy_features(gps)
+    model = small_geoclip(queue_size=128)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(x, gps, batch_size=128, epochs=2, verbose=0)
+    model.set_gallery(random_gps(2000, seed=1), verbose=0)
+    return model, x, gps
+
+
+def test_modes_need_a_reference_set(trained):
+    model, x, gps = trained
+    model = gv.GeoCLIP.from_config(model.get_config())
+    model.set_gallery(gps, verbose=0)
+    for mode in ("reference", "hybrid"):
+        with pytest.raises(ValueError, match="set_reference"):
+            model.predict_gps(x[:2], mode=mode)
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        model.predict_gps(x[:2], mode="knn")
+    with pytest.raises(ValueError, match="`neighbours` must be an int >= 1"):
+        model.predict_gps(x[:2], neighbours=0)
+    with pytest.raises(ValueError, match="`bandwidth_km` must be a number"):
+        model.predict_gps(x[:2], bandwidth_km=-1.0)
+    with pytest.raises(ValueError, match="same length"):
+        model.set_reference(x[:10], gps[:9], verbose=0)
+
+
+def test_reference_mode_is_neighbour_voting(trained):
+    model, x, gps = trained
+    model.set_reference(x, gps, verbose=0)
+    # A query that is a reference image finds itself first: with one
+    # neighbour, the answer is its own location, with probability 1.
+    coords, probs = model.predict_gps(
+        x[:20], top_k=1, mode="reference", neighbours=1
+    )
+    np.testing.assert_allclose(coords[:, 0], gps[:20], atol=1e-5)
+    np.testing.assert_allclose(probs, 1.0, atol=1e-6)
+    # With 8 neighbours: the densest neighbour location, written out.
+    emb = model.encode_image(x[:20])
+    ref = model.encode_image(x)
+    sims = emb @ ref.T
+    near = np.argsort(-sims, axis=1)[:, :8]
+    scale = float(keras.ops.convert_to_numpy(model.temperature()))
+    w = np.exp(scale * np.take_along_axis(sims, near, 1))
+    w /= w.sum(1, keepdims=True)
+    loc = gps[near].astype("float64")
+    d = np.asarray(
+        gv.geo.pairwise_haversine_km(
+            loc.reshape(-1, 2).astype("float32"),
+            loc.reshape(-1, 2).astype("float32"),
+        )
+    ).reshape(20, 8, 20, 8)[np.arange(20), :, np.arange(20)]
+    density = (np.exp(-d / 50.0) * w[:, None, :]).sum(-1)
+    coords, probs = model.predict_gps(
+        x[:20], top_k=1, mode="reference", neighbours=8
+    )
+    best = loc[np.arange(20), density.argmax(1)]
+    np.testing.assert_allclose(coords[:, 0], best, atol=1e-4)
+    np.testing.assert_allclose(
+        probs[:, 0], density.max(1) / density.sum(1), rtol=1e-3
+    )
+    with pytest.raises(ValueError, match=r"`top_k` must be .* \[1, 8\]"):
+        model.predict_gps(x[:2], top_k=9, mode="reference", neighbours=8)
+
+
+def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
+    model, x, gps = trained
+    model.set_reference(x, gps, verbose=0)
+    queries = toy_features(random_gps(10, seed=5, max_lat=70.0), seed=6)
+    coords, probs = model.predict_gps(
+        queries, top_k=3, mode="hybrid", neighbours=4, gallery_candidates=6
+    )
+    assert coords.shape == (10, 3, 2) and probs.shape == (10, 3)
+    # The formula, written out: candidates = 6 best gallery points + the 4
+    # neighbours' locations; score = scale cos(img, loc) + log(density +
+    # floor); probabilities = softmax over the 10 candidates.
+    emb = model.encode_image(queries)
+    scale = float(keras.ops.convert_to_numpy(model.temperature()))
+    gallery = keras.ops.convert_to_numpy(model.gallery.coords)
+    g_loc = model.encode_location(gallery)
+    g_best = np.argsort(-(emb @ g_loc.T), axis=1)[:, :6]
+    ref = model.encode_image(x)
+    n_best = np.argsort(-(emb @ ref.T), axis=1)[:, :4]
+    w = np.exp(scale * np.take_along_axis(emb @ ref.T, n_best, 1))
+    w /= w.sum(1, keepdims=True)
+    cands = np.concatenate([gallery[g_best], gps[n_best]], 1)
+    c_loc = model.encode_location(cands.reshape(-1, 2)).reshape(10, 10, -1)
+    cos = np.einsum("ncd,nd->nc", c_loc, emb)
+    density = retrieval.neighbour_density(
+        cands.astype("float64"), gps[n_best].astype("float64"), w, 50.0
+    )
+    score = scale * cos + np.log(density + 0.01)
+    p = np.exp(score - logsumexp(score, axis=1, keepdims=True))
+    top = np.argsort(-p, axis=1)[:, 0]
+    np.testing.assert_allclose(
+        coords[:, 0], cands[np.arange(10), top], atol=1e-4
+    )
+    np.testing.assert_allclose(probs[:, 0], p.max(1), rtol=2e-3)
+
+
+def test_reference_set_is_saved(trained, tmp_path):
+    model, x, gps = trained
+    model.set_reference(x[:100], gps[:100], verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = gv.load_model(path)
+    assert loaded.reference.size == 100
+    for mode in ("reference", "hybrid"):
+        a = model.predict_gps(x[:5], top_k=2, mode=mode)
+        b = loaded.predict_gps(x[:5], top_k=2, mode=mode)
+        np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+        np.testing.assert_allclose(a[1], b[1], atol=1e-4)
