@@ -25,15 +25,14 @@ METHODS = {
 }
 
 
-def load_blue_marble(full=False, data_dir=DEFAULT_DATA_DIR):
+def load_blue_marble(full=False, data_dir=DEFAULT_DATA_DIR, config=None):
     """Train / test arrays of the embedded Blue Marble data set.
 
-    Builds it on first use (~15 s for the default config) and prints the
-    build time, size and split report.
+    Builds it on first use (~10 s for the default config) and prints the
+    build time, size and split report. `config` overrides `full`.
     """
-    builder = gv.data.blue_marble(
-        "full" if full else "default", data_dir=data_dir
-    )
+    config = config or ("full" if full else "default")
+    builder = gv.data.blue_marble(config, data_dir=data_dir)
     train = gv.data.as_arrays(builder, "train")
     test = gv.data.as_arrays(builder, "test")
     return builder, train, test
@@ -139,10 +138,17 @@ def train(
     return model, history, time.time() - start, callbacks
 
 
-def evaluate(model, test_data, gallery, top_k=5):
-    """`geolocation_report` (with admin levels) of top-1 retrieval."""
-    model.set_gallery(gallery, verbose=0)
-    coords, probs = model.predict_gps(test_data["image"], top_k=top_k)
+def evaluate(model, test_data, gallery, top_k=5, mode="gallery"):
+    """`geolocation_report` (with admin levels) of the top-1 prediction.
+
+    `mode` as in `GeoCLIP.predict_gps`; "reference" and "hybrid" need
+    `model.set_reference(train images, train gps)` first.
+    """
+    if model.gallery.size != len(gallery):
+        model.set_gallery(gallery, verbose=0)
+    coords, probs = model.predict_gps(
+        test_data["image"], top_k=top_k, mode=mode
+    )
     report = gv.metrics.geolocation_report(
         coords[:, 0],
         test_data["gps"],
@@ -177,3 +183,121 @@ def nearest_neighbour_baseline(train_data, test_data):
         admin_levels=True,
         true_labels={k: test_data[k] for k in gv.metrics.ADMIN_LEVELS},
     ), pred
+
+
+def error_map(gps, errors, path, title, background=None):
+    """Test locations coloured by their error (km), on the Blue Marble."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    if background is None:
+        background = gv.data.imagery.load_blue_marble()
+    ax.imshow(background[::4, ::4], extent=(-180, 180, -90, 90), alpha=0.6)
+    points = ax.scatter(
+        gps[:, 1],
+        gps[:, 0],
+        c=np.log10(np.asarray(errors) + 1.0),
+        s=7,
+        cmap="plasma",
+        vmin=0,
+        vmax=np.log10(20000),
+        edgecolors="none",
+    )
+    bar = fig.colorbar(points, ticks=np.log10([2, 11, 101, 1001, 10001]))
+    bar.ax.set_yticklabels(["1", "10", "100", "1,000", "10,000"])
+    bar.set_label("error (km)")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summary(report):
+    """One line: accuracies within 25 / 200 / 750 / 2500 km and median."""
+    return (
+        "acc "
+        + " / ".join(
+            f"{report[f'acc_{t}km']:.1f}" for t in (25, 200, 750, 2500)
+        )
+        + f" %, median {report['median_km']:.0f} km"
+    )
+
+
+def constant_baseline(train_data, test_data):
+    """Always answer the training medoid (of every 10th training place)."""
+    sub = train_data["gps"][::10]
+    dist = np.asarray(gv.geo.pairwise_haversine_km(sub, sub))
+    medoid = sub[np.argmin(dist.sum(1))]
+    return gv.metrics.geolocation_report(
+        np.repeat(medoid[None], len(test_data["gps"]), 0),
+        test_data["gps"],
+        admin_levels=True,
+        true_labels={k: test_data[k] for k in gv.metrics.ADMIN_LEVELS},
+    )
+
+
+def markdown_table(results, keys, names):
+    """Mean ± std over runs, one row per entry of `results`."""
+
+    def cell(values, key):
+        v = np.array([r[key] for r in values], float)
+        fmt = ".0f" if key in ("median_km", "mean_km", "geoscore") else ".1f"
+        if len(v) == 1:
+            return f"{v[0]:{fmt}}"
+        return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
+
+    lines = [
+        "| method | runs | " + " | ".join(label for _, label in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for method, reports in results.items():
+        lines.append(
+            f"| {names[method]} | {len(reports)} | "
+            + " | ".join(cell(reports, key) for key, _ in keys)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def paired_lines(results, methods, names):
+    """Seed-by-seed differences: each loss against plain GeoCLIP, and the
+    retrieval-augmented predictions against gallery prediction."""
+    pairs = [(m, "geoclip") for m in methods if m != "geoclip"]
+    for method in ("geoclip", "semivariogram"):
+        for mode in ("reference", "hybrid"):
+            pairs.append((f"{method}/{mode}", method))
+    lines = ["Paired, seed by seed (points of accuracy; + = better):"]
+    for new, base in pairs:
+        if new not in results or base not in results:
+            continue
+        if len(results[base]) < 2:
+            continue
+        deltas = {
+            t: np.array(
+                [
+                    r[f"acc_{t}km"] - b[f"acc_{t}km"]
+                    for r, b in zip(results[new], results[base])
+                ]
+            )
+            for t in (25, 200, 750, 2500)
+        }
+        wins = int(np.sum(deltas[750] > 0))
+        lines.append(
+            f"- {names[new]} vs {names[base]}: "
+            + ", ".join(
+                f"{t} km {d.mean():+.1f} ("
+                + " ".join(f"{x:+.1f}" for x in d)
+                + ")"
+                for t, d in deltas.items()
+            )
+            + f"; better at 750 km on {wins}/{len(deltas[750])} seeds"
+        )
+    return "\n".join(lines)

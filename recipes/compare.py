@@ -11,11 +11,17 @@ model is trained with the same budget under five losses, for several seeds:
 | sv_hard_only | the same, hard-negative up-weighting only |
 | robinson | similarity-weighted hard negatives, no variogram [1] |
 
-It also scores a non-learned 1-nearest-neighbour retrieval baseline (the
-location of the most similar training patch; Hays & Efros' Im2GPS). It
-prints a mean ± std table (Markdown) and writes it, with a PNG, to
-`--out`. It saves the fitted variogram of the first semivariogram run and
-exports that model for TF Serving (`saved_models/blue_marble/<version>/`).
+It also scores two baselines that need no training: always answering the
+training medoid, and 1-nearest-neighbour retrieval on raw pixels (the
+location of the most similar training patch; Hays & Efros' Im2GPS). Plain
+GeoCLIP and the semivariogram loss are also scored with retrieval-augmented
+prediction (`predict_gps(mode="reference" | "hybrid")`, the training set as
+reference). It prints mean ± std tables (Markdown), paired per-seed
+differences, and writes them with plots (metrics, the fitted variogram, a
+world map of errors) to `--out`. A second, smaller table repeats plain
+GeoCLIP and the semivariogram loss on the `blocks` split (spatial
+generalisation). The first semivariogram model is exported for TF Serving
+(`saved_models/blue_marble/<version>/`).
 
 [1] Robinson et al., "Contrastive Learning with Hard Negative Samples",
 ICLR 2021 (`gv.losses.HardNegativeContrastiveLoss`, beta = 1).
@@ -53,6 +59,13 @@ parser.add_argument(
 )
 parser.add_argument("--out", default=os.path.join("artifacts", "compare"))
 parser.add_argument(
+    "--blocks-seeds",
+    type=int,
+    nargs="*",
+    default=[0],
+    help="seeds of the block-split table (none: skip it)",
+)
+parser.add_argument(
     "--export",
     default=os.path.join("saved_models", "blue_marble"),
     help="SavedModel base folder ('' to skip the export)",
@@ -79,138 +92,116 @@ meta = dict(builder.info.metadata)
 gallery = common.gallery_for(test["gps"])
 print(
     f"train {len(train['gps'])}, test {len(test['gps'])} "
-    f"(>= {meta['min_train_test_distance_km']:.0f} km from train; "
-    f"{meta['num_dropped_near_test']} places dropped), patches "
-    f"{meta['patch_size']} px at {meta['spacing_km']:.1f} km/px, gallery "
+    f"(>= {meta['min_train_test_distance_km']:.0f} km from train), patches "
+    f"{meta['patch_size']} px at {meta['spacing_km']:.2f} km/px, gallery "
     f"{len(gallery)} GeoNames places"
 )
 
 # ## 2. Baselines that need no training
-results = {}
-nn_report, _ = common.nearest_neighbour_baseline(train, test)
-results["nearest_neighbour"] = [nn_report]
-mean_gps = train["gps"][::10]
-medoid = mean_gps[
-    np.argmin(
-        np.asarray(gv.geo.pairwise_haversine_km(mean_gps, mean_gps)).sum(1)
-    )
-]
-results["constant"] = [
-    gv.metrics.geolocation_report(
-        np.repeat(medoid[None], len(test["gps"]), 0),
-        test["gps"],
-        admin_levels=True,
-        true_labels={k: test[k] for k in gv.metrics.ADMIN_LEVELS},
-    )
-]
+results = {
+    "constant": [common.constant_baseline(train, test)],
+    "nearest_neighbour": [common.nearest_neighbour_baseline(train, test)[0]],
+}
 
-# ## 3. The five losses, same model and budget, several seeds
+# ## 3. The five losses, same model and budget, several seeds; plain
+# GeoCLIP and the semivariogram loss also predict with the training set as
+# reference (neighbour voting, and the hybrid of gallery and neighbours)
+AUGMENTED = ("geoclip", "semivariogram")
 first_sv = None
 for seed in args.seeds:
     for method in args.methods:
         model, history, seconds, callbacks = common.train(
             method, train, seed, EPOCHS, verbose=0
         )
-        report, _, _ = common.evaluate(model, test, gallery)
+        report, coords, _ = common.evaluate(model, test, gallery)
         report["train_s"] = seconds
         if callbacks:
             fit = callbacks[0].last_fit
             report["variogram_range_km"] = fit.effective_range_km
-            report["false_negative_frac"] = history.history[
-                "false_negative_frac"
-            ][-1]
-            report["hard_negative_frac"] = history.history[
-                "hard_negative_frac"
-            ][-1]
+            for key in ("false_negative_frac", "hard_negative_frac"):
+                report[key] = history.history[key][-1]
         results.setdefault(method, []).append(report)
-        print(
-            f"seed {seed} {method:>14}: median {report['median_km']:7.0f} km"
-            f", acc@750 {report['acc_750km']:5.1f} %, country "
-            f"{report['acc_country']:5.1f} % ({seconds:.0f} s)"
-        )
+        line = f"seed {seed} {method:>14}: " + common.summary(report)
+        if method in AUGMENTED:
+            model.set_reference(train["image"], train["gps"], verbose=0)
+            for mode in ("reference", "hybrid"):
+                r, _, _ = common.evaluate(model, test, gallery, mode=mode)
+                results.setdefault(f"{method}/{mode}", []).append(r)
+                line += f" | {mode} acc@25 {r['acc_25km']:.1f}"
+        print(line + f" ({seconds:.0f} s)")
         if method == "semivariogram" and first_sv is None:
-            first_sv = (model, callbacks[0])
+            first_sv = (model, callbacks[0], coords)
 
-# ## 4. The table
+# ## 4. The tables
 KEYS = [
     ("acc_25km", "25 km"),
     ("acc_200km", "200 km"),
     ("acc_750km", "750 km"),
     ("acc_2500km", "2500 km"),
     ("median_km", "median km"),
-    ("mean_km", "mean km"),
     ("geoscore", "GeoScore"),
     ("acc_country", "country"),
     ("acc_region", "region"),
-    ("acc_city", "city"),
 ]
 NAMES = dict(common.METHODS)
 NAMES["nearest_neighbour"] = "1-NN raw pixels (no training)"
 NAMES["constant"] = "constant: the train medoid"
-
-
-def cell(values, key):
-    v = np.array([r[key] for r in values], float)
-    fmt = ".0f" if key in ("median_km", "mean_km", "geoscore") else ".1f"
-    if len(v) == 1:
-        return f"{v[0]:{fmt}}"
-    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
-
-
-lines = [
-    "| method | runs | " + " | ".join(label for _, label in KEYS) + " |",
-    "|---|---|" + "---|" * len(KEYS),
-]
-for method, reports in results.items():
-    lines.append(
-        f"| {NAMES[method]} | {len(reports)} | "
-        + " | ".join(cell(reports, key) for key, _ in KEYS)
-        + " |"
-    )
-table = "\n".join(lines)
+for method in AUGMENTED:
+    for mode in ("reference", "hybrid"):
+        NAMES[f"{method}/{mode}"] = f"{NAMES[method]}, {mode} prediction"
+table = common.markdown_table(results, KEYS, NAMES)
 setting = (
     f"Blue Marble `{builder.builder_config.name}`: {len(train['gps'])} train /"
     f" {len(test['gps'])} test patches of {meta['patch_size']} px at "
-    f"{meta['spacing_km']:.0f} km/px, test >= "
-    f"{meta['min_train_test_distance_km']:.0f} km from train; {EPOCHS} "
-    f"epochs, batch 256, queue 1024, seeds {args.seeds}, backend "
-    f"{keras.backend.backend()}. Accuracies in %, top-1 over "
-    f"{len(gallery)} GeoNames places; mean ± std over seeds."
+    f"{meta['spacing_km']:.2f} km/px, test >= "
+    f"{meta['min_train_test_distance_km']:.0f} km from train (a training "
+    f"patch shares on average {100 * meta['shared_ground_mean']:.0f} %, at "
+    f"most {100 * meta['shared_ground_max']:.0f} %, of a test patch's "
+    f"ground); {EPOCHS} epochs, batch 256, queue 1024, seeds {args.seeds}, "
+    f"backend {keras.backend.backend()}. Accuracies in %, top-1; gallery: "
+    f"{len(gallery)} GeoNames places; reference: the training patches; mean "
+    "± std over seeds."
 )
 # Seeds move every method a lot (the same seed gives the same
-# initialisation and data order), so also compare each loss with plain
-# GeoCLIP seed by seed.
-paired = []
-if "geoclip" in results and len(args.seeds) > 1:
-    base = results["geoclip"]
-    paired.append(
-        "Paired with plain GeoCLIP, seed by seed (wins = lower median error):"
-    )
-    for method in args.methods:
-        if method == "geoclip":
-            continue
-        diff = np.array(
-            [
-                r["median_km"] - b["median_km"]
-                for r, b in zip(results[method], base)
-            ]
-        )
-        acc = np.array(
-            [
-                r["acc_750km"] - b["acc_750km"]
-                for r, b in zip(results[method], base)
-            ]
-        )
-        paired.append(
-            f"- {NAMES[method]}: wins {int((diff < 0).sum())}/{len(diff)}; "
-            f"median km {diff.mean():+.0f} (per seed: "
-            + ", ".join(f"{d:+.0f}" for d in diff)
-            + f"); acc@750 km {acc.mean():+.1f} points"
-        )
-paired = "\n".join(paired)
+# initialisation and data order), so compare seed by seed.
+paired = common.paired_lines(results, args.methods, NAMES)
 print("\n" + table + "\n\n" + setting + "\n\n" + paired)
+
+blocks_table = ""
+if args.blocks_seeds:
+    b_builder, b_train, b_test = common.load_blue_marble(
+        data_dir=args.data_dir, config="blocks"
+    )
+    b_meta = dict(b_builder.info.metadata)
+    b_gallery = common.gallery_for(b_test["gps"])
+    b_results = {
+        "constant": [common.constant_baseline(b_train, b_test)],
+        "nearest_neighbour": [
+            common.nearest_neighbour_baseline(b_train, b_test)[0]
+        ],
+    }
+    for seed in args.blocks_seeds:
+        for method in AUGMENTED:
+            model, _, _, _ = common.train(
+                method, b_train, seed, EPOCHS, verbose=0
+            )
+            r, _, _ = common.evaluate(model, b_test, b_gallery)
+            b_results.setdefault(method, []).append(r)
+            print(f"blocks seed {seed} {method:>14}: " + common.summary(r))
+    blocks_table = (
+        common.markdown_table(b_results, KEYS, NAMES)
+        + f"\n\nBlue Marble `blocks` (spatial generalisation): "
+        f"{len(b_train['gps'])} train / {len(b_test['gps'])} test patches of "
+        f"{b_meta['patch_size']} px at {b_meta['spacing_km']:.0f} km/px; "
+        "test places in whole ~300 km blocks, >= "
+        f"{b_meta['min_train_test_distance_km']:.0f} km from any training "
+        f"place; seeds {args.blocks_seeds}; otherwise as above."
+    )
+    print("\n" + blocks_table)
 with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(table + "\n\n" + setting + "\n\n" + paired + "\n")
+    if blocks_table:
+        f.write("\n## Block split\n\n" + blocks_table + "\n")
 with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump({"setting": setting, "results": results}, f, indent=1)
 
@@ -222,7 +213,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 4))
 for ax, key in zip(axes, ("acc_750km", "acc_2500km", "median_km")):
-    names = list(results)
+    names = [m for m in results if "/" not in m] + [
+        m for m in results if "/" in m
+    ]
     means = [np.mean([r[key] for r in results[m]]) for m in names]
     stds = [np.std([r[key] for r in results[m]]) for m in names]
     ax.barh(range(len(names)), means, xerr=stds, color="tab:blue")
@@ -236,7 +229,17 @@ fig.savefig(png, dpi=100)
 plt.close(fig)
 outputs = [os.path.join(args.out, "results.md"), png]
 if first_sv is not None:
-    model, callback = first_sv
+    model, callback, coords = first_sv
+    errors = gv.geo.haversine_km(coords[:, 0], test["gps"])
+    outputs.append(
+        common.error_map(
+            test["gps"],
+            keras.ops.convert_to_numpy(errors),
+            os.path.join(args.out, "error_map.png"),
+            f"Semivariogram loss, seed {args.seeds[0]}: test errors "
+            "(gallery prediction)",
+        )
+    )
     vario = os.path.join(args.out, "variogram.png")
     callback.plot(callback.last_empirical, callback.last_fit, vario)
     outputs.append(vario)

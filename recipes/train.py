@@ -86,27 +86,8 @@ fig.savefig(path, dpi=100)
 plt.close(fig)
 saved.append(path)
 
-fig, ax = plt.subplots(figsize=(10, 5))
-ax.scatter(gallery[:, 1], gallery[:, 0], s=0.2, c="lightgrey", rasterized=True)
-points = ax.scatter(
-    test["gps"][:, 1],
-    test["gps"][:, 0],
-    c=np.log10(errors + 1.0),
-    s=6,
-    cmap="viridis",
-    vmin=0,
-    vmax=np.log10(20000),
-)
-fig.colorbar(points, label="log10(error km + 1)")
-ax.set_xlim(-180, 180)
-ax.set_ylim(-90, 90)
-ax.set_xlabel("longitude")
-ax.set_ylabel("latitude")
-ax.set_title("Test locations coloured by error (grey: gallery)")
-fig.tight_layout()
 path = os.path.join(args.out, "error_map.png")
-fig.savefig(path, dpi=100)
-plt.close(fig)
+common.error_map(test["gps"], errors, path, f"{args.method}: test errors")
 saved.append(path)
 
 # ## 5. Save (the gallery is part of the model state) and export
