@@ -19,12 +19,14 @@ features, 2 x 512 hidden and a 256-d output, queue 2048, batch 256, Adam
 1e-3, no GPS noise in either. Both are scored by top-1 retrieval over the
 same GeoNames gallery; the accuracies are computed here with numpy.
 
-Options compare geovario-keras variants against the same torch runs:
-`--keras-init torch` gives the Keras model torch's `nn.Linear` kernel
-initialiser, U(+-1/sqrt(fan_in)), to isolate the initialisation.
+Options isolate the initialisation: `--keras-init torch` gives the Keras
+model torch's `nn.Linear` kernel initialiser, U(+-1/sqrt(fan_in));
+`--torch-init glorot` gives the torch model Keras's (Glorot-uniform
+kernels, zero biases). `--torch-adam-eps 1e-7` uses Keras's Adam epsilon.
 
 Run: `KERAS_BACKEND=jax python benchmarks/independent.py [--epochs 10]
-[--seeds 0 1] [--keras-init glorot torch]`. Results: BENCHMARKS.md.
+[--seeds 0 1] [--keras-init glorot torch] [--torch-init default glorot]`.
+Results: BENCHMARKS.md.
 """
 
 import argparse
@@ -119,12 +121,20 @@ def torch_geoclip(in_dim, seed):
     return Model()
 
 
-def train_torch(train_x, train_gps, epochs, seed, batch=256, queue=2048):
+def train_torch(
+    train_x, train_gps, epochs, seed, init, eps, batch=256, queue=2048
+):
     import torch
 
     torch.set_num_threads(os.cpu_count())
     model = torch_geoclip(train_x.shape[1], seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=float(os.environ.get("ADAM_EPS", "1e-8")))
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Linear):
+            if init == "glorot":  # Keras's Dense defaults
+                torch.nn.init.xavier_uniform_(layer.weight)
+            if init in ("glorot", "zero_bias"):
+                torch.nn.init.zeros_(layer.bias)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=eps)
     steps = epochs * (len(train_x) // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     rng = np.random.default_rng(seed)
@@ -215,7 +225,14 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--keras-init", nargs="+", default=["glorot", "torch"])
-    parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument(
+        "--torch-init",
+        nargs="*",
+        default=["default"],
+        help="'default' (nn.Linear's), 'zero_bias' (nn.Linear's kernels, "
+        "zero biases), 'glorot' (Keras's Dense)",
+    )
+    parser.add_argument("--torch-adam-eps", type=float, default=1e-8)
     parser.add_argument(
         "--data-dir", default=os.path.join("artifacts", "tensorflow_datasets")
     )
@@ -240,14 +257,24 @@ def main():
         f"{len(test_x)} test, inputs {train_x.shape[1]}-d, gallery "
         f"{len(gallery)}, {args.epochs} epochs"
     )
-    runs = [("plain PyTorch", None)] * (not args.skip_torch)
-    runs += [(f"geovario-keras, {i} init", i) for i in args.keras_init]
+    runs = [(f"plain PyTorch, {i} init", ("torch", i)) for i in args.torch_init]
+    runs += [
+        (f"geovario-keras, {i} init", ("keras", i)) for i in args.keras_init
+    ]
     rows = {}
     for name, init in runs:
         for seed in args.seeds:
             start = time.time()
-            if init is None:
-                predict = train_torch(train_x, train_gps, args.epochs, seed)
+            impl, init = init
+            if impl == "torch":
+                predict = train_torch(
+                    train_x,
+                    train_gps,
+                    args.epochs,
+                    seed,
+                    init,
+                    args.torch_adam_eps,
+                )
             else:
                 predict = train_keras(
                     train_x, train_gps, args.epochs, seed, init
