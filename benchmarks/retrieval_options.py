@@ -1,0 +1,92 @@
+"""How the defaults of `gv.retrieval.RetrievalOptions` were chosen.
+
+On a validation split of the default Blue Marble *training* set (the test
+split is never read): 1,200 training places are held out as queries, and
+the training places at least 25 km from every one of them (the test split's
+own rule) are the model's training data and the reference set. Plain
+GeoCLIP is trained on those (the demo's recipe), then `"gallery"`,
+`"reference"` and `"hybrid"` prediction are scored on the held-out queries
+for a grid of `bandwidth_km`, `floor` and `gallery_candidates`.
+
+Run: `KERAS_BACKEND=jax python benchmarks/retrieval_options.py [--seed 0]
+[--epochs 8]`. The result is in BENCHMARKS.md.
+"""
+
+import argparse
+import itertools
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--num-val", type=int, default=1200)
+    parser.add_argument(
+        "--data-dir", default=os.path.join("artifacts", "tensorflow_datasets")
+    )
+    args = parser.parse_args()
+
+    import common
+
+    import geovario_keras as gv
+
+    _, train, _ = common.load_blue_marble(data_dir=args.data_dir)
+    fit_idx, val_idx, _ = gv.data.imagery.random_split(
+        train["gps"], args.num_val, len(train["gps"]), 25.0, seed=args.seed
+    )
+    fit = {k: v[fit_idx] for k, v in train.items()}
+    val = {k: v[val_idx] for k, v in train.items()}
+    print(f"validation: {len(fit_idx)} fit / {len(val_idx)} held out")
+    model, _, seconds, _ = common.train(
+        "geoclip", fit, args.seed, args.epochs, verbose=0
+    )
+    print(f"trained in {seconds:.0f} s")
+    model.set_gallery(common.gallery_for(val["gps"]), verbose=0)
+    model.set_reference(fit["image"], fit["gps"], verbose=0)
+
+    def score(mode, **options):
+        coords, _ = model.predict_gps(
+            val["image"], top_k=1, mode=mode, **options
+        )
+        d = np.asarray(gv.geo.haversine_km(coords[:, 0], val["gps"]))
+        return [100 * np.mean(d <= t) for t in (25, 200, 750, 2500)]
+
+    print(
+        "| mode | bandwidth km | floor | gallery candidates "
+        "| 25 | 200 | 750 | 2500 |\n|---|---|---|---|---|---|---|---|"
+    )
+    base = score("gallery")
+    print("| gallery | | | | " + " | ".join(f"{a:.1f}" for a in base) + " |")
+    for bandwidth in (25.0, 50.0, 100.0, 200.0, 400.0):
+        acc = score("reference", bandwidth_km=bandwidth)
+        print(
+            f"| reference | {bandwidth:g} | | | "
+            + " | ".join(f"{a:.1f}" for a in acc)
+            + " |"
+        )
+    grid = itertools.product(
+        (25.0, 50.0, 100.0, 200.0, 400.0), (0.001, 0.01, 0.1), (32, 128)
+    )
+    for bandwidth, floor, candidates in grid:
+        acc = score(
+            "hybrid",
+            bandwidth_km=bandwidth,
+            floor=floor,
+            gallery_candidates=candidates,
+        )
+        print(
+            f"| hybrid | {bandwidth:g} | {floor:g} | {candidates} | "
+            + " | ".join(f"{a:.1f}" for a in acc)
+            + " |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
