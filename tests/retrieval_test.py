@@ -135,7 +135,7 @@ def test_reference_mode_is_neighbour_voting(trained):
     ).reshape(20, 8, 20, 8)[np.arange(20), :, np.arange(20)]
     density = (np.exp(-d / 50.0) * w[:, None, :]).sum(-1)
     coords, probs = model.predict_gps(
-        x[:20], top_k=1, mode="reference", neighbours=8
+        x[:20], top_k=1, mode="reference", neighbours=8, bandwidth_km=50.0
     )
     best = loc[np.arange(20), density.argmax(1)]
     np.testing.assert_allclose(coords[:, 0], best, atol=1e-4)
@@ -151,7 +151,12 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
     model.set_reference(x, gps, verbose=0)
     queries = toy_features(random_gps(10, seed=5, max_lat=70.0), seed=6)
     coords, probs = model.predict_gps(
-        queries, top_k=3, mode="hybrid", neighbours=4, gallery_candidates=6
+        queries,
+        top_k=3,
+        mode="hybrid",
+        neighbours=4,
+        gallery_candidates=6,
+        bandwidth_km=50.0,
     )
     assert coords.shape == (10, 3, 2) and probs.shape == (10, 3)
     # The formula, written out: candidates = 6 best gallery points + the 4
