@@ -46,15 +46,17 @@ def test_compare_train_evaluate(tmp_path):
             "cmp",
             "--export",
             "sm",
+            "--blocks-seeds",
         ],
         tmp_path,
     )
     assert "| GeoCLIP (plain InfoNCE) | 2 |" in out
     assert "1-NN raw pixels" in out
-    for name in ("results.md", "results.png", "variogram.png"):
+    assert "hybrid prediction" in out
+    for name in ("results.md", "results.png", "variogram.png", "error_map.png"):
         assert (tmp_path / "cmp" / name).is_file()
     assert (tmp_path / "sm" / "1" / "saved_model.pb").is_file()
-    # train.py and evaluate.py use the default data set (8,000 places).
+    # train.py and evaluate.py use the default data set (12,000 places).
     out = _run(
         [
             os.path.join(ROOT, "recipes", "train.py"),
