@@ -128,12 +128,19 @@ def train_torch(
 
     torch.set_num_threads(os.cpu_count())
     model = torch_geoclip(train_x.shape[1], seed)
-    for layer in model.modules():
+    # Keras's Dense defaults (Glorot kernels, zero biases) on all layers,
+    # or on the image or location tower only; or zero biases only.
+    towers = {
+        "glorot": model,
+        "glorot_image": model.image,
+        "glorot_location": model.branches,
+        "zero_bias": model,
+    }
+    for layer in towers[init].modules() if init in towers else ():
         if isinstance(layer, torch.nn.Linear):
-            if init == "glorot":  # Keras's Dense defaults
+            if init != "zero_bias":
                 torch.nn.init.xavier_uniform_(layer.weight)
-            if init in ("glorot", "zero_bias"):
-                torch.nn.init.zeros_(layer.bias)
+            torch.nn.init.zeros_(layer.bias)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=eps)
     steps = epochs * (len(train_x) // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -224,13 +231,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--keras-init", nargs="+", default=["glorot", "torch"])
+    parser.add_argument("--keras-init", nargs="*", default=["glorot", "torch"])
     parser.add_argument(
         "--torch-init",
         nargs="*",
         default=["default"],
         help="'default' (nn.Linear's), 'zero_bias' (nn.Linear's kernels, "
-        "zero biases), 'glorot' (Keras's Dense)",
+        "zero biases), 'glorot' (Keras's Dense), 'glorot_image' or "
+        "'glorot_location' (Keras's Dense in one tower only)",
     )
     parser.add_argument("--torch-adam-eps", type=float, default=1e-8)
     parser.add_argument(
@@ -262,10 +270,9 @@ def main():
         (f"geovario-keras, {i} init", ("keras", i)) for i in args.keras_init
     ]
     rows = {}
-    for name, init in runs:
+    for name, (impl, init) in runs:
         for seed in args.seeds:
             start = time.time()
-            impl, init = init
             if impl == "torch":
                 predict = train_torch(
                     train_x,
