@@ -214,19 +214,25 @@ class GPSGallery(keras.layers.Layer):
         block = check_int("batch_size", batch_size)
         query_embeddings = np.asarray(query_embeddings, "float32")
         scale = ops.convert_to_tensor(scale, "float32")
-        keys = ops.convert_to_tensor(self.embeddings)
-        chunks = [
-            (start, keys[start : start + chunk])
-            for start in range(0, self.size, chunk)
-        ]
+        if chunk == self.size:  # one chunk: the variable is read in place
+            chunks = [(0, None)]
+        else:
+            keys = ops.convert_to_tensor(self.embeddings)
+            chunks = [
+                (start, keys[start : start + chunk])
+                for start in range(0, self.size, chunk)
+            ]
         out = ([], [], [])
         for start in range(0, len(query_embeddings), block):
             q = ops.convert_to_tensor(query_embeddings[start : start + block])
             parts = []
             for offset, part in chunks:
-                k = min(top_k, int(part.shape[0]))
-                fn = self._top_k_function(k)
-                v, i, n = (ops.convert_to_numpy(t) for t in fn(part, q, scale))
+                if part is None:
+                    result = self._top_k_function(top_k, whole=True)(q, scale)
+                else:
+                    k = min(top_k, int(part.shape[0]))
+                    result = self._top_k_function(k)(part, q, scale)
+                v, i, n = (ops.convert_to_numpy(t) for t in result)
                 parts.append((v, i + offset, n))
             v, i, n = (np.concatenate(p, axis=-1) for p in zip(*parts))
             if len(parts) > 1:  # running merge of the chunks' top-k
@@ -241,13 +247,25 @@ class GPSGallery(keras.layers.Layer):
             return empty.astype("float32"), empty.astype("int64"), empty[:, 0]
         return tuple(np.concatenate(parts) for parts in out)
 
-    def _top_k_function(self, top_k):
+    def _top_k_function(self, top_k, whole=False):
+        # `whole`: scores against the whole set, read from the variable
+        # inside the traced function (a tensor argument would be a copy of
+        # the set on every call); otherwise against a chunk argument.
         cache = self.__dict__["_top_k_functions"]
-        if top_k not in cache:
-            cache[top_k] = backend.traced_function(
-                lambda keys, q, scale: _chunk_top_k(keys, q, scale, top_k)
-            )
-        return cache[top_k]
+        if (top_k, whole) not in cache:
+            if whole:
+
+                def fn(q, scale):
+                    keys = ops.convert_to_tensor(self.embeddings)
+                    return _chunk_top_k(keys, q, scale, top_k)
+
+            else:
+
+                def fn(keys, q, scale):
+                    return _chunk_top_k(keys, q, scale, top_k)
+
+            cache[(top_k, whole)] = backend.traced_function(fn)
+        return cache[(top_k, whole)]
 
     def compute_output_shape(self, query_embeddings_shape, top_k=5, **kwargs):
         n = query_embeddings_shape[0]
