@@ -47,9 +47,10 @@ out["encode_image"] = sigs["encode_image"](
     images=tf.constant(data["images"]))["embeddings"].numpy()
 out["encode_location"] = sigs["encode_location"](
     gps=tf.constant(data["gps"]))["embeddings"].numpy()
-res = sigs["nearest_references"](images=tf.constant(data["images"]))
-out["nearest_references/coordinates"] = res["coordinates"].numpy()
-out["nearest_references/weights"] = res["weights"].numpy()
+if "nearest_references" in sigs:  # only with a reference set
+    res = sigs["nearest_references"](images=tf.constant(data["images"]))
+    out["nearest_references/coordinates"] = res["coordinates"].numpy()
+    out["nearest_references/weights"] = res["weights"].numpy()
 np.savez(sys.argv[3], **out)
 """
 

@@ -299,7 +299,7 @@ class ReferenceSet(GPSGallery):
     >>> refs.set(np.array([[10.0, 20.0], [-5.0, 40.0]]),
     ...          np.array([[1.0, 0.0], [0.0, 1.0]]))
     >>> sims, index, _ = refs.search(np.array([[0.6, 0.8]]), top_k=2)
-    >>> index.tolist(), np.round(sims, 2).tolist()
+    >>> index.tolist(), np.round(sims.astype("float64"), 2).tolist()
     ([[1, 0]], [[0.8, 0.6]])
     """
 
