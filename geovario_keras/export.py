@@ -142,13 +142,14 @@ def _write(model, directory, top_k, spec, verbose):
         model(ops.zeros((1,) + tuple(spec.shape[1:]), spec.dtype))
     top_k_fn = _argmax_top_k if backend == "jax" else None
 
+    def search(layer, images, k):
+        """Top-k of `layer` (gallery or reference set) for the images."""
+        query = model(images, training=False)
+        scale = model.temperature()
+        return layer(query, scale=scale, top_k=k, top_k_fn=top_k_fn)
+
     def predict_gps(images):
-        coords, probs = model.gallery(
-            model(images, training=False),
-            scale=model.temperature(),
-            top_k=top_k,
-            top_k_fn=top_k_fn,
-        )
+        coords, probs = search(model.gallery, images, top_k)
         return {"coordinates": coords, "probabilities": probs}
 
     def encode_image(images):
@@ -157,12 +158,7 @@ def _write(model, directory, top_k, spec, verbose):
     neighbours = min(RetrievalOptions().neighbours, model.reference.size)
 
     def nearest_references(images):
-        coords, probs = model.reference(
-            model(images, training=False),
-            scale=model.temperature(),
-            top_k=neighbours,
-            top_k_fn=top_k_fn,
-        )
+        coords, probs = search(model.reference, images, neighbours)
         weights = probs / ops.sum(probs, axis=-1, keepdims=True)
         return {"coordinates": coords, "weights": weights}
 

@@ -9,20 +9,24 @@ from geovario_keras.api_export import register
 from geovario_keras.utils import add_state
 from geovario_keras.utils import check_int
 
-
-def _keras_top_k(logits, k):
-    return ops.top_k(logits, k=k)
-
-
 # Points scored at once by `search`: 2**20 points x 512 float32 is a 2 GB
 # gallery slice; a block of queries against it is ~64 MB of logits.
 DEFAULT_CHUNK_SIZE = 1 << 20
 
 
-def _chunk_top_k(keys, query, scale, top_k):
-    """Top-k scaled scores of `query` against `keys`, and their logsumexp."""
+def _chunk_top_k(keys, query, scale, top_k, top_k_fn=None):
+    """Top-k scaled scores of `query` against `keys`, and their logsumexp.
+
+    `top_k_fn(logits, k) -> (values, indices)`; default `keras.ops.top_k`.
+    """
+    # (K @ q^T)^T, not q @ K^T: the latter makes TensorFlow and JAX copy
+    # the transposed (M, D) set on every call (BENCHMARKS.md).
+    query = ops.cast(query, "float32")
     logits = scale * ops.transpose(ops.matmul(keys, ops.transpose(query)))
-    values, index = ops.top_k(logits, k=top_k)
+    if top_k_fn is None:
+        values, index = ops.top_k(logits, k=top_k)
+    else:
+        values, index = top_k_fn(logits, top_k)
     return values, index, ops.logsumexp(logits, axis=-1, keepdims=True)
 
 
@@ -137,18 +141,12 @@ class GPSGallery(keras.layers.Layer):
             )
 
     def call(self, query_embeddings, scale=1.0, top_k=5, top_k_fn=None):
-        top_k_fn = top_k_fn or _keras_top_k
-        gallery = ops.convert_to_tensor(self.embeddings)
-        # (G @ q^T)^T, not q @ G^T: the latter makes TensorFlow and JAX copy
-        # the transposed (M, D) gallery on every call (BENCHMARKS.md).
-        query = ops.cast(query_embeddings, "float32")
-        logits = scale * ops.transpose(
-            ops.matmul(gallery, ops.transpose(query))
+        keys = ops.convert_to_tensor(self.embeddings)
+        values, index, log_norm = _chunk_top_k(
+            keys, query_embeddings, scale, top_k, top_k_fn
         )
-        values, index = top_k_fn(logits, top_k)
-        probs = ops.exp(values - ops.logsumexp(logits, axis=-1, keepdims=True))
         coords = ops.take(ops.convert_to_tensor(self.coords), index, axis=0)
-        return coords, probs
+        return coords, ops.exp(values - log_norm)
 
     def retrieve(
         self,
