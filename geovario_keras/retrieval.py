@@ -75,18 +75,6 @@ class RetrievalOptions:
                 )
 
 
-def _haversine(a, b):
-    """Great-circle km between broadcast (..., 2) degree arrays."""
-    a, b = np.radians(a), np.radians(b)
-    h = (
-        np.sin((b[..., 0] - a[..., 0]) / 2) ** 2
-        + np.cos(a[..., 0])
-        * np.cos(b[..., 0])
-        * np.sin((b[..., 1] - a[..., 1]) / 2) ** 2
-    )
-    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
-
-
 def neighbour_density(candidates, neighbours, weights, bandwidth_km):
     """Weighted kernel density of `neighbours` at `candidates`.
 
@@ -99,8 +87,9 @@ def neighbour_density(candidates, neighbours, weights, bandwidth_km):
     Returns:
         `(N, C)` densities in [0, 1].
     """
-    d = _haversine(candidates[:, :, None, :], neighbours[:, None, :, :])
-    return np.einsum("nck,nk->nc", np.exp(-d / bandwidth_km), weights)
+    d = geo.haversine_km(candidates[:, :, None, :], neighbours[:, None, :, :])
+    kernel = np.exp(-ops.convert_to_numpy(d).astype("float64") / bandwidth_km)
+    return np.einsum("nck,nk->nc", kernel, weights)
 
 
 def _softmax(x, axis=-1):
@@ -112,33 +101,33 @@ def _softmax(x, axis=-1):
 def _distinct_top_k(coords, scores, top_k):
     """The `top_k` best distinct coordinates of each row, best first.
 
-    Rows with fewer distinct coordinates repeat their last one (with its
-    score), so the output stays rectangular.
+    A candidate equal to a better-scored one of its row is skipped; rows
+    with fewer than `top_k` distinct coordinates are padded with the
+    skipped repeats, so the output stays rectangular.
     """
     order = np.argsort(-scores, axis=1, kind="stable")
-    out_c = np.empty(coords.shape[:1] + (top_k, 2), "float32")
-    out_s = np.empty((len(coords), top_k), "float64")
-    for n in range(len(coords)):
-        seen, picked = set(), []
-        for j in order[n]:
-            key = (float(coords[n, j, 0]), float(coords[n, j, 1]))
-            if key not in seen:
-                seen.add(key)
-                picked.append(j)
-                if len(picked) == top_k:
-                    break
-        picked += [picked[-1]] * (top_k - len(picked))
-        out_c[n], out_s[n] = coords[n, picked], scores[n, picked]
-    return out_c, out_s
+    coords = np.take_along_axis(coords, order[..., None], axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    same = (coords[:, :, None, :] == coords[:, None, :, :]).all(-1)
+    repeat = np.tril(same, k=-1).any(-1)  # equals an earlier (better) one
+    pick = np.argsort(repeat, axis=1, kind="stable")[:, :top_k]
+    return (
+        np.take_along_axis(coords, pick[..., None], axis=1).astype("float32"),
+        np.take_along_axis(scores, pick, axis=1),
+    )
+
+
+def _scale(model):
+    """The model's logit scale, `exp(logit_scale)`, as a float."""
+    return float(ops.convert_to_numpy(model.temperature()))
 
 
 def neighbours(model, image_embeddings, options, batch_size=None):
     """Nearest reference images: coords `(N, K, 2)`, weights `(N, K)`."""
     refs = model.reference
     refs.check_top_k(options.neighbours, name="neighbours")
-    scale = float(ops.convert_to_numpy(model.temperature()))
     logits, index, _ = refs.search(
-        image_embeddings, scale, options.neighbours, batch_size
+        image_embeddings, _scale(model), options.neighbours, batch_size
     )
     coords = ops.convert_to_numpy(refs.coords)[index].astype("float64")
     return coords, _softmax(logits.astype("float64"))
@@ -196,23 +185,24 @@ def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
             f"(gallery candidates + neighbours) with mode='hybrid'; got "
             f"{top_k!r}."
         )
-    gallery_coords, _ = model.gallery.retrieve(
-        image_embeddings, model.temperature(), g, batch_size
+    # Gallery candidates keep their scores from the cached gallery; only
+    # the neighbours' locations are encoded here.
+    scale = _scale(model)
+    gallery_logits, index, _ = model.gallery.search(
+        image_embeddings, scale, g, batch_size
     )
-    candidates = np.concatenate(
-        [gallery_coords.astype("float64"), near], axis=1
-    )
-    n, c = candidates.shape[:2]
-    loc = model.encode_location(candidates.reshape(-1, 2).astype("float32"))
-    cos = np.einsum(
-        "ncd,nd->nc",
-        loc.reshape(n, c, -1),
+    gallery_coords = ops.convert_to_numpy(model.gallery.coords)[index]
+    n, k = near.shape[:2]
+    near_loc = model.encode_location(near.reshape(-1, 2).astype("float32"))
+    near_logits = scale * np.einsum(
+        "nkd,nd->nk",
+        near_loc.reshape(n, k, -1),
         np.asarray(image_embeddings, "float32"),
     )
-    scale = float(ops.convert_to_numpy(model.temperature()))
+    candidates = np.concatenate([gallery_coords.astype("float64"), near], 1)
+    logits = np.concatenate([gallery_logits, near_logits], 1)
     density = neighbour_density(candidates, near, weights, options.bandwidth_km)
-    score = scale * cos + np.log(density + options.floor)
-    probs = _softmax(score)
+    probs = _softmax(logits + np.log(density + options.floor))
     coords, p = _distinct_top_k(candidates, probs, top_k)
     return coords, p.astype("float32")
 

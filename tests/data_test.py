@@ -116,13 +116,15 @@ def test_shared_ground_fraction_closed_form(lat, shift_px):
     # pixels, has P - k - 1 ... P - k columns inside the other's footprint
     # (side P s): exactly (P - ceil(shift - 1/2)) / P of its pixels when
     # the shift is not a half-integer; 0 once the shift exceeds P.
+    from pyproj import Geod
+
     size, spacing = 10, 7.0
     train = np.array([[lat, 20.0]])
-    # `_destinations` puts a point `shift * spacing` km east of the centre.
-    lat2, lon2 = imagery._destinations(
-        train, np.array([shift_px * spacing]), np.array([0.0])
-    )
-    test = np.array([[lat2[0, 0], lon2[0, 0]]])
+    # pyproj puts the test centre `shift * spacing` km due east (initial
+    # bearing 90 degrees) of the train centre, on the same sphere.
+    sphere = Geod(a=6371.0e3, b=6371.0e3)
+    lon2, lat2, _ = sphere.fwd(20.0, lat, 90.0, shift_px * spacing * 1e3)
+    test = np.array([[lat2, lon2]])
     got = imagery.shared_ground_fraction(test, train, size, spacing)
     columns = max(0, size - int(np.floor(shift_px + 0.5)))
     np.testing.assert_allclose(got, [columns / size], atol=1e-9)

@@ -76,7 +76,7 @@ def test_neighbour_density_against_pyproj():
                 near[0, k, 1], near[0, k, 0], cand[0, c, 1], cand[0, c, 0]
             )
             want[c] += w[0, k] * np.exp(-d[2] / 1000.0 / 800.0)
-    np.testing.assert_allclose(got[0], want, rtol=2e-5)
+    np.testing.assert_allclose(got[0], want, rtol=1e-4)  # float32 km
 
 
 @pytest.fixture(scope="module")
