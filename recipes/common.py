@@ -138,13 +138,16 @@ def train(
     return model, history, time.time() - start, callbacks
 
 
-def evaluate(model, test_data, gallery, top_k=5, mode="gallery"):
+def evaluate(model, test_data, gallery=None, top_k=5, mode="gallery"):
     """`geolocation_report` (with admin levels) of the top-1 prediction.
 
-    `mode` as in `GeoCLIP.predict_gps`; "reference" and "hybrid" need
+    `gallery`: coordinates to encode as the model's gallery first; None
+    keeps the gallery the model has (encoding 143K points per call would
+    dominate a run scored in several modes). `mode` as in
+    `GeoCLIP.predict_gps`; "reference" and "hybrid" need
     `model.set_reference(train images, train gps)` first.
     """
-    if model.gallery.size != len(gallery):
+    if gallery is not None:
         model.set_gallery(gallery, verbose=0)
     coords, probs = model.predict_gps(
         test_data["image"], top_k=top_k, mode=mode

@@ -125,7 +125,7 @@ for seed in args.seeds:
         if method in AUGMENTED:
             model.set_reference(train["image"], train["gps"], verbose=0)
             for mode in ("reference", "hybrid"):
-                r, _, _ = common.evaluate(model, test, gallery, mode=mode)
+                r, _, _ = common.evaluate(model, test, mode=mode)
                 results.setdefault(f"{method}/{mode}", []).append(r)
                 line += f" | {mode} acc@25 {r['acc_25km']:.1f}"
         print(line + f" ({seconds:.0f} s)")
