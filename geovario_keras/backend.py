@@ -13,6 +13,10 @@ a process):
 - `segment_sum(values, index, num_segments)`: per-segment sums (the
   semivariogram's per-bin statistics).
 - `dense_relu(dense, x)`: a ReLU `Dense` layer's forward pass.
+- `replica_count()`, `gather_replicas(*values)`, `check_distribution()`:
+  data-parallel training with global negatives (JAX: `keras.distribution`,
+  where XLA already sees the global batch; TensorFlow: `tf.distribute`,
+  where each replica gathers the others' shards; PyTorch: refused).
 
 Only `geovario_keras.export` also looks at the backend, because exporting a
 SavedModel is itself backend-specific.
@@ -169,3 +173,99 @@ _DENSE_RELU = _torch_dense_relu if NAME == "torch" else _call_dense
 def dense_relu(dense, x):
     """`dense(x)` for a ReLU `Dense` layer; one fused kernel on PyTorch."""
     return _DENSE_RELU(dense, x)
+
+
+# --------------------------------------------------------- distribution
+def _tf_replica_context():
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def replica_count():
+    """Replicas whose shards make up one global batch in this step.
+
+    TensorFlow: the `tf.distribute` strategy's `num_replicas_in_sync`.
+    JAX (`keras.distribution`) and PyTorch: 1, since the step sees the
+    global batch.
+    """
+    if NAME != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def gather_replicas(*values):
+    """Every replica's shard of each value, concatenated along axis 0.
+
+    Under a `tf.distribute` strategy with several replicas (inside the
+    replica context of a training step), `all_gather` in replica order,
+    so the result is the global batch in its original order; gradients flow
+    back to each replica's own shard. Elsewhere, and for `None` values,
+    the values are returned unchanged: on JAX a `keras.distribution` step
+    already computes on the global (sharded) batch.
+
+    Returns:
+        A tuple of the gathered values.
+    """
+    if NAME != "tensorflow" or _tf_replica_context() is None:
+        return values
+    present = [v for v in values if v is not None]
+    gathered = iter(_tf_replica_context().all_gather(present, axis=0))
+    return tuple(None if v is None else next(gathered) for v in values)
+
+
+_TORCH_DISTRIBUTION = (
+    "GeoCLIP cannot train data-parallel on the PyTorch backend: Keras {} "
+    "has no PyTorch implementation of `keras.distribution`{}, and training "
+    "one model per process (e.g. torch DistributedDataParallel) would "
+    "contrast each image only with its own process's shard of the batch "
+    "(per-replica negatives), a weaker objective than the single-device "
+    "one. Train data-parallel with KERAS_BACKEND=jax "
+    "(`keras.distribution.DataParallel`) or KERAS_BACKEND=tensorflow "
+    "(`tf.distribute.MirroredStrategy`), or on one device with PyTorch."
+)
+
+
+def check_distribution():
+    """Raises a `RuntimeError` for data-parallel set-ups that would not
+    train the single-device objective.
+
+    - PyTorch with a `keras.distribution` set (Keras has no PyTorch
+      implementation; it would be ignored) or inside a
+      `torch.distributed` process group of more than one process.
+    - TensorFlow with a `keras.distribution` set (use `tf.distribute`).
+    """
+    import keras
+
+    distribution = keras.distribution.distribution()
+    if NAME == "torch":
+        import torch.distributed as dist
+
+        if distribution is not None:
+            raise RuntimeError(
+                _TORCH_DISTRIBUTION.format(
+                    keras.__version__, f" (found {distribution!r} set)"
+                )
+            )
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_world_size() > 1:
+                raise RuntimeError(
+                    _TORCH_DISTRIBUTION.format(
+                        keras.__version__,
+                        " (found a torch.distributed process group of "
+                        f"{dist.get_world_size()} processes)",
+                    )
+                )
+    elif NAME == "tensorflow" and distribution is not None:
+        raise RuntimeError(
+            "GeoCLIP trains data-parallel on TensorFlow with "
+            "`tf.distribute.MirroredStrategy` (build and compile the model "
+            "under `strategy.scope()`); `keras.distribution` "
+            f"(found {distribution!r} set) is JAX's route in Keras "
+            f"{keras.__version__}."
+        )

@@ -207,8 +207,13 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
             )
         loss_fn = self._contrastive_loss()
         pairwise = isinstance(loss_fn, PairStatisticsLoss)
-        gps = ops.cast(y, "float32")
-        img = ops.cast(y_pred, "float32")
+        # Global negatives: under `tf.distribute` every replica gathers the
+        # global batch (its loss is then scaled by 1 / replicas by Keras and
+        # the gradients summed), so the loss, the queue and the variogram
+        # statistics are the single-device ones. JAX sees the global batch.
+        gps, img, sample_weight = backend.gather_replicas(
+            ops.cast(y, "float32"), ops.cast(y_pred, "float32"), sample_weight
+        )
         scores = self.candidate_logits(img, gps, training=training)
         if pairwise:
             entries = self.variogram.pair_entries
@@ -220,8 +225,8 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
             self.variogram.update(scores, targets, loss_fn)
         if training and self.queue is not None:
             self.queue.enqueue(gps, ops.stop_gradient(img))
-        if self.losses:
-            loss = loss + ops.sum(self.losses)
+        if self.losses:  # summed over replicas, like the loss: scaled
+            loss = loss + ops.sum(self.losses) / backend.replica_count()
         return loss
 
     def _update_retrieval_metrics(self, gps, scores, sample_weight):
@@ -248,6 +253,7 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         a = checked_arguments(super().fit, x, y, args, kwargs)
+        backend.check_distribution()
         a["callbacks"] = variogram_first(a.get("callbacks"), self.loss)
         return super().fit(**a)
 

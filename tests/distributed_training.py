@@ -1,0 +1,175 @@
+"""Trains the same small GeoCLIP on 1 device and on 4 data-parallel
+replicas, in a fresh process, and prints the results as JSON.
+
+Run by `tests/distribution_test.py`, because the 4 virtual CPU devices
+must be configured before the backend initialises:
+
+    KERAS_BACKEND=jax python tests/distributed_training.py
+    KERAS_BACKEND=tensorflow python tests/distributed_training.py
+
+JAX: `keras.distribution.DataParallel` over 4 host devices
+(`--xla_force_host_platform_device_count=4`). TensorFlow:
+`tf.distribute.MirroredStrategy` over 4 logical CPU devices. Each run
+trains 3 steps (3 epochs of one global batch of 256, so the
+semivariogram callback fits between steps and the re-weighting is live
+in steps 2 and 3) with the plain and the semivariogram loss. On
+TensorFlow a third run patches out the cross-replica gather, i.e. trains
+with per-replica negatives: the control the test expects to differ.
+"""
+
+import json
+import os
+import sys
+import warnings
+
+REPLICAS = 4
+BACKEND = os.environ.get("KERAS_BACKEND", "jax")
+if BACKEND == "jax":
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={REPLICAS}"
+    )
+elif BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS
+    )
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import geovario_keras as gv  # noqa: E402
+
+BATCH, STEPS = 256, 3
+_STRATEGY = []
+
+
+def strategy():
+    """One `MirroredStrategy` per process (a second one's collectives can
+    be cancelled on CPU)."""
+    if not _STRATEGY:
+        devices = [f"/cpu:{i}" for i in range(REPLICAS)]
+        _STRATEGY.append(tf.distribute.MirroredStrategy(devices))
+    return _STRATEGY[0]
+
+
+def data():
+    """Coordinates and 16-d features that vary smoothly with location."""
+    rng = np.random.default_rng(0)
+    gps = rng.uniform([-60, -180], [60, 180], (BATCH, 2)).astype("float32")
+    lat, lon = np.radians(gps).T
+    xyz = np.stack(
+        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
+        1,
+    )
+    smooth = np.sin(4 * xyz @ rng.normal(size=(3, 16)))
+    features = smooth + 0.3 * rng.normal(size=(BATCH, 16))
+    return features.astype("float32"), gps
+
+
+def make_model(method):
+    keras.utils.set_random_seed(0)
+    model = gv.GeoCLIP(
+        gv.layers.ImageEncoder(None, embed_dim=32, hidden_units=64),
+        gv.layers.LocationEncoder(
+            num_features=32,
+            hidden_units=64,
+            hidden_layers=2,
+            embed_dim=32,
+            seed=0,
+        ),
+        queue_size=512,
+        gps_noise_m=(0.0, 0.0),
+        seed=0,
+    )
+    if method == "geoclip":
+        loss, callbacks = gv.losses.GeoContrastiveLoss(), []
+    else:
+        loss = gv.losses.SemivariogramContrastiveLoss()
+        callbacks = [gv.callbacks.SemivariogramCallback(verbose=0)]
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
+    return model, callbacks
+
+
+class StatisticsRecorder(keras.callbacks.Callback):
+    """The semivariogram statistics after every step (the semivariogram
+    callback resets them when it fits, at the end of each epoch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.statistics = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        stats = self.model.variogram.statistics()
+        self.statistics.append([s.tolist() for s in stats])
+
+
+def train(method, replicated):
+    features, gps = data()
+    scope = None
+    if replicated and BACKEND == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+    elif replicated:
+        scope = strategy().scope()
+    try:
+        if scope is not None:
+            with scope:
+                model, callbacks = make_model(method)
+        else:
+            model, callbacks = make_model(method)
+        recorder = StatisticsRecorder()
+        with warnings.catch_warnings():  # fits on 256 points may fall back
+            warnings.simplefilter("ignore", RuntimeWarning)
+            history = model.fit(
+                features,
+                gps,
+                batch_size=BATCH,
+                epochs=STEPS,
+                shuffle=False,
+                verbose=0,
+                callbacks=[recorder] + callbacks,
+            )
+        model.set_gallery(gps, verbose=0)
+        images = model.encode_image(features)
+        logits, _ = model.gallery.retrieve(images, 1)
+    finally:
+        keras.distribution.set_distribution(None)
+
+    def numpy(v):
+        return np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+
+    return {
+        "loss": history.history["loss"],
+        "weights": [numpy(w) for w in model.trainable_weights],
+        "queue": numpy(model.queue.features),
+        "statistics": recorder.statistics,
+        "params": numpy(model.variogram.params),
+        "negatives": numpy(model.variogram.negatives),
+        "images": numpy(images),
+        "gallery": numpy(model.gallery.embeddings),
+        "top1_logit": numpy(logits),
+    }
+
+
+def main():
+    devices = len(keras.distribution.list_devices())
+    results = {"devices": devices}
+    for method in ("geoclip", "semivariogram"):
+        results[method] = {
+            "single": train(method, False),
+            "replicated": train(method, True),
+        }
+        if BACKEND == "tensorflow":  # the control: per-replica negatives
+            gather = gv.backend.gather_replicas
+            gv.backend.gather_replicas = lambda *values: values
+            try:
+                results[method]["per_replica"] = train(method, True)
+            finally:
+                gv.backend.gather_replicas = gather
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
