@@ -60,7 +60,9 @@ def test_replicas_train_the_single_device_objective(runs, method):
     np.testing.assert_allclose(
         replicated["negatives"], single["negatives"], rtol=1e-3
     )
-    np.testing.assert_allclose(replicated["params"], single["params"], rtol=1e-4)
+    np.testing.assert_allclose(
+        replicated["params"], single["params"], rtol=1e-4
+    )
     if method == "semivariogram":
         # Per epoch (the callback resets them when it fits), the pairs of
         # each of the 256 images with the other 255 batch images and the
