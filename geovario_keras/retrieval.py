@@ -226,7 +226,8 @@ class RetrievalMixin:
             verbose: Keras progress-bar verbosity.
         """
         gps = geo.check_gps(gps, name="gps")
-        self.gallery.set(gps, self.encode_location(gps, batch_size, verbose))
+        embeddings = self.encode_location(gps, batch_size, verbose)
+        self.gallery.set(gps, embeddings, copy=False)  # a fresh buffer
 
     def set_reference(self, x, gps, batch_size=None, verbose="auto"):
         """Encodes geotagged images `x` at `gps` as the reference set.
@@ -249,7 +250,7 @@ class RetrievalMixin:
                 f"`x` and `gps` must have the same length; got {len(emb)} "
                 f"images and {len(gps)} coordinates."
             )
-        self.reference.set(gps, emb)
+        self.reference.set(gps, emb, copy=False)  # a fresh buffer
 
     def predict_gps(
         self, x, top_k=5, mode="gallery", batch_size=None, verbose=0, **options

@@ -10,17 +10,24 @@ def check_int(name, value, low=1):
     return value
 
 
-def add_state(layer, name, shape, dtype="float32"):
-    """A zero-initialised, non-trainable, never auto-cast state variable.
+def add_state(layer, name, shape, dtype="float32", value=None):
+    """A non-trainable, never auto-cast state variable (zeros or `value`).
 
     Used for queues, galleries and semivariogram statistics: saved with the
     model, updated with `.assign()`, and kept in float32 under
-    mixed-precision policies.
+    mixed-precision policies. `value` (an array of `shape`) initialises the
+    variable directly, without a zero-filled one first (large galleries).
     """
+    initializer = "zeros"
+    if value is not None:
+
+        def initializer(shape, dtype=None):
+            return value
+
     return layer.add_weight(
         name=name,
         shape=shape,
-        initializer="zeros",
+        initializer=initializer,
         dtype=dtype,
         trainable=False,
         autocast=False,

@@ -5,6 +5,7 @@ and score exactly the same way. Read the recipes first; come here for the
 details.
 """
 
+import contextlib
 import os
 import time
 
@@ -23,6 +24,41 @@ METHODS = {
     "sv_hard_only": "+ semivariogram, hard-negative part only",
     "robinson": "+ hard negatives, Robinson et al. 2021 (no variogram)",
 }
+
+
+def data_parallel_scope():
+    """Where to build, compile and fit a model data-parallel on every local
+    device, with the engine of the current backend (global negatives: the
+    contrastive loss and the variogram statistics cover the global batch).
+
+    JAX: `keras.distribution.DataParallel` over all devices (set globally;
+    the model and data are sharded by Keras). TensorFlow:
+    `tf.distribute.MirroredStrategy` (the model must be built under its
+    scope). PyTorch: not supported by Keras's PyTorch backend; exits with
+    the reason.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices)
+        )
+        print(f"data parallel: keras.distribution over {len(devices)} devices")
+        return contextlib.nullcontext()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy()
+        print(
+            "data parallel: tf.distribute.MirroredStrategy over "
+            f"{strategy.num_replicas_in_sync} replicas"
+        )
+        return strategy.scope()
+    raise SystemExit(
+        "--data-parallel needs KERAS_BACKEND=jax or tensorflow: Keras "
+        f"{keras.__version__} has no PyTorch implementation of "
+        "keras.distribution (see README, 'More than one device')."
+    )
 
 
 def load_blue_marble(full=False, data_dir=DEFAULT_DATA_DIR, config=None):

@@ -6,12 +6,15 @@ plots (the fitted variogram, the error histogram, a world map of errors) →
 save the `.keras` file (and optionally a SavedModel for TF Serving).
 
 Run: `python recipes/train.py [--method semivariogram] [--epochs 8]
-[--seed 0] [--full]`; backend from `KERAS_BACKEND`. `recipes/evaluate.py`
-scores the saved model again; `recipes/compare.py` is the multi-seed
-comparison.
+[--seed 0] [--full] [--data-parallel]`; backend from `KERAS_BACKEND`.
+`--data-parallel` trains on every local device (JAX: keras.distribution,
+TensorFlow: tf.distribute.MirroredStrategy) with global negatives.
+`recipes/evaluate.py` scores the saved model again; `recipes/compare.py`
+is the multi-seed comparison.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -32,6 +35,11 @@ parser.add_argument(
 parser.add_argument("--epochs", type=int, default=8)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--full", action="store_true")
+parser.add_argument(
+    "--data-parallel",
+    action="store_true",
+    help="train on every local device (JAX or TensorFlow)",
+)
 parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
 parser.add_argument("--out", default=os.path.join("artifacts", "train"))
 parser.add_argument("--export", default="", help="SavedModel base folder")
@@ -45,9 +53,11 @@ gallery = common.gallery_for(test["gps"])
 
 # ## 2. Model and loss (recipes/common.py: a small CNN on the patch, a
 # GeoCLIP location encoder with sigmas 1, 16, 256, a queue of 1024)
-model, history, seconds, callbacks = common.train(
-    args.method, train, args.seed, args.epochs, verbose=2
-)
+scope = common.data_parallel_scope() if args.data_parallel else None
+with scope or contextlib.nullcontext():
+    model, history, seconds, callbacks = common.train(
+        args.method, train, args.seed, args.epochs, verbose=2
+    )
 print(f"trained in {seconds:.0f} s")
 
 # ## 3. Evaluate: top-1 over the GeoNames gallery

@@ -153,6 +153,53 @@ def train(method, replicated):
     }
 
 
+def sharded_gallery():
+    """JAX: a gallery sharded across the 4 devices by a `ModelParallel`
+    layout (data-parallel training, gallery rows split by device), against
+    the same model's replicated gallery."""
+    from keras.distribution import DeviceMesh
+    from keras.distribution import LayoutMap
+    from keras.distribution import ModelParallel
+
+    features, gps = data()
+    gallery = np.random.default_rng(1).uniform(
+        [-90, -180], [90, 180], (1000, 2)
+    )
+    mesh = DeviceMesh((REPLICAS,), ["batch"], keras.distribution.list_devices())
+    layout = LayoutMap(mesh)
+    layout[".*gallery/(coords|embeddings)"] = ("batch", None)
+    keras.distribution.set_distribution(
+        ModelParallel(layout_map=layout, batch_dim_name="batch")
+    )
+    try:
+        model, _ = make_model("geoclip")
+        model.fit(features, gps, batch_size=BATCH, epochs=1, verbose=0)
+        model.set_gallery(gallery, verbose=0)
+        value = model.gallery.embeddings.value
+        shards = [list(s.data.shape) for s in value.addressable_shards]
+        coords, probs = model.predict_gps(features, top_k=5)
+        try:
+            model.set_gallery(gallery[:999], verbose=0)
+            indivisible = "no error"
+        except ValueError as error:
+            indivisible = str(error)
+        kept = model.gallery.size, model.predict_gps(features, top_k=5)[0]
+    finally:
+        keras.distribution.set_distribution(None)
+    model.set_gallery(gallery, verbose=0)  # replicated (no distribution)
+    want_coords, want_probs = model.predict_gps(features, top_k=5)
+    return {
+        "shards": shards,
+        "coords": coords.tolist(),
+        "probs": probs.tolist(),
+        "want_coords": want_coords.tolist(),
+        "want_probs": want_probs.tolist(),
+        "indivisible": indivisible,
+        "kept_size": kept[0],
+        "kept_coords": kept[1].tolist(),
+    }
+
+
 def main():
     devices = len(keras.distribution.list_devices())
     results = {"devices": devices}
@@ -168,6 +215,8 @@ def main():
                 results[method]["per_replica"] = train(method, True)
             finally:
                 gv.backend.gather_replicas = gather
+    if BACKEND == "jax":
+        results["sharded_gallery"] = sharded_gallery()
     json.dump(results, sys.stdout)
 
 

@@ -94,6 +94,20 @@ def test_per_replica_negatives_would_be_caught(runs, method):
     assert np.all(counts < np.asarray(single["statistics"])[:, 0].sum(-1) / 4)
 
 
+def test_gallery_sharded_across_devices(runs):
+    if "sharded_gallery" not in runs:
+        pytest.skip("JAX: keras.distribution layouts")
+    sharded = runs["sharded_gallery"]
+    assert sharded["shards"] == [[250, 32]] * 4  # 1,000 rows over 4 devices
+    np.testing.assert_allclose(sharded["coords"], sharded["want_coords"])
+    np.testing.assert_allclose(
+        sharded["probs"], sharded["want_probs"], rtol=1e-5, atol=1e-7
+    )
+    assert "999 points cannot be sharded" in sharded["indivisible"]
+    assert sharded["kept_size"] == 1000  # the refused gallery left it as is
+    np.testing.assert_allclose(sharded["kept_coords"], sharded["coords"])
+
+
 def _tiny_model():
     model = gv.GeoCLIP(
         gv.layers.ImageEncoder(None, embed_dim=8, hidden_units=16),

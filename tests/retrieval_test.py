@@ -50,6 +50,51 @@ def test_chunked_search_matches_brute_force(chunk_size):
     )
 
 
+def test_million_point_search_in_bounded_chunks():
+    # 1,000,003 points (not a multiple of the chunk), scored 2**17 at a
+    # time: the top-k, indices and normalisers of a brute-force float64
+    # search over all of them, for a subset of 12 queries.
+    rng = np.random.default_rng(0)
+    n, chunk = 1_000_003, 1 << 17
+    keys = _unit(rng.normal(size=(n, 8))).astype("float32")
+    coords = np.stack(
+        [rng.uniform(-90, 90, n), rng.uniform(-180, 180, n)], 1
+    ).astype("float32")
+    gallery = gv.layers.GPSGallery(embed_dim=8)
+    gallery.set(coords, keys)
+    queries = _unit(rng.normal(size=(12, 8))).astype("float32")
+    logits, index, log_norm = gallery.search(
+        queries, scale=30.0, top_k=5, batch_size=4, chunk_size=chunk
+    )
+    full = 30.0 * queries.astype("float64") @ keys.T.astype("float64")
+    best = np.argsort(-full, axis=1)[:, :5]
+    np.testing.assert_array_equal(index, best)
+    np.testing.assert_allclose(
+        logits, np.take_along_axis(full, best, 1), atol=1e-4
+    )
+    np.testing.assert_allclose(log_norm, logsumexp(full, axis=1), rtol=1e-5)
+    # Scoring functions were made for chunk-sized slices only (no call saw
+    # more than `chunk` rows): 7 full chunks and the remainder.
+    lengths = sorted({length for _, length in gallery._top_k_functions})
+    assert lengths == [n - 7 * chunk, chunk]
+
+
+def test_gallery_keeps_its_own_copy():
+    # The caller's arrays may change afterwards; the gallery must not.
+    rng = np.random.default_rng(0)
+    emb = _unit(rng.normal(size=(6, 4))).astype("float32")
+    coords = random_gps(6, seed=2)
+    gallery = gv.layers.GPSGallery(embed_dim=4)
+    gallery.set(coords, emb)
+    want_emb, want_coords = emb.copy(), coords.copy()
+    emb[:] = 0.0
+    coords[:] = 0.0
+    got = keras.ops.convert_to_numpy(gallery.embeddings)
+    np.testing.assert_array_equal(got, want_emb)
+    got = keras.ops.convert_to_numpy(gallery.coords)
+    np.testing.assert_array_equal(got, want_coords)
+
+
 def test_reference_set_layer():
     refs = gv.layers.ReferenceSet(size=0, embed_dim=4)
     with pytest.raises(ValueError, match="reference set is empty.*"):

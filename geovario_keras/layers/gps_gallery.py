@@ -30,6 +30,27 @@ def _chunk_top_k(keys, query, scale, top_k, top_k_fn=None):
     return values, index, ops.logsumexp(logits, axis=-1, keepdims=True)
 
 
+def _float32(x, copy):
+    if backend.is_tensor(x):
+        return ops.cast(x, "float32")
+    return np.array(x, "float32", copy=True if copy else None)
+
+
+def _merge_top_k(best, part, top_k):
+    """Running merge of `(values, indices, log_normaliser)` top-k blocks."""
+    if best is None:
+        return part[0], part[1], part[2][:, 0]
+    v = np.concatenate([best[0], part[0]], axis=1)
+    i = np.concatenate([best[1], part[1]], axis=1)
+    keep = np.argsort(-v, axis=1, kind="stable")[:, :top_k]
+    log_norm = np.logaddexp(best[2], part[2][:, 0])
+    return (
+        np.take_along_axis(v, keep, 1),
+        np.take_along_axis(i, keep, 1),
+        log_norm,
+    )
+
+
 @register
 class GPSGallery(keras.layers.Layer):
     """Top-k retrieval over a gallery of coordinates and their embeddings.
@@ -86,31 +107,59 @@ class GPSGallery(keras.layers.Layer):
         # Queries are scored in float32 under any dtype policy.
         return "float32"
 
-    def _make_variables(self, size):
-        self.coords = add_state(self, "coords", (size, 2), "float32")
+    def _make_variables(self, size, coords=None, embeddings=None):
+        self.coords = add_state(self, "coords", (size, 2), "float32", coords)
         self.embeddings = add_state(
-            self, "embeddings", (size, self.embed_dim), "float32"
+            self, "embeddings", (size, self.embed_dim), "float32", embeddings
         )
         # Traced top-k functions hold the variables they saw: a new pair of
         # variables starts a new cache (kept out of Keras tracking).
         self.__dict__["_top_k_functions"] = {}
 
-    def set(self, coords, embeddings):
-        """Stores `coords (M, 2)` and `embeddings (M, embed_dim)`."""
+    def set(self, coords, embeddings, copy=True):
+        """Stores `coords (M, 2)` and `embeddings (M, embed_dim)`.
+
+        Args:
+            coords: `(M, 2)` latitude, longitude in degrees.
+            embeddings: `(M, embed_dim)` normalised embeddings.
+            copy: bool. False lets the state keep a float32 numpy
+                `embeddings` itself where the backend can (PyTorch on the
+                CPU), saving a copy of a large set: for buffers nobody
+                modifies afterwards (`set_gallery` passes its own).
+        """
         size = int(coords.shape[0])
         if tuple(embeddings.shape) != (size, self.embed_dim):
             raise ValueError(
                 f"`embeddings` must have shape ({size}, {self.embed_dim}); "
                 f"got {tuple(embeddings.shape)}."
             )
+        # Host arrays stay on the host until the variable takes them (under
+        # a sharded layout they go to their devices directly).
+        coords = _float32(coords, copy=True)  # small: always a copy
+        embeddings = _float32(embeddings, copy)
         if size != self.size:
-            # The shape changes: replace the variables (untracked on delete).
+            # The shape changes: replace the variables (untracked on delete),
+            # created from the values (no zero-filled copy of a large set).
+            old = self.coords, self.embeddings, self._top_k_functions
             del self.coords
             del self.embeddings
+            try:
+                self._make_variables(size, coords, embeddings)
+            except Exception as error:  # e.g. JAX's IndivisibleError
+                self.coords, self.embeddings = old[:2]  # unchanged
+                self.__dict__["_top_k_functions"] = old[2]
+                if "divide" not in str(error):
+                    raise
+                raise ValueError(
+                    f"A {self._what} of {size} points cannot be sharded "
+                    "evenly by the layout of the current "
+                    "`keras.distribution`: give it a multiple of the number "
+                    f"of shards of its first axis. ({error})"
+                ) from error
             self.size = size
-            self._make_variables(size)
-        self.coords.assign(ops.cast(coords, "float32"))
-        self.embeddings.assign(ops.cast(embeddings, "float32"))
+            return
+        self.coords.assign(coords)
+        self.embeddings.assign(embeddings)
 
     def load_own_variables(self, store):
         # A saved gallery of another size (e.g. `load_weights` into a model
@@ -212,58 +261,47 @@ class GPSGallery(keras.layers.Layer):
         block = check_int("batch_size", batch_size)
         query_embeddings = np.asarray(query_embeddings, "float32")
         scale = ops.convert_to_tensor(scale, "float32")
-        if chunk == self.size:  # one chunk: the variable is read in place
-            chunks = [(0, None)]
-        else:
-            keys = ops.convert_to_tensor(self.embeddings)
-            chunks = [
-                (start, keys[start : start + chunk])
-                for start in range(0, self.size, chunk)
-            ]
+        # Chunks are sliced from the variable inside the scoring function
+        # (a view on PyTorch, a chunk-sized buffer elsewhere): no copy of
+        # the whole set is made.
+        chunks = [
+            (start, min(chunk, self.size - start))
+            for start in range(0, self.size, chunk)
+        ]
         out = ([], [], [])
         for start in range(0, len(query_embeddings), block):
             q = ops.convert_to_tensor(query_embeddings[start : start + block])
-            parts = []
-            for offset, part in chunks:
-                if part is None:
-                    result = self._top_k_function(top_k, whole=True)(q, scale)
-                else:
-                    k = min(top_k, int(part.shape[0]))
-                    result = self._top_k_function(k)(part, q, scale)
-                v, i, n = (ops.convert_to_numpy(t) for t in result)
-                parts.append((v, i + offset, n))
-            v, i, n = (np.concatenate(p, axis=-1) for p in zip(*parts))
-            if len(parts) > 1:  # running merge of the chunks' top-k
-                best = np.argsort(-v, axis=1, kind="stable")[:, :top_k]
-                v = np.take_along_axis(v, best, 1)
-                i = np.take_along_axis(i, best, 1)
-                n = np.logaddexp.reduce(n, axis=-1, keepdims=True)
-            for acc, value in zip(out, (v, i, n[:, 0])):
+            best = None
+            for offset, length in chunks:
+                fn = self._top_k_function(min(top_k, length), length)
+                origin = ops.convert_to_tensor([offset, 0], "int32")
+                v, i, n = (
+                    ops.convert_to_numpy(t) for t in fn(q, scale, origin)
+                )
+                best = _merge_top_k(best, (v, i + offset, n), top_k)
+            for acc, value in zip(out, best):
                 acc.append(value)
         if not out[0]:
             empty = np.zeros((0, top_k))
             return empty.astype("float32"), empty.astype("int64"), empty[:, 0]
         return tuple(np.concatenate(parts) for parts in out)
 
-    def _top_k_function(self, top_k, whole=False):
-        # `whole`: scores against the whole set, read from the variable
-        # inside the traced function (a tensor argument would be a copy of
-        # the set on every call); otherwise against a chunk argument.
+    def _top_k_function(self, top_k, length):
+        # Scores against rows [origin[0], origin[0] + length) of the set,
+        # read from the variable inside the traced function (a tensor
+        # argument would be a copy of the set on every call). One trace per
+        # (top_k, length): every chunk but the last has the same length.
         cache = self.__dict__["_top_k_functions"]
-        if (top_k, whole) not in cache:
-            if whole:
+        if (top_k, length) not in cache:
 
-                def fn(q, scale):
-                    keys = ops.convert_to_tensor(self.embeddings)
-                    return _chunk_top_k(keys, q, scale, top_k)
+            def fn(q, scale, origin):
+                keys = ops.convert_to_tensor(self.embeddings)
+                if length != self.size:
+                    keys = ops.slice(keys, origin, (length, self.embed_dim))
+                return _chunk_top_k(keys, q, scale, top_k)
 
-            else:
-
-                def fn(keys, q, scale):
-                    return _chunk_top_k(keys, q, scale, top_k)
-
-            cache[(top_k, whole)] = backend.traced_function(fn)
-        return cache[(top_k, whole)]
+            cache[(top_k, length)] = backend.traced_function(fn)
+        return cache[(top_k, length)]
 
     def compute_output_shape(self, query_embeddings_shape, top_k=5, **kwargs):
         n = query_embeddings_shape[0]
