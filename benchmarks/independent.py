@@ -23,6 +23,8 @@ Options isolate the initialisation: `--keras-init torch` gives the Keras
 model torch's `nn.Linear` kernel initialiser, U(+-1/sqrt(fan_in));
 `--torch-init glorot` gives the torch model Keras's (Glorot-uniform
 kernels, zero biases). `--torch-adam-eps 1e-7` uses Keras's Adam epsilon.
+`--torch-logit-cap 0 100` runs the torch model without (the reference)
+and with CLIP's cap of the temperature at 100, which geovario-keras has.
 
 Run: `KERAS_BACKEND=jax python benchmarks/independent.py [--epochs 10]
 [--seeds 0 1] [--keras-init glorot torch] [--torch-init default glorot]`.
@@ -122,7 +124,15 @@ def torch_geoclip(in_dim, seed):
 
 
 def train_torch(
-    train_x, train_gps, epochs, seed, init, eps, batch=256, queue=2048
+    train_x,
+    train_gps,
+    epochs,
+    seed,
+    init,
+    eps,
+    logit_cap=None,
+    batch=256,
+    queue=2048,
 ):
     import torch
 
@@ -155,9 +165,10 @@ def train_torch(
             idx = torch.from_numpy(order[s * batch : (s + 1) * batch])
             x, g = x_all[idx], g_all[idx]
             cand = torch.cat([g, q[:filled]], 0)
-            logits = model.logit_scale.exp() * (
-                model.images(x) @ model.locations(cand).T
-            )
+            scale = model.logit_scale
+            if logit_cap is not None:  # as CLIP's clamp (and Keras's)
+                scale = scale.clamp(max=math.log(logit_cap))
+            logits = scale.exp() * (model.images(x) @ model.locations(cand).T)
             loss = torch.nn.functional.cross_entropy(
                 logits, torch.arange(batch)
             )
@@ -242,6 +253,14 @@ def main():
     )
     parser.add_argument("--torch-adam-eps", type=float, default=1e-8)
     parser.add_argument(
+        "--torch-logit-cap",
+        type=float,
+        nargs="*",
+        default=[0.0],
+        help="caps of exp(logit_scale) on the torch side (0: none, as the "
+        "reference; geovario-keras caps at 100, as CLIP); one run each",
+    )
+    parser.add_argument(
         "--data-dir", default=os.path.join("artifacts", "tensorflow_datasets")
     )
     args = parser.parse_args()
@@ -265,7 +284,14 @@ def main():
         f"{len(test_x)} test, inputs {train_x.shape[1]}-d, gallery "
         f"{len(gallery)}, {args.epochs} epochs"
     )
-    runs = [(f"plain PyTorch, {i} init", ("torch", i)) for i in args.torch_init]
+    runs = [
+        (
+            f"plain PyTorch, {i} init" + (f", cap {c:g}" if c else ""),
+            ("torch", (i, c or None)),
+        )
+        for i in args.torch_init
+        for c in args.torch_logit_cap
+    ]
     runs += [
         (f"geovario-keras, {i} init", ("keras", i)) for i in args.keras_init
     ]
@@ -279,8 +305,9 @@ def main():
                     train_gps,
                     args.epochs,
                     seed,
-                    init,
+                    init[0],
                     args.torch_adam_eps,
+                    logit_cap=init[1],
                 )
             else:
                 predict = train_keras(

@@ -6,10 +6,10 @@ resolved when this module is imported (`KERAS_BACKEND` cannot change inside
 a process):
 
 - `is_tensor(x)`: a concrete backend tensor (not a symbolic `KerasTensor`).
+- `shared_host_tensor(array)`: a numpy array as a tensor without a copy
+  where the backend allows (large galleries).
 - `inference_function(layer, fn, jit_compile)`: `fn(layer, x)` compiled for
   inference, reading the layer's current weights.
-- `traced_function(fn)`: `fn` traced for repeated calls where tracing reads
-  variables live (TensorFlow), else `fn` itself.
 - `segment_sum(values, index, num_segments)`: per-segment sums (the
   semivariogram's per-bin statistics).
 - `dense_relu(dense, x)`: a ReLU `Dense` layer's forward pass.
@@ -110,19 +110,20 @@ def inference_function(layer, fn, jit_compile=None):
     return make(layer, fn, jit_compile)
 
 
-def traced_function(fn):
-    """`fn` as a reusable traced function where that is safe and faster.
+def shared_host_tensor(array):
+    """A float numpy array as a tensor sharing its memory where possible.
 
-    TensorFlow: a `tf.function` (it reads variables live, so new values are
-    seen; a variable *replaced* by another object is not, so callers key
-    their cache on the variables). JAX and PyTorch: `fn` itself, since a
-    `jax.jit` here would freeze the variable values it traced.
+    PyTorch: `torch.from_numpy` (Keras's `convert_to_tensor` copies numpy
+    arrays first; for a gallery of millions that is a second host copy).
+    JAX already shares aligned host arrays on the CPU; elsewhere the array
+    itself is returned and converted as usual.
     """
-    if NAME != "tensorflow":
-        return fn
-    import tensorflow as tf
+    if NAME != "torch":
+        return array
+    import numpy as np
+    import torch
 
-    return tf.function(fn, reduce_retracing=True)
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 # ------------------------------------------------------------- training

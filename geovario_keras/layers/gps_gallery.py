@@ -9,9 +9,12 @@ from geovario_keras.api_export import register
 from geovario_keras.utils import add_state
 from geovario_keras.utils import check_int
 
-# Points scored at once by `search`: 2**20 points x 512 float32 is a 2 GB
-# gallery slice; a block of queries against it is ~64 MB of logits.
-DEFAULT_CHUNK_SIZE = 1 << 20
+# `search` holds at most LOGITS_PER_CALL float32 logits (64 MB) per call.
+# Sets of up to 2**20 points are scored in place by blocks of queries;
+# larger ones in chunks sized for blocks of up to QUERY_BLOCK queries (one
+# query scores up to 16 M points in place, 256 queries chunks of 65,536).
+LOGITS_PER_CALL = 1 << 24
+QUERY_BLOCK = 256
 
 
 def _chunk_top_k(keys, query, scale, top_k, top_k_fn=None):
@@ -33,7 +36,8 @@ def _chunk_top_k(keys, query, scale, top_k, top_k_fn=None):
 def _float32(x, copy):
     if backend.is_tensor(x):
         return ops.cast(x, "float32")
-    return np.array(x, "float32", copy=True if copy else None)
+    x = np.array(x, "float32", copy=True if copy else None)
+    return x if copy else backend.shared_host_tensor(x)
 
 
 def _merge_top_k(best, part, top_k):
@@ -232,19 +236,24 @@ class GPSGallery(keras.layers.Layer):
     ):
         """Top-k search in bounded memory, for sets of any size.
 
-        The set is scored `chunk_size` points at a time and the per-chunk
-        top-k are merged (and their softmax normalisers combined), so the
-        logits held at once are `batch_size x chunk_size`, however large
-        the set.
+        Blocks of `batch_size` queries are scored against the set
+        `chunk_size` points at a time, and the per-chunk top-k are merged
+        as they come (their softmax normalisers combined), so the logits
+        held at once are `batch_size x chunk_size`, however large the set.
+        A set no larger than a chunk is scored in place; larger ones are
+        sliced chunk by chunk inside the scoring function.
 
         Args:
             query_embeddings: `(N, embed_dim)` normalised embeddings.
             scale: float or scalar. Multiplies the cosine similarities.
             top_k: int in `[1, size]`.
-            batch_size: int or None. Queries per block; default: blocks of
-                about 64 MB of logits.
-            chunk_size: int or None. Set points scored at once; default
-                `DEFAULT_CHUNK_SIZE` (2**20).
+            batch_size: int or None. Queries per block; default: blocks
+                of about 64 MB of logits for sets up to 2**20 points, else
+                up to 256.
+            chunk_size: int or None. Set points scored at once; default:
+                the whole set up to 2**20 points, else about 64 MB of
+                logits for the block (2**24 points for one query, 65,536
+                for 256).
 
         Returns:
             `(logits (N, top_k), indices (N, top_k), log_normaliser (N,))`
@@ -254,12 +263,21 @@ class GPSGallery(keras.layers.Layer):
         """
         self.check_top_k(top_k)
         top_k = int(top_k)
-        chunk = check_int("chunk_size", chunk_size or DEFAULT_CHUNK_SIZE)
-        chunk = min(chunk, self.size)
-        if batch_size is None:  # blocks of about 64 MB of logits
-            batch_size = max(1, (1 << 24) // chunk)
-        block = check_int("batch_size", batch_size)
         query_embeddings = np.asarray(query_embeddings, "float32")
+        if chunk_size is None and self.size <= LOGITS_PER_CALL // 16:
+            chunk_size = self.size  # in place, blocks of >= 16 queries
+        if chunk_size is None:
+            n = max(1, len(query_embeddings))
+            block = batch_size or min(n, QUERY_BLOCK)
+            block = check_int("batch_size", block)
+            chunk = max(1, LOGITS_PER_CALL // block)
+        else:
+            chunk = check_int("chunk_size", chunk_size)
+            block = batch_size or max(
+                1, LOGITS_PER_CALL // min(chunk, self.size)
+            )
+            block = check_int("batch_size", block)
+        chunk = min(chunk, self.size)
         scale = ops.convert_to_tensor(scale, "float32")
         # Chunks are sliced from the variable inside the scoring function
         # (a view on PyTorch, a chunk-sized buffer elsewhere): no copy of
@@ -291,16 +309,23 @@ class GPSGallery(keras.layers.Layer):
         # read from the variable inside the traced function (a tensor
         # argument would be a copy of the set on every call). One trace per
         # (top_k, length): every chunk but the last has the same length.
+        # Compiled where that reads the variables live (JAX: one `jax.jit`
+        # taking their values, so the slice fuses into the product instead
+        # of copying the chunk; TensorFlow: a `tf.function`).
         cache = self.__dict__["_top_k_functions"]
         if (top_k, length) not in cache:
 
-            def fn(q, scale, origin):
-                keys = ops.convert_to_tensor(self.embeddings)
-                if length != self.size:
-                    keys = ops.slice(keys, origin, (length, self.embed_dim))
+            def fn(layer, args):
+                q, scale, origin = args
+                keys = ops.convert_to_tensor(layer.embeddings)
+                if length != layer.size:
+                    keys = ops.slice(keys, origin, (length, layer.embed_dim))
                 return _chunk_top_k(keys, q, scale, top_k)
 
-            cache[(top_k, length)] = backend.traced_function(fn)
+            compiled = backend.inference_function(self, fn)
+            cache[(top_k, length)] = lambda q, scale, origin: compiled(
+                (q, scale, origin)
+            )
         return cache[(top_k, length)]
 
     def compute_output_shape(self, query_embeddings_shape, top_k=5, **kwargs):
