@@ -9,8 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(args, tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _run(args, tmp_path, **env_vars):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env_vars)
     proc = subprocess.run(
         [sys.executable, *args],
         cwd=tmp_path,
@@ -81,3 +81,38 @@ def test_compare_train_evaluate(tmp_path):
         tmp_path,
     )
     assert "acc_country" in out and "top-5 oracle" in out
+
+
+@pytest.mark.slow
+def test_train_data_parallel(tmp_path):
+    # JAX on 2 virtual CPU devices (keras.distribution); TensorFlow's
+    # MirroredStrategy over this machine's one CPU replica; PyTorch exits
+    # with the reason.
+    import keras
+
+    args = [
+        os.path.join(ROOT, "recipes", "train.py"),
+        "--epochs",
+        "1",
+        "--data-parallel",
+        "--data-dir",
+        str(tmp_path / "tfds"),
+        "--out",
+        "train",
+    ]
+    if keras.backend.backend() == "torch":
+        proc = subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode != 0
+        assert "needs KERAS_BACKEND=jax or tensorflow" in proc.stderr
+        return
+    flags = "--xla_force_host_platform_device_count=2"
+    out = _run(args, tmp_path, XLA_FLAGS=flags)
+    assert "data parallel:" in out
+    if keras.backend.backend() == "jax":
+        assert "over 2 devices" in out
+    assert (tmp_path / "train" / "geoclip_semivariogram.keras").is_file()
