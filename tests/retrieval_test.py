@@ -22,6 +22,22 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _check_search(gallery, keys, queries, scale, top_k, batch, chunk):
+    """`gallery.search` against a brute-force float64 search of `keys`:
+    the top-k rows, their logits and the logsumexp over all rows."""
+    logits, index, log_norm = gallery.search(
+        queries, scale=scale, top_k=top_k, batch_size=batch, chunk_size=chunk
+    )
+    full = scale * queries.astype("float64") @ keys.T.astype("float64")
+    best = np.argsort(-full, axis=1)[:, :top_k]
+    np.testing.assert_array_equal(index, best)
+    np.testing.assert_allclose(
+        logits, np.take_along_axis(full, best, 1), atol=1e-4
+    )
+    np.testing.assert_allclose(log_norm, logsumexp(full, axis=1), rtol=1e-5)
+    return full, best
+
+
 @pytest.mark.parametrize("chunk_size", [None, 997, 4096])
 def test_chunked_search_matches_brute_force(chunk_size):
     rng = np.random.default_rng(0)
@@ -29,16 +45,7 @@ def test_chunked_search_matches_brute_force(chunk_size):
     queries = _unit(rng.normal(size=(50, 8))).astype("float32")
     gallery = gv.layers.GPSGallery(embed_dim=8)
     gallery.set(random_gps(20_000, seed=1), keys)
-    logits, index, log_norm = gallery.search(
-        queries, scale=20.0, top_k=7, batch_size=16, chunk_size=chunk_size
-    )
-    full = 20.0 * queries.astype("float64") @ keys.T.astype("float64")
-    best = np.argsort(-full, axis=1)[:, :7]
-    np.testing.assert_array_equal(index, best)
-    np.testing.assert_allclose(
-        logits, np.take_along_axis(full, best, 1), atol=1e-4
-    )
-    np.testing.assert_allclose(log_norm, logsumexp(full, axis=1), atol=1e-4)
+    full, best = _check_search(gallery, keys, queries, 20.0, 7, 16, chunk_size)
     coords, probs = gallery.retrieve(queries, 20.0, 7, chunk_size=chunk_size)
     np.testing.assert_allclose(
         probs,
@@ -63,16 +70,7 @@ def test_million_point_search_in_bounded_chunks():
     gallery = gv.layers.GPSGallery(embed_dim=8)
     gallery.set(coords, keys)
     queries = _unit(rng.normal(size=(12, 8))).astype("float32")
-    logits, index, log_norm = gallery.search(
-        queries, scale=30.0, top_k=5, batch_size=4, chunk_size=chunk
-    )
-    full = 30.0 * queries.astype("float64") @ keys.T.astype("float64")
-    best = np.argsort(-full, axis=1)[:, :5]
-    np.testing.assert_array_equal(index, best)
-    np.testing.assert_allclose(
-        logits, np.take_along_axis(full, best, 1), atol=1e-4
-    )
-    np.testing.assert_allclose(log_norm, logsumexp(full, axis=1), rtol=1e-5)
+    _check_search(gallery, keys, queries, 30.0, 5, 4, chunk)
     # Scoring functions were made for chunk-sized slices only (no call saw
     # more than `chunk` rows): 7 full chunks and the remainder.
     lengths = sorted({length for _, length in gallery._top_k_functions})
