@@ -146,6 +146,13 @@ def train_torch(
         "glorot_location": model.branches,
         "zero_bias": model,
     }
+    if init.startswith("copy_keras_torch"):  # the Keras model's start
+        parts = {
+            "copy_keras_torch": ("dense", "fourier"),
+            "copy_keras_torch_dense": ("dense",),
+            "copy_keras_torch_fourier": ("fourier",),
+        }[init]
+        _copy_keras_start(model, seed, parts)
     for layer in towers[init].modules() if init in towers else ():
         if isinstance(layer, torch.nn.Linear):
             if init != "zero_bias":
@@ -195,8 +202,83 @@ def train_torch(
     return predict
 
 
+def _copy_keras_start(model, seed, parts=("dense", "fourier")):
+    """Loads the initial weights of `train_keras(init="torch")`'s model
+    (same seed) into the torch model: kernels (transposed), biases, the
+    Fourier matrices and the logit scale, so both start from the same
+    numbers and only the training code differs."""
+    import keras
+    import torch
+
+    keras_model = make_keras_model(seed, "torch")
+    keras_model.build((None, model.image[0].in_features))
+
+    def value(layer, name):
+        w = getattr(layer, name)
+        return torch.from_numpy(np.array(keras.ops.convert_to_numpy(w)))
+
+    def load(linear, dense):
+        with torch.no_grad():
+            linear.weight.copy_(value(dense, "kernel").T)
+            linear.bias.copy_(value(dense, "bias"))
+
+    image = keras_model.image_encoder
+    if "dense" in parts:
+        load(model.image[0], image.hidden)
+        load(model.image[2], image.head)
+    enc = keras_model.location_encoder
+    for i, branch in enumerate(model.branches):
+        layers = {
+            w.path.split("/")[-2]: w for w in enc.weights if f"_{i}" in w.path
+        }
+        if "fourier" in parts:
+            with torch.no_grad():
+                branch.b.copy_(
+                    torch.from_numpy(
+                        np.array(keras.ops.convert_to_numpy(layers[f"rff_{i}"]))
+                    )
+                )
+        names = ("dense_0", "dense_1", "head") if "dense" in parts else ()
+        for j, name in zip((0, 2, 4), names):
+            kernel = [
+                w
+                for w in enc.weights
+                if w.path.endswith(f"branch_{i}_{name}/kernel")
+            ][0]
+            bias = [
+                w
+                for w in enc.weights
+                if w.path.endswith(f"branch_{i}_{name}/bias")
+            ][0]
+            with torch.no_grad():
+                branch.mlp[j].weight.copy_(
+                    torch.from_numpy(np.array(kernel.numpy())).T
+                )
+                branch.mlp[j].bias.copy_(
+                    torch.from_numpy(np.array(bias.numpy()))
+                )
+    with torch.no_grad():
+        model.logit_scale.copy_(
+            torch.tensor(float(keras_model.logit_scale.numpy()))
+        )
+        # Same start, same forward pass: the two implementations' location
+        # and image embeddings of a few inputs must agree.
+        rng = np.random.default_rng(0)
+        gps = rng.uniform([-80, -180], [80, 180], (64, 2)).astype("float32")
+        x = rng.uniform(0, 1, (8, model.image[0].in_features))
+        x = x.astype("float32")
+        loc = model.locations(torch.from_numpy(gps)).numpy()
+        img = model.images(torch.from_numpy(x)).numpy()
+    print(
+        "  copied start: max |location embedding difference| "
+        f"{np.abs(loc - keras_model.encode_location(gps)).max():.1e}, "
+        f"image {np.abs(img - keras_model.encode_image(x)).max():.1e}"
+    )
+
+
 # ------------------------------------------------------ geovario-keras
-def train_keras(train_x, train_gps, epochs, seed, init, batch=256):
+def make_keras_model(seed, init):
+    """The geovario-keras model of this comparison (not yet trained)."""
     import keras
 
     import geovario_keras as gv
@@ -209,7 +291,7 @@ def train_keras(train_x, train_gps, epochs, seed, init, batch=256):
                 1.0 / 3.0, "fan_in", "uniform"
             )
         }
-    model = gv.GeoCLIP(
+    return gv.GeoCLIP(
         image_encoder=gv.layers.ImageEncoder(
             None, embed_dim=256, hidden_units=512, **dense
         ),
@@ -226,6 +308,12 @@ def train_keras(train_x, train_gps, epochs, seed, init, batch=256):
         gps_noise_m=(0.0, 0.0),
         seed=seed,
     )
+
+
+def train_keras(train_x, train_gps, epochs, seed, init, batch=256):
+    import keras
+
+    model = make_keras_model(seed, init)
     steps = epochs * (len(train_x) // batch)
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
@@ -249,7 +337,9 @@ def main():
         default=["default"],
         help="'default' (nn.Linear's), 'zero_bias' (nn.Linear's kernels, "
         "zero biases), 'glorot' (Keras's Dense), 'glorot_image' or "
-        "'glorot_location' (Keras's Dense in one tower only)",
+        "'glorot_location' (Keras's Dense in one tower only), "
+        "'copy_keras_torch' (the exact initial weights of the Keras model "
+        "with --keras-init torch, same seed)",
     )
     parser.add_argument("--torch-adam-eps", type=float, default=1e-8)
     parser.add_argument(
