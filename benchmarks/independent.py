@@ -146,13 +146,14 @@ def train_torch(
         "glorot_location": model.branches,
         "zero_bias": model,
     }
-    if init.startswith("copy_keras_torch"):  # the Keras model's start
-        parts = {
-            "copy_keras_torch": ("dense", "fourier"),
-            "copy_keras_torch_dense": ("dense",),
-            "copy_keras_torch_fourier": ("fourier",),
+    if init.startswith("copy_keras_"):  # the Keras model's start
+        keras_init, parts = {
+            "copy_keras_glorot": ("glorot", ("dense", "fourier")),
+            "copy_keras_torch": ("torch", ("dense", "fourier")),
+            "copy_keras_torch_dense": ("torch", ("dense",)),
+            "copy_keras_torch_fourier": ("torch", ("fourier",)),
         }[init]
-        _copy_keras_start(model, seed, parts)
+        _copy_keras_start(model, seed, keras_init, parts)
     for layer in towers[init].modules() if init in towers else ():
         if isinstance(layer, torch.nn.Linear):
             if init != "zero_bias":
@@ -202,15 +203,15 @@ def train_torch(
     return predict
 
 
-def _copy_keras_start(model, seed, parts=("dense", "fourier")):
-    """Loads the initial weights of `train_keras(init="torch")`'s model
-    (same seed) into the torch model: kernels (transposed), biases, the
-    Fourier matrices and the logit scale, so both start from the same
-    numbers and only the training code differs."""
+def _copy_keras_start(model, seed, init, parts=("dense", "fourier")):
+    """Loads the initial weights of `train_keras(init=init)`'s model (same
+    seed) into the torch model: kernels (transposed), biases, the Fourier
+    matrices and the logit scale, so both start from the same numbers and
+    only the training code differs."""
     import keras
     import torch
 
-    keras_model = make_keras_model(seed, "torch")
+    keras_model = make_keras_model(seed, init)
     keras_model.build((None, model.image[0].in_features))
 
     def value(layer, name):
@@ -338,8 +339,9 @@ def main():
         help="'default' (nn.Linear's), 'zero_bias' (nn.Linear's kernels, "
         "zero biases), 'glorot' (Keras's Dense), 'glorot_image' or "
         "'glorot_location' (Keras's Dense in one tower only), "
-        "'copy_keras_torch' (the exact initial weights of the Keras model "
-        "with --keras-init torch, same seed)",
+        "'copy_keras_glorot' / 'copy_keras_torch' (the exact initial "
+        "weights of the Keras model with --keras-init glorot / torch, same "
+        "seed; '_dense' or '_fourier' copies only those)",
     )
     parser.add_argument("--torch-adam-eps", type=float, default=1e-8)
     parser.add_argument(
