@@ -310,8 +310,9 @@ class GPSGallery(keras.layers.Layer):
         # argument would be a copy of the set on every call). One trace per
         # (top_k, length): every chunk but the last has the same length.
         # Compiled where that reads the variables live (JAX: one `jax.jit`
-        # taking their values, so the slice fuses into the product instead
-        # of copying the chunk; TensorFlow: a `tf.function`).
+        # taking their values; TensorFlow: a `tf.function`). XLA on the CPU
+        # still copies a sliced chunk (BENCHMARKS.md), hence chunks only
+        # beyond what one call can score in place.
         cache = self.__dict__["_top_k_functions"]
         if (top_k, length) not in cache:
 
