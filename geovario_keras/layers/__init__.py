@@ -1,6 +1,7 @@
 """Keras layers of geovario-keras."""
 
 from geovario_keras.layers.contrastive_head import ContrastiveHead
+from geovario_keras.layers.coordinate_encoder import MLPLocationEncoder
 from geovario_keras.layers.equal_earth import EqualEarthProjection
 from geovario_keras.layers.fourier import RandomFourierFeatures
 from geovario_keras.layers.geodesic_noise import GeodesicNoise
@@ -9,6 +10,11 @@ from geovario_keras.layers.gps_gallery import ReferenceSet
 from geovario_keras.layers.gps_queue import GPSQueue
 from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
+from geovario_keras.layers.spherical_harmonics import SirenDense
+from geovario_keras.layers.spherical_harmonics import SphericalHarmonics
+from geovario_keras.layers.spherical_harmonics import (
+    SphericalHarmonicsLocationEncoder,
+)
 
 __all__ = [
     "ContrastiveHead",
@@ -18,6 +24,10 @@ __all__ = [
     "GPSQueue",
     "ImageEncoder",
     "LocationEncoder",
+    "MLPLocationEncoder",
     "RandomFourierFeatures",
     "ReferenceSet",
+    "SirenDense",
+    "SphericalHarmonics",
+    "SphericalHarmonicsLocationEncoder",
 ]

@@ -1,0 +1,440 @@
+"""Spherical-harmonic location encoding with a SIREN (Rußwurm et al. 2024).
+
+Rußwurm, Klemmer, Rolf, Zbinden & Tuia, "Geographic Location Encoding with
+Spherical Harmonics and Sinusoidal Representation Networks", ICLR 2024.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from geovario_keras.api_export import register
+from geovario_keras.utils import check_int
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
+    return float(value)
+
+
+def _legendre_tables(degree):
+    """Constants of the normalised associated Legendre recurrence (float64).
+
+    With `x = cos(colatitude)`, `s = sin(colatitude)` and the functions
+    normalised so that the real harmonics below are orthonormal on the unit
+    sphere (no Condon-Shortley phase):
+
+    - diagonal: `P_m^m = d_m s^m`, `d_0 = 1 / sqrt(4 pi)`,
+      `d_m = d_{m-1} sqrt((2m + 1) / (2m))`;
+    - column `m`, degree `l > m`: `P_l^m = a_lm x P_{l-1}^m - b_lm
+      P_{l-2}^m`, `a_lm = sqrt((2l - 1)(2l + 1) / ((l - m)(l + m)))`,
+      `b_lm = sqrt((2l + 1)(l + m - 1)(l - m - 1) / ((l - m)(l + m)(2l - 3)))`.
+
+    This is the forward column recurrence of the fully normalised functions
+    used in geodesy (e.g. Holmes & Featherstone, J. Geodesy 2002): every
+    quantity stays of order one, so unlike the factorial closed form it
+    neither overflows nor loses digits at high degree. Returns
+    `(diag, a, b)`: `diag` `(L + 1,)`, `a`, `b` `(L + 1, L + 1)` indexed
+    `[l, m]` and zero where `m >= l`.
+    """
+    size = degree + 1
+    m = np.arange(size, dtype="float64")
+    ratio = np.sqrt((2.0 * m[1:] + 1.0) / (2.0 * m[1:]))
+    diag = np.concatenate([[1.0], np.cumprod(ratio)]) / math.sqrt(4 * math.pi)
+    a = np.zeros((size, size))
+    b = np.zeros((size, size))
+    for l in range(1, size):  # noqa: E741 (the degree is `l` by convention)
+        mm = m[:l]
+        a[l, :l] = np.sqrt((2 * l - 1) * (2 * l + 1) / ((l - mm) * (l + mm)))
+        if l >= 2:
+            num = (2 * l + 1) * (l + mm - 1) * (l - mm - 1)
+            den = (l - mm) * (l + mm) * (2 * l - 3)
+            b[l, :l] = np.sqrt(np.maximum(num, 0.0) / den)
+    return diag, a, b
+
+
+def harmonic_order(degree):
+    """The `(l, m)` of each output column of `SphericalHarmonics(degree)`.
+
+    Degrees `l = 0 .. degree`, and within each degree the orders
+    `m = -l .. l`: `(degree + 1) ** 2` columns.
+
+    >>> harmonic_order(1).tolist()
+    [[0, 0], [1, -1], [1, 0], [1, 1]]
+    """
+    return np.array(
+        [(l, m) for l in range(degree + 1) for m in range(-l, l + 1)]
+    )
+
+
+@register
+class SphericalHarmonics(keras.layers.Layer):
+    """Real spherical harmonics of (latitude, longitude), up to `degree`.
+
+    For colatitude `theta = 90 - latitude` and longitude `phi`, the
+    real orthonormal harmonics (no Condon-Shortley phase)
+
+    - `Y_l^0 = P_l^0(cos theta)`,
+    - `Y_l^m = sqrt(2) P_l^m(cos theta) cos(m phi)` for `m > 0`,
+    - `Y_l^-m = sqrt(2) P_l^m(cos theta) sin(m phi)`,
+
+    with `P_l^m` the associated Legendre functions normalised so that
+    `integral of Y_l^m Y_l'^m' over the sphere = delta_ll' delta_mm'`. The
+    Legendre functions come from a stable recurrence on normalised values
+    (each step multiplies numbers of order one), so the layer is finite and
+    accurate in float32 far beyond the degree-30 limit of the factorial
+    closed form: checked against `scipy.special.sph_harm_y` up to degree
+    100 (see the tests; BENCHMARKS.md gives the errors). Columns are ordered
+    by degree, then order (`harmonic_order(degree)`).
+
+    The encoding is continuous on the sphere: longitudes -180 and 180 give
+    the same values (the phase `m * phi` is reduced modulo 360 degrees
+    before the sine and cosine), and at either pole every `m != 0` term is
+    exactly zero, so every longitude gives the same values.
+
+    It always computes in float32 and casts only the output to the compute
+    dtype (a bfloat16 longitude would carry an error of ~0.5 degree).
+
+    Args:
+        degree: int >= 0. Highest degree `L`; the output has `(L + 1) ** 2`
+            values. A degree-`L` expansion resolves features down to about
+            `20,000 / L` km (half a wavelength).
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: tensor `(..., 2)` of (latitude, longitude) in degrees.
+
+    Returns:
+        Tensor `(..., (degree + 1) ** 2)`.
+
+    Example:
+
+    >>> sh = SphericalHarmonics(degree=2)
+    >>> y = sh(np.array([[90.0, 0.0], [90.0, 123.0]], "float32"))
+    >>> tuple(y.shape)
+    (2, 9)
+    >>> # At the north pole only the m = 0 terms remain: sqrt((2l + 1) / 4 pi)
+    >>> keras.ops.convert_to_numpy(y)[0].round(4).tolist()
+    [0.2821, 0.0, 0.4886, 0.0, 0.0, 0.0, 0.6308, 0.0, 0.0]
+    """
+
+    def __init__(self, degree=10, **kwargs):
+        super().__init__(**kwargs)
+        check_int("degree", degree, 0)
+        self.degree = degree
+        size = degree + 1
+        diag, a, b = _legendre_tables(degree)
+        self._diag = diag.astype("float32")
+        self._a = a.astype("float32")
+        self._b = b.astype("float32")
+        self._orders = np.arange(size, dtype="float32")
+        parity = np.add.outer(np.arange(size), np.arange(size)) % 2
+        self._odd = parity.astype("float32")  # (l + m) odd
+        # Columns of [cos part (l, m >= 0) ; sin part (l, m > 0)], each
+        # flattened as l * size + m, gathered into (l, m = -l .. l) order.
+        lm = harmonic_order(degree)
+        self._gather = np.where(
+            lm[:, 1] >= 0,
+            lm[:, 0] * size + lm[:, 1],
+            size * size + lm[:, 0] * size - lm[:, 1],
+        ).astype("int32")
+        weights = np.full(size, math.sqrt(2.0), "float32")
+        weights[0] = 1.0
+        self._cos_weights = weights
+
+    @property
+    def input_dtype(self):
+        return "float32"
+
+    def build(self, input_shape):
+        if input_shape[-1] not in (None, 2):
+            raise ValueError(
+                "SphericalHarmonics expects inputs of shape (..., 2) "
+                f"(latitude, longitude in degrees); got {input_shape}."
+            )
+        self.built = True
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        batch_shape = ops.shape(x)[:-1]
+        x = ops.reshape(x, (-1, 2))
+        lat, lon = x[:, 0], x[:, 1]
+        size = self.degree + 1
+        rad = math.pi / 180.0
+        # The recurrence runs on the northern hemisphere, |latitude|, in
+        # terms of u = 1 - cos(colatitude): near a pole u is tiny and exact
+        # to float32's relative precision, where cos(colatitude) itself
+        # would be rounded to ~3e-8 next to 1 (an error the degree-l terms
+        # amplify ~l^2 / 2 times). The south follows from the parity
+        # P_l^m(-x) = (-1)^(l + m) P_l^m(x).
+        north = ops.abs(lat)
+        polar = north >= 45.0
+        # Colatitude in radians; 90 - |lat| is exact for |lat| >= 45.
+        colat = ops.where(polar, 90.0 - north, 45.0) * rad
+        s = ops.where(polar, ops.sin(colat), ops.cos(north * rad))
+        half = ops.sin(0.5 * colat)
+        u = ops.where(polar, 2.0 * half * half, 1.0 - ops.sin(north * rad))
+        # sin(colatitude) exactly 0 at the poles: no trace of longitude.
+        s = ops.where(north >= 90.0, 0.0, s)
+        orders = ops.convert_to_tensor(self._orders)
+        table_a = ops.convert_to_tensor(self._a)
+        table_b = ops.convert_to_tensor(self._b)
+        table_diag = ops.convert_to_tensor(self._diag)
+        # s ** m as a running product (differentiable at s = 0, unlike pow).
+        powers = ops.concatenate(
+            [ops.ones_like(s)[:, None], ops.repeat(s[:, None], size - 1, 1)],
+            axis=1,
+        )
+        diag = ops.cumprod(powers, axis=1) * table_diag[None, :]
+        prev2 = ops.zeros_like(diag)
+        prev = diag * ops.cast(orders == 0.0, "float32")[None, :]
+        rows = [prev]
+        for l in range(1, size):  # noqa: E741
+            a = table_a[l][None, :]
+            b = table_b[l][None, :]
+            on_diagonal = ops.cast(orders == float(l), "float32")[None, :]
+            # a x P_{l-1} - b P_{l-2} with x = 1 - u.
+            current = (a * prev - b * prev2) - a * u[:, None] * prev
+            current = current + diag * on_diagonal
+            rows.append(current)
+            prev2, prev = prev, current
+        legendre = ops.stack(rows, axis=1)  # (N, l, m), zero where m > l
+        odd = ops.convert_to_tensor(self._odd)
+        south = ops.cast(lat < 0.0, "float32")[:, None, None]
+        legendre = legendre * (1.0 - 2.0 * south * odd[None])
+        # m * phi in degrees, reduced modulo 360 before the radians: the
+        # whole degrees of the longitude times m are exact integers, so the
+        # seam at +-180 is exact and the phase error stays ~1e-7 rad at any
+        # m (a float32 product m * phi would be off by ~m * 1e-5 degrees).
+        whole = ops.round(lon)
+        phase = ops.mod(whole[:, None] * orders[None, :], 360.0)
+        phase = phase + (lon - whole)[:, None] * orders[None, :]
+        phase = ops.mod(phase, 360.0) * rad
+        cos_weights = ops.convert_to_tensor(self._cos_weights)
+        cos = ops.cos(phase) * cos_weights[None, :]
+        sin = ops.sin(phase) * math.sqrt(2.0)
+        parts = ops.concatenate(
+            [
+                ops.reshape(legendre * cos[:, None, :], (-1, size * size)),
+                ops.reshape(legendre * sin[:, None, :], (-1, size * size)),
+            ],
+            axis=1,
+        )
+        out = ops.take(parts, ops.convert_to_tensor(self._gather), axis=1)
+        out = ops.reshape(out, tuple(batch_shape) + (size * size,))
+        return ops.cast(out, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + ((self.degree + 1) ** 2,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"degree": self.degree})
+        return config
+
+
+@register
+class SirenDense(keras.layers.Layer):
+    """A Dense layer of a SIREN: `sin(w0 * (x W + b))` (Sitzmann et al. 2020).
+
+    SIREN's initialisation keeps the pre-activations of every layer spread
+    over a few periods of the sine whatever the depth: `W` and `b` are
+    uniform in `+-1 / fan_in` for the first layer of a network
+    (`is_first=True`) and in `+-sqrt(6 / fan_in) / w0` otherwise.
+
+    Sitzmann, Martel, Bergman, Lindell & Wetzstein, "Implicit Neural
+    Representations with Periodic Activation Functions", NeurIPS 2020.
+
+    Args:
+        units: int. Output width.
+        w0: float > 0. Frequency factor of the sine (SIREN: 30 for the first
+            layer, 1 after it in the spherical-harmonic encoder).
+        is_first: bool. Use the first layer's initialisation.
+        sine: bool. Apply the sine; `False` gives the network's linear last
+            layer, with the same initialisation.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> layer = SirenDense(8, w0=30.0, is_first=True)
+    >>> y = layer(np.ones((2, 4), "float32"))
+    >>> tuple(y.shape), bool(np.abs(keras.ops.convert_to_numpy(y)).max() <= 1)
+    ((2, 8), True)
+    """
+
+    def __init__(self, units, w0=1.0, is_first=False, sine=True, **kwargs):
+        super().__init__(**kwargs)
+        check_int("units", units)
+        self.units = units
+        self.w0 = _check_positive("w0", w0)
+        self.is_first = bool(is_first)
+        self.sine = bool(sine)
+
+    def build(self, input_shape):
+        fan_in = input_shape[-1]
+        if fan_in is None:
+            raise ValueError(
+                "SirenDense needs a known last input dimension; got input "
+                f"shape {input_shape}."
+            )
+        if self.is_first:
+            bound = 1.0 / fan_in
+        else:
+            bound = math.sqrt(6.0 / fan_in) / self.w0
+        init = keras.initializers.RandomUniform(-bound, bound)
+        self.kernel = self.add_weight(
+            name="kernel", shape=(fan_in, self.units), initializer=init
+        )
+        self.bias = self.add_weight(
+            name="bias", shape=(self.units,), initializer=init
+        )
+
+    def call(self, inputs):
+        y = ops.matmul(inputs, self.kernel) + self.bias
+        return ops.sin(self.w0 * y) if self.sine else y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "w0": self.w0,
+                "is_first": self.is_first,
+                "sine": self.sine,
+            }
+        )
+        return config
+
+
+@register
+class SphericalHarmonicsLocationEncoder(keras.layers.Layer):
+    """Spherical harmonics followed by a SIREN (Rußwurm et al., ICLR 2024).
+
+    `SphericalHarmonics(degree)`, then `hidden_layers` `SirenDense` layers
+    of `hidden_units` (the first with frequency `w0_initial`, the others
+    with `w0`), then a linear `SirenDense` head to `embed_dim`. Unlike
+    GeoCLIP's `LocationEncoder` (Equal Earth projection + Fourier
+    features), the encoding lives on the sphere: no seam at the
+    antimeridian, no distortion near the poles. A drop-in for
+    `GeoCLIP(location_encoder=...)`.
+
+    The harmonics and the first sine layer (whose phases reach ~`w0_initial`
+    radians) run in float32 whatever the dtype policy; the other layers use
+    the policy's compute dtype.
+
+    Args:
+        degree: int >= 0. Highest harmonic degree `L` (`(L + 1) ** 2`
+            inputs to the SIREN). Rußwurm et al. and SatCLIP use 10 for
+            coarse and 40 for finer global tasks.
+        hidden_units: int. Width of the sine layers.
+        hidden_layers: int >= 1. Number of sine layers.
+        embed_dim: int. Output embedding size.
+        w0: float > 0. Frequency factor of the sine layers after the first.
+        w0_initial: float > 0. Frequency factor of the first sine layer.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: tensor `(N, 2)` of (latitude, longitude) in degrees.
+
+    Returns:
+        Tensor `(N, embed_dim)`, not normalised.
+
+    Example:
+
+    >>> enc = SphericalHarmonicsLocationEncoder(
+    ...     degree=10, hidden_units=64, hidden_layers=2, embed_dim=32)
+    >>> gps = np.array([[48.86, 2.35], [-33.87, 151.21]], "float32")
+    >>> tuple(enc(gps).shape)
+    (2, 32)
+    """
+
+    def __init__(
+        self,
+        degree=40,
+        hidden_units=512,
+        hidden_layers=2,
+        embed_dim=512,
+        w0=1.0,
+        w0_initial=30.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_int("degree", degree, 0)
+        check_int("hidden_units", hidden_units)
+        check_int("hidden_layers", hidden_layers)
+        check_int("embed_dim", embed_dim)
+        self.degree = degree
+        self.hidden_units = hidden_units
+        self.hidden_layers = hidden_layers
+        self.embed_dim = embed_dim
+        self.w0 = _check_positive("w0", w0)
+        self.w0_initial = _check_positive("w0_initial", w0_initial)
+        self.harmonics = SphericalHarmonics(
+            degree, dtype="float32", name="harmonics"
+        )
+        self.hidden = [
+            SirenDense(
+                hidden_units,
+                w0=self.w0_initial if i == 0 else self.w0,
+                is_first=i == 0,
+                dtype="float32" if i == 0 else self.dtype_policy,
+                name=f"siren_{i}",
+            )
+            for i in range(hidden_layers)
+        ]
+        self.head = SirenDense(
+            embed_dim,
+            w0=self.w0,
+            sine=False,
+            dtype=self.dtype_policy,
+            name="head",
+        )
+
+    @property
+    def input_dtype(self):
+        return "float32"
+
+    def build(self, input_shape):
+        if input_shape[-1] not in (None, 2):
+            raise ValueError(
+                "SphericalHarmonicsLocationEncoder expects inputs of shape "
+                f"(N, 2) (latitude, longitude in degrees); got {input_shape}."
+            )
+        shape = tuple(input_shape[:-1]) + (2,)
+        self.harmonics.build(shape)
+        shape = self.harmonics.compute_output_shape(shape)
+        for layer in self.hidden + [self.head]:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.built = True
+
+    def call(self, inputs):
+        x = self.harmonics(inputs)
+        for layer in self.hidden:
+            x = layer(x)
+        return self.head(x)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.embed_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "degree": self.degree,
+                "hidden_units": self.hidden_units,
+                "hidden_layers": self.hidden_layers,
+                "embed_dim": self.embed_dim,
+                "w0": self.w0,
+                "w0_initial": self.w0_initial,
+            }
+        )
+        return config
