@@ -108,7 +108,35 @@ def backbone(patch_size):
     )
 
 
-def make_model(patch_size, seed, queue_size=1024):
+# The location encoders compared (same width, depth and output size).
+ENCODERS = {
+    "fourier": "Equal Earth + random Fourier features (GeoCLIP)",
+    "spherical_harmonics": "spherical harmonics L=40 + SIREN",
+    "sincos": "sin/cos of lat, lon + MLP",
+    "cartesian": "3-D unit vector + MLP",
+    "raw": "raw lat, lon + MLP",
+}
+
+
+def location_encoder(name, seed, width=256, depth=2, embed_dim=128):
+    """The demo's location encoder `name` (a key of `ENCODERS`)."""
+    size = {
+        "hidden_units": width,
+        "hidden_layers": depth,
+        "embed_dim": embed_dim,
+    }
+    if name == "fourier":
+        return gv.layers.LocationEncoder(
+            sigmas=(1, 16, 256), num_features=128, seed=seed, **size
+        )
+    if name == "spherical_harmonics":
+        return gv.layers.SphericalHarmonicsLocationEncoder(degree=40, **size)
+    if name in ("sincos", "cartesian", "raw"):
+        return gv.layers.MLPLocationEncoder(name, **size)
+    raise ValueError(f"unknown encoder {name!r}; one of {list(ENCODERS)}")
+
+
+def make_model(patch_size, seed, queue_size=1024, encoder="fourier"):
     keras.utils.set_random_seed(seed)
     return gv.GeoCLIP(
         image_encoder=gv.layers.ImageEncoder(
@@ -117,14 +145,7 @@ def make_model(patch_size, seed, queue_size=1024):
             hidden_units=256,
             trainable_backbone=True,
         ),
-        location_encoder=gv.layers.LocationEncoder(
-            sigmas=(1, 16, 256),
-            num_features=128,
-            hidden_units=256,
-            hidden_layers=2,
-            embed_dim=128,
-            seed=seed,
-        ),
+        location_encoder=location_encoder(encoder, seed),
         queue_size=queue_size,
         seed=seed,
     )
@@ -153,10 +174,11 @@ def train(
     batch_size=256,
     verbose=2,
     extra_callbacks=(),
+    encoder="fourier",
 ):
-    """Trains one model; returns `(model, history, seconds)`."""
+    """Trains one model; returns `(model, history, seconds, callbacks)`."""
     patch = train_data["image"].shape[1]
-    model = make_model(patch, seed)
+    model = make_model(patch, seed, encoder=encoder)
     loss, callbacks = make_loss(method)
     steps = max(1, len(train_data["gps"]) // batch_size) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
@@ -313,6 +335,10 @@ def paired_lines(results, methods, names):
     for method in ("geoclip", "semivariogram"):
         for mode in ("reference", "hybrid"):
             pairs.append((f"{method}/{mode}", method))
+    for encoder in ENCODERS:  # each encoder against Fourier; the loss's gain
+        for method in ("geoclip", "semivariogram"):
+            pairs.append((f"{method}@{encoder}", method))
+        pairs.append((f"semivariogram@{encoder}", f"geoclip@{encoder}"))
     lines = ["Paired, seed by seed (points of accuracy; + = better):"]
     for new, base in pairs:
         if new not in results or base not in results:

@@ -53,6 +53,14 @@ parser.add_argument("--epochs", type=int, default=None)
 parser.add_argument(
     "--methods", nargs="+", default=list(common.METHODS), choices=common.METHODS
 )
+parser.add_argument(
+    "--encoders",
+    nargs="+",
+    default=["fourier"],
+    choices=common.ENCODERS,
+    help="location encoders: every one besides 'fourier' (GeoCLIP's, used by "
+    "all methods) is trained with the plain and the semivariogram loss",
+)
 parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
 parser.add_argument(
     "--num-places", type=int, default=None, help="smaller data (smoke runs)"
@@ -107,6 +115,7 @@ results = {
 # GeoCLIP and the semivariogram loss also predict with the training set as
 # reference (neighbour voting, and the hybrid of gallery and neighbours)
 AUGMENTED = ("geoclip", "semivariogram")
+OTHER_ENCODERS = [e for e in args.encoders if e != "fourier"]
 first_sv = None
 for seed in args.seeds:
     for method in args.methods:
@@ -131,6 +140,20 @@ for seed in args.seeds:
         print(line + f" ({seconds:.0f} s)")
         if method == "semivariogram" and first_sv is None:
             first_sv = (model, callbacks[0], coords)
+    # Other location encoders: same image tower, data, budget and seed.
+    for encoder in OTHER_ENCODERS:
+        for method in AUGMENTED:
+            model, history, seconds, _ = common.train(
+                method, train, seed, EPOCHS, verbose=0, encoder=encoder
+            )
+            report, _, _ = common.evaluate(model, test, gallery)
+            report["train_s"] = seconds
+            results.setdefault(f"{method}@{encoder}", []).append(report)
+            print(
+                f"seed {seed} {method}@{encoder}: "
+                + common.summary(report)
+                + f" ({seconds:.0f} s)"
+            )
 
 # ## 4. The tables
 KEYS = [
@@ -149,6 +172,10 @@ NAMES["constant"] = "constant: the train medoid"
 for method in AUGMENTED:
     for mode in ("reference", "hybrid"):
         NAMES[f"{method}/{mode}"] = f"{NAMES[method]}, {mode} prediction"
+    for encoder in common.ENCODERS:
+        NAMES[f"{method}@{encoder}"] = (
+            f"{NAMES[method]}, location encoder: {common.ENCODERS[encoder]}"
+        )
 table = common.markdown_table(results, KEYS, NAMES)
 setting = (
     f"Blue Marble `{builder.builder_config.name}`: {len(train['gps'])} train /"
@@ -181,13 +208,15 @@ if args.blocks_seeds:
         ],
     }
     for seed in args.blocks_seeds:
-        for method in AUGMENTED:
-            model, _, _, _ = common.train(
-                method, b_train, seed, EPOCHS, verbose=0
-            )
-            r, _, _ = common.evaluate(model, b_test, b_gallery)
-            b_results.setdefault(method, []).append(r)
-            print(f"blocks seed {seed} {method:>14}: " + common.summary(r))
+        for encoder in ["fourier"] + OTHER_ENCODERS:
+            for method in AUGMENTED:
+                model, _, _, _ = common.train(
+                    method, b_train, seed, EPOCHS, verbose=0, encoder=encoder
+                )
+                r, _, _ = common.evaluate(model, b_test, b_gallery)
+                key = method if encoder == "fourier" else f"{method}@{encoder}"
+                b_results.setdefault(key, []).append(r)
+                print(f"blocks seed {seed} {key:>14}: " + common.summary(r))
     blocks_table = (
         common.markdown_table(b_results, KEYS, NAMES)
         + f"\n\nBlue Marble `blocks` (spatial generalisation): "

@@ -119,7 +119,7 @@ class SphericalHarmonics(keras.layers.Layer):
     >>> tuple(y.shape)
     (2, 9)
     >>> # At the north pole only the m = 0 terms remain: sqrt((2l + 1) / 4 pi)
-    >>> keras.ops.convert_to_numpy(y)[0].round(4).tolist()
+    >>> keras.ops.convert_to_numpy(y)[0].astype("float64").round(4).tolist()
     [0.2821, 0.0, 0.4886, 0.0, 0.0, 0.0, 0.6308, 0.0, 0.0]
     """
 
