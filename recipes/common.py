@@ -111,7 +111,7 @@ def backbone(patch_size):
 # The location encoders compared (same width, depth and output size).
 ENCODERS = {
     "fourier": "Equal Earth + random Fourier features (GeoCLIP)",
-    "spherical_harmonics": "spherical harmonics L=40 + SIREN",
+    "spherical_harmonics": "spherical harmonics L=20 + SIREN",
     "sincos": "sin/cos of lat, lon + MLP",
     "cartesian": "3-D unit vector + MLP",
     "raw": "raw lat, lon + MLP",
@@ -130,13 +130,14 @@ def location_encoder(name, seed, width=256, depth=2, embed_dim=128):
             sigmas=(1, 16, 256), num_features=128, seed=seed, **size
         )
     if name == "spherical_harmonics":
-        return gv.layers.SphericalHarmonicsLocationEncoder(degree=40, **size)
+        return gv.layers.SphericalHarmonicsLocationEncoder(degree=20, **size)
     if name in ("sincos", "cartesian", "raw"):
         return gv.layers.MLPLocationEncoder(name, **size)
     raise ValueError(f"unknown encoder {name!r}; one of {list(ENCODERS)}")
 
 
 def make_model(patch_size, seed, queue_size=1024, encoder="fourier"):
+    """The demo's model; `encoder`: a key of `ENCODERS` or a layer."""
     keras.utils.set_random_seed(seed)
     return gv.GeoCLIP(
         image_encoder=gv.layers.ImageEncoder(
@@ -145,7 +146,11 @@ def make_model(patch_size, seed, queue_size=1024, encoder="fourier"):
             hidden_units=256,
             trainable_backbone=True,
         ),
-        location_encoder=location_encoder(encoder, seed),
+        location_encoder=(
+            location_encoder(encoder, seed)
+            if isinstance(encoder, str)
+            else encoder
+        ),
         queue_size=queue_size,
         seed=seed,
     )

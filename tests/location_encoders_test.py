@@ -68,9 +68,7 @@ def _test_points(n=1000):
 
 
 def _harmonics(gps, degree):
-    return to_numpy(gv.layers.SphericalHarmonics(degree)(gps)).astype(
-        "float64"
-    )
+    return to_numpy(gv.layers.SphericalHarmonics(degree)(gps)).astype("float64")
 
 
 @pytest.mark.parametrize("degree", [0, 1, 5, 20])

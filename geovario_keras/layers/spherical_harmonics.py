@@ -68,7 +68,7 @@ def harmonic_order(degree):
     [[0, 0], [1, -1], [1, 0], [1, 1]]
     """
     return np.array(
-        [(l, m) for l in range(degree + 1) for m in range(-l, l + 1)]
+        [(l, m) for l in range(degree + 1) for m in range(-l, l + 1)]  # noqa: E741
     )
 
 
@@ -333,7 +333,9 @@ class SphericalHarmonicsLocationEncoder(keras.layers.Layer):
     Args:
         degree: int >= 0. Highest harmonic degree `L` (`(L + 1) ** 2`
             inputs to the SIREN). Rußwurm et al. and SatCLIP use 10 for
-            coarse and 40 for finer global tasks.
+            coarse and 40 for finer global tasks; on the demo's Blue Marble
+            data a validation split preferred 20 (BENCHMARKS.md, "Location
+            encoders").
         hidden_units: int. Width of the sine layers.
         hidden_layers: int >= 1. Number of sine layers.
         embed_dim: int. Output embedding size.
@@ -358,7 +360,7 @@ class SphericalHarmonicsLocationEncoder(keras.layers.Layer):
 
     def __init__(
         self,
-        degree=40,
+        degree=20,
         hidden_units=512,
         hidden_layers=2,
         embed_dim=512,
