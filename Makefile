@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 GEOCLIP_WHEEL := .cache/geoclip/geoclip-1.3.0-py3-none-any.whl
 export GEOVARIO_GEOCLIP_WHEEL := $(CURDIR)/$(GEOCLIP_WHEEL)
 
-.PHONY: install test test-slow demo lint clean
+.PHONY: install test test-slow demo demo-encoders lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ test-slow: install
 
 demo: install
 	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(PY) recipes/compare.py $(DEMO_ARGS)
+
+# The location encoders side by side (plain and semivariogram loss, 3 seeds,
+# and the block split): ~35 min on 2 CPU cores.
+demo-encoders: install
+	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(PY) recipes/compare.py \
+	  --methods geoclip semivariogram \
+	  --encoders fourier spherical_harmonics sincos raw \
+	  --export '' --out artifacts/encoders $(DEMO_ARGS)
 
 lint: install
 	$(PY) -m pip install -q ruff

@@ -10,6 +10,7 @@ from geovario_keras import geo
 from geovario_keras import layers
 from geovario_keras import losses
 from geovario_keras import metrics
+from geovario_keras import presets
 from geovario_keras import pretrained
 from geovario_keras import retrieval
 from geovario_keras import semivariogram
@@ -28,6 +29,7 @@ __all__ = [
     "load_model",
     "losses",
     "metrics",
+    "presets",
     "pretrained",
     "retrieval",
     "semivariogram",

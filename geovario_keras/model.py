@@ -10,6 +10,7 @@ from geovario_keras import backend
 from geovario_keras import geo
 from geovario_keras import inference
 from geovario_keras import metrics
+from geovario_keras import presets
 from geovario_keras.api_export import register
 from geovario_keras.callbacks import variogram_first
 from geovario_keras.layers.contrastive_head import ContrastiveHead
@@ -297,6 +298,47 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
     def _embed(self, layer, x, batch_size, verbose):
         x, dim, jit = ops.convert_to_numpy(x), self.embed_dim, self.jit_compile
         return inference.embed(layer, x, dim, batch_size, verbose, jit)
+
+    def save_to_preset(self, preset_dir, overwrite=False):
+        """Writes the model as a preset folder (keras-hub's local layout).
+
+        `config.json` + `model.weights.h5` (gallery and reference set
+        included) + `metadata.json`; written to a temporary folder and
+        renamed into place, and an existing preset is replaced only with
+        `overwrite=True`. Reload with `GeoCLIP.from_preset(preset_dir)`,
+        on any backend. See `gv.presets`.
+
+        Returns:
+            The preset folder's absolute path.
+        """
+        return presets.save_to_preset(self, preset_dir, overwrite=overwrite)
+
+    @classmethod
+    def from_preset(cls, preset_dir, load_weights=True):
+        """Loads a preset folder written by `save_to_preset` (or by
+        `gv.pretrained.write_geoclip_preset`): built, not compiled.
+
+        Example:
+
+        >>> import tempfile
+        >>> model = gv.GeoCLIP(
+        ...     gv.layers.ImageEncoder(None, embed_dim=8, hidden_units=16),
+        ...     gv.layers.MLPLocationEncoder(hidden_units=16, embed_dim=8))
+        >>> _ = model(np.zeros((1, 5), "float32"))
+        >>> path = model.save_to_preset(tempfile.mkdtemp() + "/mine")
+        >>> same = gv.GeoCLIP.from_preset(path)
+        >>> gps = np.array([[48.86, 2.35]], "float32")
+        >>> np.array_equal(same.encode_location(gps),
+        ...                model.encode_location(gps))
+        True
+        """
+        model = presets.from_preset(preset_dir, load_weights=load_weights)
+        if not isinstance(model, cls):
+            raise ValueError(
+                f"The preset at {preset_dir!r} holds a "
+                f"{type(model).__name__}, not a {cls.__name__}."
+            )
+        return model
 
     def get_config(self):
         config = super().get_config()

@@ -441,3 +441,28 @@ def geoclip_model(source=None, gallery=True, **kwargs):
     )
     model(keras.ops.zeros((1, GEOCLIP_FEATURE_DIM)))
     return load_geoclip_weights(model, source, gallery=gallery)
+
+
+def write_geoclip_preset(
+    preset_dir, source=None, gallery=True, overwrite=False
+):
+    """Writes GeoCLIP's released weights as a preset folder.
+
+    The released model (`geoclip_model(source, gallery)`: the image MLP on
+    768-d CLIP features, the location encoder, the logit scale and, with
+    `gallery=True`, the encoded 100K gallery) saved with
+    `GeoCLIP.save_to_preset`, so that `gv.GeoCLIP.from_preset(preset_dir)`
+    loads the released model and fine-tuned ones alike, on any backend,
+    without the wheel.
+
+    Args:
+        preset_dir: the folder to write.
+        source: the geoclip 1.3.0 wheel or folder; see `GeoCLIPFiles`.
+        gallery: bool. Include the encoded 100K gallery (204 MB more).
+        overwrite: bool. Replace an existing preset folder.
+
+    Returns:
+        The preset folder's absolute path.
+    """
+    model = geoclip_model(source, gallery=gallery)
+    return model.save_to_preset(preset_dir, overwrite=overwrite)

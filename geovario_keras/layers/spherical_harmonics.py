@@ -58,6 +58,25 @@ def _legendre_tables(degree):
     return diag, a, b
 
 
+# Beyond this degree the diagonal seed `sin(colatitude) ** m` of orders
+# m ~ L / e underflows float32 (e^(-L / e) < 1e-38 for L > ~238) while the
+# functions it seeds are of order one at higher degrees: the recurrence
+# would silently return zeros there.
+MAX_DEGREE = 200
+
+
+def check_degree(degree):
+    """Raises a `ValueError` unless `degree` is an int in [0, MAX_DEGREE]."""
+    check_int("degree", degree, 0)
+    if degree > MAX_DEGREE:
+        raise ValueError(
+            f"`degree` must be <= {MAX_DEGREE} (float32 spherical harmonics "
+            "are accurate up to there; beyond it sin(colatitude) ** m "
+            f"underflows); got {degree}."
+        )
+    return degree
+
+
 def harmonic_order(degree):
     """The `(l, m)` of each output column of `SphericalHarmonics(degree)`.
 
@@ -89,7 +108,8 @@ class SphericalHarmonics(keras.layers.Layer):
     (each step multiplies numbers of order one), so the layer is finite and
     accurate in float32 far beyond the degree-30 limit of the factorial
     closed form: checked against `scipy.special.sph_harm_y` up to degree
-    100 (see the tests; BENCHMARKS.md gives the errors). Columns are ordered
+    200, the largest degree accepted (see the tests; BENCHMARKS.md gives
+    the errors). Columns are ordered
     by degree, then order (`harmonic_order(degree)`).
 
     The encoding is continuous on the sphere: longitudes -180 and 180 give
@@ -101,9 +121,9 @@ class SphericalHarmonics(keras.layers.Layer):
     dtype (a bfloat16 longitude would carry an error of ~0.5 degree).
 
     Args:
-        degree: int >= 0. Highest degree `L`; the output has `(L + 1) ** 2`
-            values. A degree-`L` expansion resolves features down to about
-            `20,000 / L` km (half a wavelength).
+        degree: int in [0, 200]. Highest degree `L`; the output has
+            `(L + 1) ** 2` values. A degree-`L` expansion resolves
+            features down to about `20,000 / L` km (half a wavelength).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -125,7 +145,7 @@ class SphericalHarmonics(keras.layers.Layer):
 
     def __init__(self, degree=10, **kwargs):
         super().__init__(**kwargs)
-        check_int("degree", degree, 0)
+        check_degree(degree)
         self.degree = degree
         size = degree + 1
         diag, a, b = _legendre_tables(degree)
@@ -331,7 +351,7 @@ class SphericalHarmonicsLocationEncoder(keras.layers.Layer):
     the policy's compute dtype.
 
     Args:
-        degree: int >= 0. Highest harmonic degree `L` (`(L + 1) ** 2`
+        degree: int in [0, 200]. Highest harmonic degree `L` (`(L + 1) ** 2`
             inputs to the SIREN). Rußwurm et al. and SatCLIP use 10 for
             coarse and 40 for finer global tasks; on the demo's Blue Marble
             data a validation split preferred 20 (BENCHMARKS.md, "Location
@@ -369,7 +389,7 @@ class SphericalHarmonicsLocationEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_int("degree", degree, 0)
+        check_degree(degree)
         check_int("hidden_units", hidden_units)
         check_int("hidden_layers", hidden_layers)
         check_int("embed_dim", embed_dim)
