@@ -253,12 +253,22 @@ class RetrievalMixin:
         self.reference.set(gps, emb, copy=False)  # a fresh buffer
 
     def predict_gps(
-        self, x, top_k=5, mode="gallery", batch_size=None, verbose=0, **options
+        self,
+        x,
+        top_k=5,
+        mode="gallery",
+        batch_size=None,
+        verbose=0,
+        crops=False,
+        **options,
     ):
         """Top-k coordinates and probabilities for each input.
 
         Args:
-            x: images or features accepted by the image encoder.
+            x: images or features accepted by the image encoder; with
+                `crops=True`, an array `(N, C, ...)` of `C` crops (views)
+                of each of `N` images (`gv.data.five_crop`,
+                `gv.data.ten_crop`).
             top_k: int >= 1. Predictions per input.
             mode: `"gallery"` (GeoCLIP: softmax over the whole gallery),
                 `"reference"` (neighbour voting over the reference set) or
@@ -267,6 +277,12 @@ class RetrievalMixin:
                 `set_reference`.
             batch_size: int or None. Inputs per step (encoding, scoring).
             verbose: Keras progress-bar verbosity of the image encoding.
+            crops: bool. Multi-crop prediction, as GeoCLIP evaluates:
+                every logit (gallery, reference neighbours, hybrid
+                candidates) is averaged over the `C` crops of an image
+                before the softmax. Logits are linear in the image
+                embedding, so this scores the mean of the crops'
+                normalised embeddings.
             **options: `gv.retrieval.RetrievalOptions` fields
                 (`neighbours`, `bandwidth_km`, `gallery_candidates`,
                 `floor`).
@@ -277,5 +293,21 @@ class RetrievalMixin:
         options = RetrievalOptions(**options)
         if mode == "gallery":
             self.gallery.check_top_k(top_k)
-        img = self.encode_image(x, batch_size=batch_size, verbose=verbose)
+        if crops:
+            img = self._mean_crop_embedding(x, batch_size, verbose)
+        else:
+            img = self.encode_image(x, batch_size=batch_size, verbose=verbose)
         return predict(self, img, top_k, mode, options, batch_size)
+
+    def _mean_crop_embedding(self, x, batch_size, verbose):
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) < 3:
+            raise ValueError(
+                "With `crops=True`, `x` must be an array of shape (N, C, ...)"
+                " (C crops of each of N images); got "
+                f"{'shape ' + str(tuple(shape)) if shape else type(x)}."
+            )
+        n, c = int(shape[0]), int(shape[1])
+        flat = np.reshape(ops.convert_to_numpy(x), (n * c,) + tuple(shape[2:]))
+        emb = self.encode_image(flat, batch_size=batch_size, verbose=verbose)
+        return emb.reshape(n, c, -1).mean(axis=1)

@@ -241,3 +241,63 @@ def test_reference_set_is_saved(trained, tmp_path):
         b = loaded.predict_gps(x[:5], top_k=2, mode=mode)
         np.testing.assert_allclose(a[0], b[0], atol=1e-5)
         np.testing.assert_allclose(a[1], b[1], atol=1e-4)
+
+
+def _numpy_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_multi_crop_averages_the_logits_before_the_softmax():
+    # Reference: every crop scored against the whole gallery in numpy, the
+    # logits averaged over crops, then the softmax (GeoCLIP's multi-crop).
+    keras.utils.set_random_seed(0)
+    gps = random_gps(256, seed=0, max_lat=80.0)
+    model = small_geoclip(queue_size=64)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model.fit(toy_features(gps), gps, batch_size=64, epochs=1, verbose=0)
+    model.set_gallery(random_gps(700, seed=1), verbose=0)
+    crops = np.stack([toy_features(gps[:12], seed=s) for s in range(5)], 1)
+    coords, probs = model.predict_gps(crops, top_k=4, crops=True)
+    keys = keras.ops.convert_to_numpy(model.gallery.embeddings)
+    scale = float(keras.ops.convert_to_numpy(model.temperature()))
+    logits = np.mean(
+        [scale * model.encode_image(crops[:, c]) @ keys.T for c in range(5)],
+        axis=0,
+    )
+    p = _numpy_softmax(logits.astype("float64"))
+    best = np.argsort(-p, axis=1)[:, :4]
+    gallery = keras.ops.convert_to_numpy(model.gallery.coords)
+    np.testing.assert_array_equal(coords, gallery[best])
+    np.testing.assert_allclose(
+        probs, np.take_along_axis(p, best, 1), rtol=1e-4, atol=1e-7
+    )
+    # One crop is plain prediction; other modes take crops too.
+    one = model.predict_gps(crops[:, :1], top_k=4, crops=True)
+    plain = model.predict_gps(crops[:, 0], top_k=4)
+    np.testing.assert_array_equal(one[0], plain[0])
+    model.set_reference(toy_features(gps), gps, verbose=0)
+    for mode in ("reference", "hybrid"):
+        c, _ = model.predict_gps(crops, top_k=2, mode=mode, crops=True)
+        assert c.shape == (12, 2, 2)
+    with pytest.raises(ValueError, match=r"shape \(N, C, \.\.\.\)"):
+        model.predict_gps(crops[:, 0, 0], crops=True)
+
+
+def test_five_and_ten_crop_views():
+    x = np.random.default_rng(0).integers(0, 255, (2, 7, 9, 3), "uint8")
+    five = gv.data.five_crop(x, 4)
+    assert five.shape == (2, 5, 4, 4, 3)
+    np.testing.assert_array_equal(five[:, 0], x[:, :4, :4])
+    np.testing.assert_array_equal(five[:, 1], x[:, :4, 5:])
+    np.testing.assert_array_equal(five[:, 2], x[:, 3:, :4])
+    np.testing.assert_array_equal(five[:, 3], x[:, 3:, 5:])
+    np.testing.assert_array_equal(five[:, 4], x[:, 1:5, 2:6])
+    ten = gv.data.ten_crop(x, 4)
+    assert ten.shape == (2, 10, 4, 4, 3)
+    np.testing.assert_array_equal(ten[:, 5], x[:, :4, ::-1][:, :, :4])
+    with pytest.raises(ValueError, match="`size` must be <="):
+        gv.data.five_crop(x, 8)
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        gv.data.five_crop(x[0], 4)

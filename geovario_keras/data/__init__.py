@@ -14,8 +14,18 @@ reverse_geocoder); `tensorflow_datasets` is imported on first use.
 import numpy as np
 
 from geovario_keras.data import imagery
+from geovario_keras.data.crops import five_crop
+from geovario_keras.data.crops import ten_crop
 
-__all__ = ["PRESETS", "as_arrays", "blue_marble", "geotagged_images", "imagery"]
+__all__ = [
+    "PRESETS",
+    "as_arrays",
+    "blue_marble",
+    "five_crop",
+    "geotagged_images",
+    "imagery",
+    "ten_crop",
+]
 
 
 def __getattr__(name):
