@@ -36,13 +36,7 @@ def main():
 
     import geovario_keras as gv
 
-    _, train, _ = common.load_blue_marble(data_dir=args.data_dir)
-    fit_idx, val_idx, _ = gv.data.imagery.random_split(
-        train["gps"], args.num_val, len(train["gps"]), 25.0, seed=args.seed
-    )
-    fit = {k: v[fit_idx] for k, v in train.items()}
-    val = {k: v[val_idx] for k, v in train.items()}
-    print(f"validation: {len(fit_idx)} fit / {len(val_idx)} held out")
+    fit, val = common.validation_split(args.data_dir, args.num_val, args.seed)
     model, _, seconds, _ = common.train(
         "geoclip", fit, args.seed, args.epochs, verbose=0
     )

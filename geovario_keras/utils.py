@@ -10,6 +10,20 @@ def check_int(name, value, low=1):
     return value
 
 
+def gps_input_shape(layer, input_shape, layout="(N, 2)"):
+    """`input_shape` with its last dimension 2 (latitude, longitude).
+
+    Raises a `ValueError` naming `layer`'s class unless that dimension is
+    2 or unknown.
+    """
+    if input_shape[-1] not in (None, 2):
+        raise ValueError(
+            f"{type(layer).__name__} expects inputs of shape {layout} "
+            f"(latitude, longitude in degrees); got {input_shape}."
+        )
+    return tuple(input_shape[:-1]) + (2,)
+
+
 def add_state(layer, name, shape, dtype="float32", value=None):
     """A non-trainable, never auto-cast state variable (zeros or `value`).
 

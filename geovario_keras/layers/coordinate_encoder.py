@@ -8,6 +8,7 @@ from keras import ops
 from geovario_keras import backend
 from geovario_keras.api_export import register
 from geovario_keras.utils import check_int
+from geovario_keras.utils import gps_input_shape
 
 ENCODINGS = ("raw", "sincos", "cartesian")
 
@@ -121,12 +122,8 @@ class MLPLocationEncoder(keras.layers.Layer):
         return {"raw": 2, "sincos": 4, "cartesian": 3}[self.encoding]
 
     def build(self, input_shape):
-        if input_shape[-1] not in (None, 2):
-            raise ValueError(
-                "MLPLocationEncoder expects inputs of shape (N, 2) "
-                f"(latitude, longitude in degrees); got {input_shape}."
-            )
-        shape = tuple(input_shape[:-1]) + (self._feature_dim(),)
+        shape = gps_input_shape(self, input_shape)
+        shape = shape[:-1] + (self._feature_dim(),)
         for layer in self.hidden + [self.head]:
             layer.build(shape)
             shape = layer.compute_output_shape(shape)

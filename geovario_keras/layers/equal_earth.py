@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from geovario_keras.api_export import register
+from geovario_keras.utils import gps_input_shape
 
 # Equal Earth polynomial coefficients (Savric, Patterson & Jenny 2018), and
 # GeoCLIP's scale factor that maps the projected plane to x in [-1, 1]
@@ -72,11 +73,7 @@ class EqualEarthProjection(keras.layers.Layer):
         return ops.cast(out, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
-        if input_shape[-1] not in (None, 2):
-            raise ValueError(
-                "EqualEarthProjection expects inputs of shape (..., 2) "
-                f"(latitude, longitude); got {input_shape}."
-            )
+        gps_input_shape(self, input_shape, "(..., 2)")
         return tuple(input_shape)
 
     def build(self, input_shape):

@@ -7,6 +7,7 @@ from geovario_keras.api_export import register
 from geovario_keras.layers.equal_earth import EqualEarthProjection
 from geovario_keras.layers.fourier import RandomFourierFeatures
 from geovario_keras.utils import check_int
+from geovario_keras.utils import gps_input_shape
 
 
 @register
@@ -131,12 +132,7 @@ class LocationEncoder(keras.layers.Layer):
         return "float32"
 
     def build(self, input_shape):
-        if input_shape[-1] not in (None, 2):
-            raise ValueError(
-                "LocationEncoder expects inputs of shape (N, 2) (latitude, "
-                f"longitude in degrees); got {input_shape}."
-            )
-        input_shape = tuple(input_shape[:-1]) + (2,)
+        input_shape = gps_input_shape(self, input_shape)
         self.projection.build(input_shape)
         for rff, hidden, head in zip(self.fourier, self.hidden, self.heads):
             rff.build(input_shape)

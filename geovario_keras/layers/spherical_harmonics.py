@@ -12,6 +12,7 @@ from keras import ops
 
 from geovario_keras.api_export import register
 from geovario_keras.utils import check_int
+from geovario_keras.utils import gps_input_shape
 
 
 def _check_positive(name, value):
@@ -172,11 +173,7 @@ class SphericalHarmonics(keras.layers.Layer):
         return "float32"
 
     def build(self, input_shape):
-        if input_shape[-1] not in (None, 2):
-            raise ValueError(
-                "SphericalHarmonics expects inputs of shape (..., 2) "
-                f"(latitude, longitude in degrees); got {input_shape}."
-            )
+        gps_input_shape(self, input_shape, "(..., 2)")
         self.built = True
 
     def call(self, inputs):
@@ -425,12 +422,7 @@ class SphericalHarmonicsLocationEncoder(keras.layers.Layer):
         return "float32"
 
     def build(self, input_shape):
-        if input_shape[-1] not in (None, 2):
-            raise ValueError(
-                "SphericalHarmonicsLocationEncoder expects inputs of shape "
-                f"(N, 2) (latitude, longitude in degrees); got {input_shape}."
-            )
-        shape = tuple(input_shape[:-1]) + (2,)
+        shape = gps_input_shape(self, input_shape)
         self.harmonics.build(shape)
         shape = self.harmonics.compute_output_shape(shape)
         for layer in self.hidden + [self.head]:

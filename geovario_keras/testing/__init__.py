@@ -2,4 +2,6 @@
 
 - `reference_geoclip`: the reference PyTorch GeoCLIP, executed from the
   files of the `geoclip` 1.3.0 wheel (needs torch).
+- `scipy_harmonics`: real spherical harmonics from
+  `scipy.special.sph_harm_y`, the reference of `SphericalHarmonics`.
 """
