@@ -32,6 +32,7 @@ import numpy as np
 from keras import ops
 
 from geovario_keras import geo
+from geovario_keras.utils import check_positive
 
 MODES = ("gallery", "reference", "hybrid")
 
@@ -68,11 +69,7 @@ class RetrievalOptions:
                     f"`{name}` must be an int >= 1; got {value!r}."
                 )
         for name in ("bandwidth_km", "floor"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(
-                    f"`{name}` must be a number > 0; got {value!r}."
-                )
+            check_positive(name, getattr(self, name))
 
 
 def neighbour_density(candidates, neighbours, weights, bandwidth_km):

@@ -1,6 +1,9 @@
 """Small shared helpers: argument checks and non-trainable state."""
 
+import math
 import warnings
+
+import numpy as np
 
 
 def check_int(name, value, low=1):
@@ -8,6 +11,15 @@ def check_int(name, value, low=1):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"`{name}` must be an int >= {low}; got {value!r}.")
     return value
+
+
+def check_positive(name, value):
+    """Raises a `ValueError` naming `name` unless `value` is a finite
+    number > 0; returns it as a float."""
+    ok = isinstance(value, (int, float, np.floating, np.integer))
+    if isinstance(value, bool) or not ok or not 0 < value < math.inf:
+        raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
+    return float(value)
 
 
 def gps_input_shape(layer, input_shape, layout="(N, 2)"):

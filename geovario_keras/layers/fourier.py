@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from geovario_keras.api_export import register
+from geovario_keras.utils import check_positive
 
 
 @register
@@ -44,8 +45,7 @@ class RandomFourierFeatures(keras.layers.Layer):
 
     def __init__(self, sigma, num_features=256, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not (isinstance(sigma, (int, float)) and sigma > 0):
-            raise ValueError(f"`sigma` must be a number > 0; got {sigma!r}.")
+        sigma = check_positive("sigma", sigma)
         if not (isinstance(num_features, int) and num_features > 0):
             raise ValueError(
                 f"`num_features` must be an int > 0; got {num_features!r}."

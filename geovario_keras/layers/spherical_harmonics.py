@@ -12,15 +12,8 @@ from keras import ops
 
 from geovario_keras.api_export import register
 from geovario_keras.utils import check_int
+from geovario_keras.utils import check_positive
 from geovario_keras.utils import gps_input_shape
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
-    return float(value)
 
 
 def _legendre_tables(degree):
@@ -288,7 +281,7 @@ class SirenDense(keras.layers.Layer):
         super().__init__(**kwargs)
         check_int("units", units)
         self.units = units
-        self.w0 = _check_positive("w0", w0)
+        self.w0 = check_positive("w0", w0)
         self.is_first = bool(is_first)
         self.sine = bool(sine)
 
@@ -394,8 +387,8 @@ class SphericalHarmonicsLocationEncoder(keras.layers.Layer):
         self.hidden_units = hidden_units
         self.hidden_layers = hidden_layers
         self.embed_dim = embed_dim
-        self.w0 = _check_positive("w0", w0)
-        self.w0_initial = _check_positive("w0_initial", w0_initial)
+        self.w0 = check_positive("w0", w0)
+        self.w0_initial = check_positive("w0_initial", w0_initial)
         self.harmonics = SphericalHarmonics(
             degree, dtype="float32", name="harmonics"
         )
