@@ -270,10 +270,16 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         `PyDataset`, generators) through `predict`, with the same result.
 
         Args:
-            x: images or features accepted by the image encoder.
+            x: images or features accepted by the image encoder; with an
+                image backbone that preprocesses (`gv.layers.
+                CLIPImageFeatures`), also a list of images of any sizes
+                (arrays, PIL images or file paths).
             batch_size: int or None (32). Inputs per step.
             verbose: Keras progress-bar verbosity.
         """
+        preprocess = getattr(self.image_encoder.backbone, "preprocess", None)
+        if preprocess is not None and isinstance(x, (list, tuple)):
+            x = preprocess(x)
         x = checked_features(x, "x")  # numeric lists become arrays
         arrays = isinstance(x, np.ndarray) or backend.is_tensor(x)
         # An unbuilt image encoder is built by `predict` on first use.

@@ -20,8 +20,9 @@ pip download geoclip==1.3.0 --no-deps -d ~/geoclip
 wheel / installed `geoclip` folder. With `source=None` an installed `geoclip`
 package is located (not imported) with `importlib.util.find_spec`.
 
-The CLIP ViT-L/14 image backbone is not part of the wheel; the image side of
-`geoclip_model` therefore takes precomputed 768-d CLIP image features.
+The CLIP ViT-L/14 image backbone is not part of the wheel: `geoclip_model`
+takes precomputed 768-d CLIP image features, or photos when given the
+backbone read from a local checkpoint folder by `clip_image_backbone`.
 """
 
 import csv
@@ -307,10 +308,26 @@ def _load_location_encoder(encoder, state):
         )
 
 
+def _on_clip_features(encoder):
+    """Whether `encoder`'s MLP takes 768-d CLIP ViT-L/14 features: none
+    backbone (precomputed), or a built `CLIPImageFeatures` projecting to
+    768."""
+    from geovario_keras.layers.clip_image import CLIPImageFeatures
+
+    backbone = encoder.backbone
+    if backbone is None:
+        return True
+    return (
+        isinstance(backbone, CLIPImageFeatures)
+        and backbone.projection_dim == GEOCLIP_FEATURE_DIM
+        and encoder.built
+    )
+
+
 def _load_image_head(encoder, state):
     if not (
         isinstance(encoder, ImageEncoder)
-        and encoder.backbone is None
+        and _on_clip_features(encoder)
         and encoder.hidden_units == 768
         and encoder.embed_dim == 512
         and (
@@ -321,7 +338,8 @@ def _load_image_head(encoder, state):
         raise ValueError(
             "GeoCLIP's image MLP head (768 -> 768 ReLU -> 512) loads into a "
             "`gv.layers.ImageEncoder(None, embed_dim=512, hidden_units=768)` "
-            f"on 768-d CLIP features; got {encoder!r}. Pass "
+            "on 768-d CLIP features (or a built one on a 768-d "
+            f"`CLIPImageFeatures` backbone); got {encoder!r}. Pass "
             "`image_head=False` to load the location side only."
         )
     if not encoder.built:
@@ -419,27 +437,63 @@ def geoclip_location_encoder(source=None, **kwargs):
     return load_geoclip_weights(encoder, source)
 
 
-def geoclip_model(source=None, gallery=True, **kwargs):
-    """GeoCLIP with the released weights, on precomputed CLIP features.
+def geoclip_model(source=None, gallery=True, image_backbone=None, **kwargs):
+    """GeoCLIP with the released weights: on CLIP features, or on photos.
 
     The image side is GeoCLIP's MLP head on 768-d CLIP ViT-L/14 image
-    features (`CLIPModel.get_image_features`); the backbone itself is not in
-    the wheel. With `gallery=True` the 100K gallery is encoded and cached,
-    ready for `predict_gps`.
+    features (`CLIPModel.get_image_features`). The backbone is not in the
+    wheel: without `image_backbone` the model takes those precomputed
+    features; with `image_backbone=gv.pretrained.clip_image_backbone(path)`
+    (a local `openai/clip-vit-large-patch14` snapshot) it takes pixels, and
+    `predict_gps` takes a list of photos of any size (arrays or file
+    paths), preprocessed as CLIP does. With `gallery=True` the 100K gallery
+    is encoded and cached, ready for `predict_gps`.
 
     Args:
         source: the geoclip 1.3.0 wheel or folder; see `GeoCLIPFiles`.
         gallery: bool. Encode and cache the 100K gallery.
+        image_backbone: None, or a `gv.layers.CLIPImageFeatures` with
+            `projection_dim=768` (frozen; set `trainable_backbone` on the
+            model's `image_encoder` to fine-tune it).
         **kwargs: other `gv.GeoCLIP` arguments (`queue_size`, `seed`, ...).
+
+    Example:
+
+    ```python
+    wheel = "geoclip-1.3.0-py3-none-any.whl"
+    clip = gv.pretrained.clip_image_backbone("~/clip-vit-l14")
+    model = gv.pretrained.geoclip_model(wheel, image_backbone=clip)
+    coords, probs = model.predict_gps(["photo.jpg"], top_k=5)
+    ```
     """
+    from geovario_keras.layers.clip_image import CLIPImageFeatures
     from geovario_keras.model import GeoCLIP
 
+    if image_backbone is None:
+        input_shape = (1, GEOCLIP_FEATURE_DIM)
+    elif not isinstance(image_backbone, CLIPImageFeatures):
+        raise ValueError(
+            "`image_backbone` must be a `gv.layers.CLIPImageFeatures` (see "
+            "`gv.pretrained.clip_image_backbone`) or None; got "
+            f"{type(image_backbone).__name__}."
+        )
+    elif image_backbone.projection_dim != GEOCLIP_FEATURE_DIM:
+        raise ValueError(
+            "GeoCLIP's image head takes the 768-d features of CLIP "
+            "ViT-L/14 (`openai/clip-vit-large-patch14`); `image_backbone` "
+            f"projects to {image_backbone.projection_dim}."
+        )
+    else:
+        size = image_backbone.image_size
+        input_shape = (1, size, size, 3)
     model = GeoCLIP(
-        image_encoder=ImageEncoder(None, embed_dim=512, hidden_units=768),
+        image_encoder=ImageEncoder(
+            image_backbone, embed_dim=512, hidden_units=768
+        ),
         location_encoder=LocationEncoder(),
         **kwargs,
     )
-    model(keras.ops.zeros((1, GEOCLIP_FEATURE_DIM)))
+    model(keras.ops.zeros(input_shape))
     return load_geoclip_weights(model, source, gallery=gallery)
 
 
@@ -466,3 +520,275 @@ def write_geoclip_preset(
     """
     model = geoclip_model(source, gallery=gallery)
     return model.save_to_preset(preset_dir, overwrite=overwrite)
+
+
+# ------------------------------------------------------- CLIP image backbone
+
+_CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
+_CLIP_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _read_json(path):
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class _SafetensorsFolder:
+    """Reads tensors by name from a folder's `model.safetensors` or its
+    sharded index, as numpy (no PyTorch)."""
+
+    def __init__(self, folder):
+        from safetensors import safe_open
+
+        index = os.path.join(folder, _CLIP_WEIGHTS[1])
+        if os.path.isfile(index):
+            weight_map = _read_json(index)["weight_map"]
+        elif os.path.isfile(os.path.join(folder, _CLIP_WEIGHTS[0])):
+            weight_map = None
+        else:
+            raise FileNotFoundError(
+                f"No {' or '.join(_CLIP_WEIGHTS)} in {folder!r}: download "
+                "the checkpoint with its safetensors weights (see "
+                "`clip_image_backbone`)."
+            )
+        self._files, self._open = {}, safe_open
+        self._folder, self._map = folder, weight_map
+
+    def _file(self, key):
+        name = _CLIP_WEIGHTS[0] if self._map is None else self._map.get(key)
+        if name is None:
+            return None
+        if name not in self._files:
+            self._files[name] = self._open(
+                os.path.join(self._folder, name), framework="numpy"
+            )
+        return self._files[name]
+
+    def get(self, key):
+        for k in (key, "clip." + key):  # some exports nest under "clip."
+            f = self._file(k)
+            if f is not None and k in f.keys():
+                return f.get_tensor(k)
+        raise KeyError(
+            f"The checkpoint in {self._folder!r} has no tensor {key!r}: is it "
+            "a CLIP model?"
+        )
+
+
+def _vision_encoder_from_hf(config, dtype):
+    from keras_hub.models import CLIPVisionEncoder
+
+    vision = config.get("vision_config", config)
+    size = int(vision.get("image_size", 224))
+    act = vision.get("hidden_act", "quick_gelu")
+    if act not in ("quick_gelu", "gelu"):
+        raise ValueError(
+            f"Unsupported CLIP activation {act!r} in config.json (expected "
+            "'quick_gelu' or 'gelu')."
+        )
+    encoder = CLIPVisionEncoder(
+        patch_size=int(vision["patch_size"]),
+        hidden_dim=int(vision["hidden_size"]),
+        num_layers=int(vision["num_hidden_layers"]),
+        num_heads=int(vision["num_attention_heads"]),
+        intermediate_dim=int(vision["intermediate_size"]),
+        intermediate_activation=act,
+        image_shape=(size, size, 3),
+        dtype=dtype,
+    )
+    projection_dim = config.get("projection_dim") or vision.get(
+        "projection_dim"
+    )
+    return encoder, int(projection_dim)
+
+
+def _assign(variable, value, key):
+    value = np.asarray(value)
+    if tuple(variable.shape) != value.shape:
+        raise ValueError(
+            f"Checkpoint tensor {key!r} has shape {value.shape}; the layer "
+            f"expects {tuple(variable.shape)}."
+        )
+    variable.assign(
+        value.astype(keras.backend.standardize_dtype(variable.dtype))
+    )
+
+
+def _port_clip_vision(encoder, projection, tensors):
+    """Copies a Hugging Face CLIP checkpoint's vision weights."""
+
+    def put(variable, key, fn=None):
+        value = tensors.get(key)
+        _assign(variable, value if fn is None else fn(value), key)
+
+    def dense(layer, key):
+        put(layer.kernel, f"{key}.weight", lambda w: w.T)
+        if layer.bias is not None:
+            put(layer.bias, f"{key}.bias")
+
+    def norm(layer, key):
+        put(layer.gamma, f"{key}.weight")
+        put(layer.beta, f"{key}.bias")
+
+    emb = encoder.embedding
+    prefix = "vision_model."
+    put(
+        emb.patch_embedding.kernel,
+        prefix + "embeddings.patch_embedding.weight",
+        lambda w: np.transpose(w, (2, 3, 1, 0)),
+    )
+    put(
+        emb.position_embedding.embeddings,
+        prefix + "embeddings.position_embedding.weight",
+    )
+    put(emb.class_embedding, prefix + "embeddings.class_embedding")
+    # Position ids are a buffer, not saved by transformers: 0..T-1.
+    emb.position_ids.assign(
+        np.arange(emb.num_positions, dtype="int64")
+        .reshape(1, -1)
+        .astype(keras.backend.standardize_dtype(emb.position_ids.dtype))
+    )
+    norm(encoder.pre_layer_norm, prefix + "pre_layrnorm")
+    for i, block in enumerate(encoder.encoder_layers):
+        key = f"{prefix}encoder.layers.{i}."
+        heads, width = block.num_heads, block.hidden_dim
+        att = block.attention
+        for name, layer in (
+            ("q_proj", att.query_dense),
+            ("k_proj", att.key_dense),
+            ("v_proj", att.value_dense),
+        ):
+            put(
+                layer.kernel,
+                f"{key}self_attn.{name}.weight",
+                lambda w: w.T.reshape(width, heads, width // heads),
+            )
+            put(
+                layer.bias,
+                f"{key}self_attn.{name}.bias",
+                lambda b: b.reshape(heads, width // heads),
+            )
+        put(
+            att.output_dense.kernel,
+            f"{key}self_attn.out_proj.weight",
+            lambda w: w.T.reshape(heads, width // heads, width),
+        )
+        put(att.output_dense.bias, f"{key}self_attn.out_proj.bias")
+        norm(block.layer_norm_1, key + "layer_norm1")
+        norm(block.layer_norm_2, key + "layer_norm2")
+        dense(block.dense_1, key + "mlp.fc1")
+        dense(block.dense_2, key + "mlp.fc2")
+    norm(encoder.layer_norm, prefix + "post_layernorm")
+    put(projection.kernel, "visual_projection.weight", lambda w: w.T)
+
+
+def _keras_hub_normalisation(folder):
+    """(mean, std) from a keras-hub preset's image converter, else CLIP's."""
+    from geovario_keras.layers.clip_image import CLIP_MEAN
+    from geovario_keras.layers.clip_image import CLIP_STD
+
+    path = os.path.join(folder, "preprocessor.json")
+    if not os.path.isfile(path):
+        return CLIP_MEAN, CLIP_STD
+    conf = _read_json(path).get("config", {}).get("image_converter") or {}
+    conf = conf.get("config", {})
+    scale, offset = conf.get("scale"), conf.get("offset")
+    if not (isinstance(scale, list) and isinstance(offset, list)):
+        return CLIP_MEAN, CLIP_STD
+    # The converter computes pixel * scale + offset on 0-255 pixels.
+    std = [1.0 / (255.0 * s) for s in scale]
+    mean = [-o * d for o, d in zip(offset, std)]
+    return tuple(mean), tuple(std)
+
+
+def clip_image_backbone(path, dtype=None):
+    """CLIP's image tower from a local folder, as `gv.layers.CLIPImageFeatures`.
+
+    Reads, with no network access, either
+
+    - a Hugging Face `transformers` CLIP checkpoint folder (`config.json`
+      with `model_type` `"clip"` or `"clip_vision_model"`, and
+      `model.safetensors` or its sharded index), e.g. a snapshot of
+      `openai/clip-vit-large-patch14` (GeoCLIP's backbone), fetched once,
+      online, with
+
+      ```
+      hf download openai/clip-vit-large-patch14 --local-dir ~/clip-vit-l14 \\
+          --include config.json preprocessor_config.json model.safetensors
+      ```
+
+      (its `preprocessor_config.json`, when present, gives the mean and
+      standard deviation; else CLIP's are used); or
+    - a keras-hub preset folder of a `CLIPBackbone` (`config.json` with a
+      `registered_name`, `model.weights.h5`), e.g. one written by
+      `keras_hub.models.CLIPBackbone(...).save_to_preset(folder)`.
+
+    The vision weights are copied into a keras-hub `CLIPVisionEncoder`
+    (the text tower is not loaded); the result computes CLIP's projected
+    image embedding (`CLIPModel.get_image_features`) from pixels.
+
+    Args:
+        path: the checkpoint folder.
+        dtype: dtype policy of the layers (None: the global policy).
+
+    Returns:
+        A built `gv.layers.CLIPImageFeatures`.
+
+    Example:
+
+    ```python
+    clip = gv.pretrained.clip_image_backbone("~/clip-vit-l14")
+    model = gv.pretrained.geoclip_model(wheel, image_backbone=clip)
+    coords, probs = model.predict_gps(["photo1.jpg", "photo2.png"])
+    ```
+    """
+    from geovario_keras.layers.clip_image import CLIP_MEAN
+    from geovario_keras.layers.clip_image import CLIP_STD
+    from geovario_keras.layers.clip_image import CLIPImageFeatures
+
+    folder = os.path.expanduser(os.fspath(path))
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"`path` must be a CLIP checkpoint folder with a config.json; "
+            f"{folder!r} has none."
+        )
+    config = _read_json(config_path)
+    if "registered_name" in config:
+        import keras_hub
+
+        clip = keras_hub.models.CLIPBackbone.from_preset(folder, dtype=dtype)
+        mean, std = _keras_hub_normalisation(folder)
+        layer = CLIPImageFeatures(
+            clip.vision_encoder,
+            int(clip.projection_dim),
+            image_mean=mean,
+            image_std=std,
+            dtype=dtype,
+        )
+        layer.build((None,) + tuple(clip.vision_encoder.image_shape))
+        layer.projection.set_weights(clip.vision_projection.get_weights())
+        return layer
+    model_type = config.get("model_type")
+    if model_type not in _CLIP_MODEL_TYPES:
+        raise ValueError(
+            f"{config_path!r} describes a {model_type!r} model; expected a "
+            f"CLIP checkpoint (model_type in {_CLIP_MODEL_TYPES}) or a "
+            "keras-hub CLIPBackbone preset."
+        )
+    tensors = _SafetensorsFolder(folder)
+    encoder, projection_dim = _vision_encoder_from_hf(config, dtype)
+    mean, std = CLIP_MEAN, CLIP_STD
+    processor = os.path.join(folder, "preprocessor_config.json")
+    if os.path.isfile(processor):
+        proc = _read_json(processor)
+        mean = tuple(proc.get("image_mean", mean))
+        std = tuple(proc.get("image_std", std))
+    layer = CLIPImageFeatures(
+        encoder, projection_dim, image_mean=mean, image_std=std, dtype=dtype
+    )
+    layer.build((None,) + tuple(encoder.image_shape))
+    _port_clip_vision(encoder, layer.projection, tensors)
+    return layer

@@ -1,5 +1,7 @@
 """Keras layers of geovario-keras."""
 
+from geovario_keras.layers.clip_image import CLIPImageFeatures
+from geovario_keras.layers.clip_image import clip_preprocess
 from geovario_keras.layers.contrastive_head import ContrastiveHead
 from geovario_keras.layers.coordinate_encoder import MLPLocationEncoder
 from geovario_keras.layers.equal_earth import EqualEarthProjection
@@ -17,6 +19,7 @@ from geovario_keras.layers.spherical_harmonics import (
 )
 
 __all__ = [
+    "CLIPImageFeatures",
     "ContrastiveHead",
     "EqualEarthProjection",
     "GPSGallery",
@@ -30,4 +33,5 @@ __all__ = [
     "SirenDense",
     "SphericalHarmonics",
     "SphericalHarmonicsLocationEncoder",
+    "clip_preprocess",
 ]
