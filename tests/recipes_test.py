@@ -116,3 +116,56 @@ def test_train_data_parallel(tmp_path):
     if keras.backend.backend() == "jax":
         assert "over 2 devices" in out
     assert (tmp_path / "train" / "geoclip_semivariogram.keras").is_file()
+
+
+def test_finetune_on_a_photo_corpus(tmp_path, geoclip_wheel):
+    """recipes/finetune.py end to end (default suite, so CI runs it): a
+    corpus of real images written as JPEG + CSV, a random CLIP checkpoint
+    in the Hugging Face layout (projecting to 768 like ViT-L/14), the
+    released GeoCLIP weights, a partly frozen backbone, evaluation, saving
+    and export. The numbers mean nothing with a random backbone; the path
+    is what is tested."""
+    pytest.importorskip("transformers")
+    from geovario_keras.testing import tiny_clip
+
+    tiny_clip.write_tiny_clip(str(tmp_path / "clip"), projection_dim=768)
+    args = [
+        os.path.join(ROOT, "recipes", "finetune.py"),
+        "--corpus",
+        "corpus",
+        "--make-corpus",
+        "64",
+        "16",
+        "--clip",
+        "clip",
+        "--wheel",
+        geoclip_wheel,
+        "--epochs",
+        "1",
+        "--unfreeze",
+        "1",
+        "--queue-size",
+        "64",
+        "--data-dir",
+        "tfds",
+        "--out",
+        "ft",
+        "--export",
+        "sm",
+    ]
+    out = _run(args, tmp_path)
+    assert "corpus: 64 train / 16 test images" in out
+    assert "backbone blocks trained: 1" in out
+    for row in ("released GeoCLIP", "fine-tuned", "fine-tuned, hybrid"):
+        assert f"| {row} | 1 |" in out
+    assert (tmp_path / "ft" / "finetuned.keras").is_file()
+    assert (tmp_path / "ft" / "preset" / "config.json").is_file()
+    assert (tmp_path / "sm" / "1" / "saved_model.pb").is_file()
+    # A second run refuses to replace the corpus and the saved model.
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "overwrite=True" in proc.stderr

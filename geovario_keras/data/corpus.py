@@ -1,0 +1,136 @@
+"""A small geotagged photo corpus on disk, made from the embedded imagery.
+
+`write_blue_marble_corpus` writes real images (Blue Marble patches at
+GeoNames places) as JPEG files with CSVs in the OSV5M layout, so that the
+whole "my own photos" path (`gv.data.geotagged_images("osv5m", folder)`,
+`recipes/finetune.py`) can be tried, and tested, offline.
+"""
+
+import csv
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from geovario_keras.data import imagery
+from geovario_keras.utils import check_int
+from geovario_keras.utils import check_positive
+
+_COLUMNS = ("id", "latitude", "longitude", "country", "region", "city")
+
+
+def write_blue_marble_corpus(
+    folder,
+    num_train=200,
+    num_test=50,
+    image_size=64,
+    spacing_km=None,
+    min_distance_km=25.0,
+    seed=0,
+    overwrite=False,
+):
+    """Writes Blue Marble patches at GeoNames places as a geotagged corpus.
+
+    Places are drawn uniformly from GeoNames' places (where people live);
+    training places lie at least `min_distance_km` from every test place.
+    Layout (OSV5M's): `train.csv` and `test.csv` with columns
+    `id, latitude, longitude, country, region, city`, and the images in
+    `images/{split}/{id}.jpg` (JPEG, quality 95). The folder is written
+    next to its destination and renamed into place: an existing corpus is
+    replaced only with `overwrite=True`, and a failed write leaves none.
+
+    Args:
+        folder: the corpus folder to create.
+        num_train: int >= 1. Training images.
+        num_test: int >= 1. Test images.
+        image_size: int >= 8. Pixels per side.
+        spacing_km: float or None. Ground distance between pixels (default
+            the image's native resolution, ~7.4 km).
+        min_distance_km: float > 0. Minimum train-test distance.
+        seed: int. Seed of the place draw.
+        overwrite: bool. Replace an existing `folder`.
+
+    Returns:
+        The folder's absolute path.
+
+    Example:
+
+    ```python
+    folder = gv.data.write_blue_marble_corpus("my_corpus", 200, 50)
+    builder = gv.data.geotagged_images("osv5m", folder)
+    ```
+    """
+    from PIL import Image
+
+    check_int("num_train", num_train)
+    check_int("num_test", num_test)
+    check_int("image_size", image_size, 8)
+    check_positive("min_distance_km", min_distance_km)
+    if spacing_km is not None:
+        check_positive("spacing_km", spacing_km)
+    folder = os.path.abspath(os.fspath(folder))
+    if os.path.exists(folder) and not overwrite:
+        raise FileExistsError(
+            f"{folder!r} exists; pass overwrite=True to replace it."
+        )
+    places = imagery.load_places()
+    train, test, _ = imagery.random_split(
+        places["gps"], num_test, num_train, min_distance_km, seed=seed
+    )
+    if len(train) < num_train:
+        raise ValueError(
+            f"Only {len(train)} places lie {min_distance_km} km from the "
+            f"test places; ask for fewer than `num_train={num_train}`."
+        )
+    image = imagery.load_blue_marble()
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".corpus-", dir=parent)
+    try:
+        for split, index in (("train", train), ("test", test)):
+            os.makedirs(os.path.join(scratch, "images", split))
+            patches = imagery.cut_patches(
+                image, places["gps"][index], image_size, spacing_km
+            )
+            rows = []
+            for n, (i, patch) in enumerate(zip(index, patches)):
+                name = f"{split}_{n:06d}"
+                Image.fromarray(patch).save(
+                    os.path.join(scratch, "images", split, name + ".jpg"),
+                    quality=95,
+                )
+                lat, lon = places["gps"][i]
+                rows.append(
+                    (name, f"{lat:.6f}", f"{lon:.6f}")
+                    + tuple(
+                        str(places[k][i]) for k in ("country", "region", "city")
+                    )
+                )
+            with open(
+                os.path.join(scratch, f"{split}.csv"), "w", newline=""
+            ) as f:
+                writer = csv.writer(f)
+                writer.writerow(_COLUMNS)
+                writer.writerows(rows)
+        if os.path.exists(folder):
+            old = folder + ".old"
+            os.replace(folder, old)
+            os.replace(scratch, folder)
+            shutil.rmtree(old)
+        else:
+            os.replace(scratch, folder)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return folder
+
+
+def coordinates(folder, split):
+    """`(N, 2)` float32 coordinates of one split's CSV, in file order."""
+    with open(os.path.join(folder, f"{split}.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    return np.array(
+        [[float(r["latitude"]), float(r["longitude"])] for r in rows],
+        np.float32,
+    )
