@@ -715,8 +715,8 @@ def clip_image_backbone(path, dtype=None):
       online, with
 
       ```
-      hf download openai/clip-vit-large-patch14 --local-dir ~/clip-vit-l14 \\
-          --include config.json preprocessor_config.json model.safetensors
+      hf download openai/clip-vit-large-patch14 config.json \\
+          preprocessor_config.json model.safetensors --local-dir ~/clip-vit-l14
       ```
 
       (its `preprocessor_config.json`, when present, gives the mean and

@@ -12,8 +12,8 @@ Nothing is fetched at run time. Once, online:
 
 ```
 pip download geoclip==1.3.0 --no-deps -d ~/geoclip     # make install does it
-hf download openai/clip-vit-large-patch14 --local-dir ~/clip-vit-l14 \\
-    --include config.json preprocessor_config.json model.safetensors
+hf download openai/clip-vit-large-patch14 config.json \\
+    preprocessor_config.json model.safetensors --local-dir ~/clip-vit-l14
 ```
 
 Run (backend from `KERAS_BACKEND`):
