@@ -196,6 +196,11 @@ def test_geoclip_on_photos(geoclip_wheel, geoclip_checkpoint, tmp_path):
     np.testing.assert_allclose(
         loaded.encode_image(paths), model.encode_image(paths), atol=1e-6
     )
+    # So does a preset, predictions included.
+    preset = gv.GeoCLIP.from_preset(model.save_to_preset(tmp_path / "p"))
+    got = preset.predict_gps(paths, top_k=2)
+    np.testing.assert_array_equal(got[0], coords)
+    np.testing.assert_allclose(got[1], probs, atol=1e-6)
 
 
 def test_partly_frozen_backbone_trains_only_its_last_blocks(checkpoint):

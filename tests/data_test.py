@@ -6,6 +6,7 @@ great-circle distances for the split, GeoNames facts for known places.
 
 import csv
 import math
+import os
 
 import numpy as np
 import pyproj
@@ -398,3 +399,50 @@ def test_geotagged_images_reads_the_csv_once_when_images_are_in_place(
         "osv5m", corpus, data_dir=str(tmp_path / "tfds"), verbose=False
     )
     assert len(gv.data.as_arrays(builder, "test")["gps"]) == 2
+
+
+def test_write_blue_marble_corpus(tmp_path, monkeypatch):
+    """Real images at GeoNames places in the OSV5M layout, read back by the
+    `geotagged_images` builder; never over an existing corpus without
+    `overwrite=True`, and a failed write leaves nothing behind."""
+    from PIL import Image
+
+    folder = gv.data.write_blue_marble_corpus(
+        tmp_path / "corpus", num_train=30, num_test=10, image_size=16
+    )
+    train = gv.data.corpus.coordinates(folder, "train")
+    test = gv.data.corpus.coordinates(folder, "test")
+    assert train.shape == (30, 2) and test.shape == (10, 2)
+    geod = pyproj.Geod(a=6371000.0, b=6371000.0)
+    for p in test:
+        _, _, d = geod.inv(
+            np.full(30, p[1]), np.full(30, p[0]), train[:, 1], train[:, 0]
+        )
+        assert d.min() >= 24_999.0
+    places = imagery.load_places()["gps"]
+    assert np.abs(places[:, None] - test[None]).sum(-1).min(0).max() < 1e-5
+    with Image.open(f"{folder}/images/test/test_000000.jpg") as img:
+        assert img.size == (16, 16) and img.mode == "RGB"
+    builder = gv.data.geotagged_images(
+        "osv5m", folder, data_dir=str(tmp_path / "tfds"), verbose=False
+    )
+    data = gv.data.as_arrays(builder, "test")
+    assert sorted(map(tuple, data["gps"])) == sorted(map(tuple, test))
+    assert all(data["country"]) and data["image"].shape == (10, 16, 16, 3)
+
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        gv.data.write_blue_marble_corpus(folder, 5, 5)
+    before = sorted(os.listdir(os.path.join(folder, "images", "train")))
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        gv.data.write_blue_marble_corpus(folder, 5, 5, overwrite=True)
+    with pytest.raises(OSError, match="disk full"):
+        gv.data.write_blue_marble_corpus(tmp_path / "new", 5, 5)
+    assert sorted(os.listdir(tmp_path)) == ["corpus", "tfds"]
+    assert sorted(os.listdir(os.path.join(folder, "images", "train"))) == before
+    with pytest.raises(ValueError, match="`image_size` must be an int >= 8"):
+        gv.data.write_blue_marble_corpus(tmp_path / "x", 5, 5, image_size=4)

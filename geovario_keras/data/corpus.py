@@ -114,8 +114,8 @@ def write_blue_marble_corpus(
                 writer.writerow(_COLUMNS)
                 writer.writerows(rows)
         if os.path.exists(folder):
-            old = folder + ".old"
-            os.replace(folder, old)
+            old = tempfile.mkdtemp(prefix=".corpus-old-", dir=parent)
+            os.replace(folder, old)  # onto an empty folder: allowed
             os.replace(scratch, folder)
             shutil.rmtree(old)
         else:
