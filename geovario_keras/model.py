@@ -277,7 +277,8 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
             batch_size: int or None (32). Inputs per step.
             verbose: Keras progress-bar verbosity.
         """
-        preprocess = getattr(self.image_encoder.backbone, "preprocess", None)
+        backbone = getattr(self.image_encoder, "backbone", None)
+        preprocess = getattr(backbone, "preprocess", None)
         if preprocess is not None and isinstance(x, (list, tuple)):
             x = preprocess(x)
         x = checked_features(x, "x")  # numeric lists become arrays
