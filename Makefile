@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
+# Test processes per backend (pytest-xdist); 2 matches CI's 2 cores.
+PYTEST_WORKERS ?= 2
 # GeoCLIP's released weights: the geoclip 1.3.0 wheel, downloaded (hash
 # pinned, not installed) for geovario_keras.pretrained and its tests.
 GEOCLIP_WHEEL := .cache/geoclip/geoclip-1.3.0-py3-none-any.whl
@@ -32,8 +34,8 @@ test: install
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
 	  KERAS_BACKEND=$$b GEOVARIO_REQUIRE_GEOCLIP=1 \
-	    $(PY) -m pytest -q -p no:cacheprovider --doctest-modules \
-	      $(PYTEST_ARGS) geovario_keras tests; \
+	    $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) \
+	      --doctest-modules $(PYTEST_ARGS) geovario_keras tests; \
 	done
 
 # Long-running tests (marked @pytest.mark.slow), once per backend.
