@@ -685,16 +685,22 @@ def _port_clip_vision(encoder, projection, tensors):
 
 
 def _keras_hub_normalisation(folder):
-    """(mean, std) from a keras-hub preset's image converter, else CLIP's."""
+    """(mean, std) from a keras-hub preset's image converter
+    (`image_converter.json`, or the one inside `preprocessor.json`), else
+    CLIP's."""
     from geovario_keras.layers.clip_image import CLIP_MEAN
     from geovario_keras.layers.clip_image import CLIP_STD
 
-    path = os.path.join(folder, "preprocessor.json")
-    if not os.path.isfile(path):
-        return CLIP_MEAN, CLIP_STD
-    conf = _read_json(path).get("config", {}).get("image_converter") or {}
-    conf = conf.get("config", {})
-    scale, offset = conf.get("scale"), conf.get("offset")
+    conf = None
+    path = os.path.join(folder, "image_converter.json")
+    if os.path.isfile(path):
+        conf = _read_json(path).get("config", {})
+    else:
+        path = os.path.join(folder, "preprocessor.json")
+        if os.path.isfile(path):
+            conf = _read_json(path).get("config", {}).get("image_converter")
+            conf = (conf or {}).get("config", {})
+    scale, offset = (conf or {}).get("scale"), (conf or {}).get("offset")
     if not (isinstance(scale, list) and isinstance(offset, list)):
         return CLIP_MEAN, CLIP_STD
     # The converter computes pixel * scale + offset on 0-255 pixels.
@@ -723,7 +729,9 @@ def clip_image_backbone(path, dtype=None):
       standard deviation; else CLIP's are used); or
     - a keras-hub preset folder of a `CLIPBackbone` (`config.json` with a
       `registered_name`, `model.weights.h5`), e.g. one written by
-      `keras_hub.models.CLIPBackbone(...).save_to_preset(folder)`.
+      `keras_hub.models.CLIPBackbone(...).save_to_preset(folder)`; the
+      normalisation comes from its `CLIPImageConverter` when the folder
+      has one (else CLIP's).
 
     The vision weights are copied into a keras-hub `CLIPVisionEncoder`
     (the text tower is not loaded); the result computes CLIP's projected

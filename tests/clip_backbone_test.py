@@ -142,8 +142,19 @@ def test_keras_hub_preset_folder(tmp_path):
     folder = str(tmp_path / "kh")
     backbone.save_to_preset(folder)
     layer = gv.pretrained.clip_image_backbone(folder)
+    assert layer.image_mean == gv.layers.clip_image.CLIP_MEAN
+    # The preset's image converter, when there is one, gives the
+    # normalisation (keras-hub computes pixels * scale + offset).
+    mean, std = np.array(tiny_clip.MEAN), np.array(tiny_clip.STD)
+    keras_hub.layers.CLIPImageConverter(
+        image_size=(32, 32),
+        scale=list(1 / (255 * std)),
+        offset=list(-mean / std),
+    ).save_to_preset(folder)
+    layer = gv.pretrained.clip_image_backbone(folder)
+    assert layer.image_mean == pytest.approx(tiny_clip.MEAN)
+    assert layer.image_std == pytest.approx(tiny_clip.STD)
     pixels = _pixels(3, 32, seed=3)
-    mean, std = gv.layers.clip_image.CLIP_MEAN, gv.layers.clip_image.CLIP_STD
     normalised = (pixels / 255.0 - np.array(mean)) / np.array(std)
     want = backbone.get_vision_embeddings(normalised.astype("float32"))
     np.testing.assert_allclose(
