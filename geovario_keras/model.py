@@ -280,7 +280,18 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         backbone = getattr(self.image_encoder, "backbone", None)
         preprocess = getattr(backbone, "preprocess", None)
         if preprocess is not None and isinstance(x, (list, tuple)):
-            x = preprocess(x)
+            # Photos are decoded and resized a chunk at a time: memory
+            # stays bounded for long lists of files.
+            step = max(256, batch_size or 32)
+            parts = [
+                self.encode_image(
+                    preprocess(x[i : i + step]), batch_size, verbose
+                )
+                for i in range(0, len(x), step)
+            ]
+            if not parts:
+                raise ValueError("`x` is an empty list of images.")
+            return np.concatenate(parts)
         x = checked_features(x, "x")  # numeric lists become arrays
         arrays = isinstance(x, np.ndarray) or backend.is_tensor(x)
         # An unbuilt image encoder is built by `predict` on first use.

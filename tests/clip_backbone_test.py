@@ -194,6 +194,12 @@ def test_geoclip_on_photos(geoclip_wheel, geoclip_checkpoint, tmp_path):
     want = on_features.encode_image(features)
     np.testing.assert_allclose(model.encode_image(paths), want, atol=1e-4)
 
+    # Long lists are preprocessed a chunk (256) at a time: same result.
+    many = model.encode_image(paths * 90)
+    np.testing.assert_allclose(many, np.tile(want, (90, 1)), atol=1e-4)
+    with pytest.raises(ValueError, match="empty list"):
+        model.encode_image([])
+
     coords, probs = model.predict_gps(paths, top_k=2)
     coords2, probs2 = model.predict_gps(photos, top_k=2)
     np.testing.assert_array_equal(coords, coords2)
