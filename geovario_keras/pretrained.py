@@ -578,7 +578,9 @@ class _SafetensorsFolder:
 
 
 def _vision_encoder_from_hf(config, dtype):
-    from keras_hub.models import CLIPVisionEncoder
+    from geovario_keras.layers.clip_image import require_keras_hub
+
+    CLIPVisionEncoder = require_keras_hub().models.CLIPVisionEncoder
 
     vision = config.get("vision_config", config)
     size = int(vision.get("image_size", 224))
@@ -755,7 +757,9 @@ def clip_image_backbone(path, dtype=None):
     from geovario_keras.layers.clip_image import CLIP_MEAN
     from geovario_keras.layers.clip_image import CLIP_STD
     from geovario_keras.layers.clip_image import CLIPImageFeatures
+    from geovario_keras.layers.clip_image import require_keras_hub
 
+    keras_hub = require_keras_hub()
     folder = os.path.expanduser(os.fspath(path))
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
@@ -765,8 +769,6 @@ def clip_image_backbone(path, dtype=None):
         )
     config = _read_json(config_path)
     if "registered_name" in config:
-        import keras_hub
-
         clip = keras_hub.models.CLIPBackbone.from_preset(folder, dtype=dtype)
         mean, std = _keras_hub_normalisation(folder)
         layer = CLIPImageFeatures(

@@ -296,6 +296,14 @@ def test_bad_inputs_raise_clear_errors(tmp_path, checkpoint, geoclip_wheel):
         gv.layers.CLIPImageFeatures(keras.layers.Dense(3), 8)
 
 
+def test_missing_keras_hub_names_the_extra(checkpoint, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # import fails
+    with pytest.raises(ImportError, match=r"geovario-keras\[hub\]"):
+        gv.pretrained.clip_image_backbone(checkpoint[0])
+
+
 def test_config_round_trip(checkpoint):
     layer = gv.pretrained.clip_image_backbone(checkpoint[0])
     config = layer.get_config()

@@ -25,6 +25,18 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def require_keras_hub():
+    """`keras_hub`, or an ImportError that says which extra to install."""
+    try:
+        import keras_hub
+    except ImportError as error:
+        raise ImportError(
+            "CLIP image backbones need keras-hub (and safetensors for "
+            "Hugging Face checkpoints): pip install 'geovario-keras[hub]'."
+        ) from error
+    return keras_hub
+
+
 def _check_triple(name, value, positive=False):
     try:
         out = tuple(float(v) for v in value)
@@ -277,7 +289,7 @@ class CLIPImageFeatures(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        import keras_hub  # noqa: F401  (registers CLIPVisionEncoder)
+        require_keras_hub()  # registers CLIPVisionEncoder
 
         config = dict(config)
         config["vision_encoder"] = keras.saving.deserialize_keras_object(
