@@ -21,11 +21,10 @@ preset, and an existing preset is replaced only with `overwrite=True`.
 import datetime
 import json
 import os
-import shutil
-import uuid
 
 import keras
 
+from geovario_keras import saving
 from geovario_keras.version import __version__
 
 CONFIG_FILE = "config.json"
@@ -48,18 +47,7 @@ def save_to_preset(model, preset_dir, overwrite=False):
             "`save_to_preset` needs a built model: call it on a batch of "
             "inputs, `fit` it or load weights first."
         )
-    path = os.path.abspath(os.fspath(preset_dir))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(
-            f"{path!r} exists: pass `overwrite=True` to replace it."
-        )
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"`preset_dir` {path!r} is a file, not a folder.")
-    parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-    os.makedirs(tmp)
-    try:
+    with saving.atomic_folder(preset_dir, overwrite, "preset_dir") as tmp:
         config = keras.saving.serialize_keras_object(model)
         config.pop("compile_config", None)  # a preset is not a checkpoint
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
@@ -73,17 +61,7 @@ def save_to_preset(model, preset_dir, overwrite=False):
         }
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(metadata, f, indent=2)
-        if os.path.exists(path):
-            old = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return os.path.abspath(os.fspath(preset_dir))
 
 
 def from_preset(preset_dir, load_weights=True):

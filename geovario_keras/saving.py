@@ -12,7 +12,9 @@
   `keras.optimizers` class instead, when saving and when loading.
 """
 
+import contextlib
 import os
+import shutil
 import uuid
 import zipfile
 
@@ -56,6 +58,45 @@ def atomic_save(write, filepath, *args, overwrite=True, **kwargs):
 
 
 _BACKEND_OPTIMIZERS = "keras.src.backend."
+
+
+@contextlib.contextmanager
+def atomic_folder(path, overwrite=False, argument="folder"):
+    """Writes a folder in one step, never over a good one by accident.
+
+    Yields an empty temporary folder beside `path`. When the block ends
+    without an error, it is renamed to `path` (an existing folder is moved
+    aside first and deleted after); on an error it is deleted and `path` is
+    left exactly as it was. Used by presets and generated corpora.
+
+    Args:
+        path: the folder to write (its parent is created if needed).
+        overwrite: bool. False refuses to replace an existing `path`.
+        argument: the argument name used in error messages.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"{path!r} exists: pass `overwrite=True` to replace it."
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`{argument}` {path!r} is a file, not a folder.")
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            old = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def portable_compile_config(config):

@@ -8,12 +8,11 @@ whole "my own photos" path (`gv.data.geotagged_images("osv5m", folder)`,
 
 import csv
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from geovario_keras.data import imagery
+from geovario_keras.saving import atomic_folder
 from geovario_keras.utils import check_int
 from geovario_keras.utils import check_positive
 
@@ -36,9 +35,9 @@ def write_blue_marble_corpus(
     training places lie at least `min_distance_km` from every test place.
     Layout (OSV5M's): `train.csv` and `test.csv` with columns
     `id, latitude, longitude, country, region, city`, and the images in
-    `images/{split}/{id}.jpg` (JPEG, quality 95). The folder is written
-    next to its destination and renamed into place: an existing corpus is
-    replaced only with `overwrite=True`, and a failed write leaves none.
+    `images/{split}/{id}.jpg` (JPEG, quality 95). Written with
+    `geovario_keras.saving.atomic_folder`: an existing corpus is replaced
+    only with `overwrite=True`, and a failed write leaves none.
 
     Args:
         folder: the corpus folder to create.
@@ -69,25 +68,17 @@ def write_blue_marble_corpus(
     check_positive("min_distance_km", min_distance_km)
     if spacing_km is not None:
         check_positive("spacing_km", spacing_km)
-    folder = os.path.abspath(os.fspath(folder))
-    if os.path.exists(folder) and not overwrite:
-        raise FileExistsError(
-            f"{folder!r} exists; pass overwrite=True to replace it."
+    with atomic_folder(folder, overwrite) as scratch:
+        places = imagery.load_places()
+        train, test, _ = imagery.random_split(
+            places["gps"], num_test, num_train, min_distance_km, seed=seed
         )
-    places = imagery.load_places()
-    train, test, _ = imagery.random_split(
-        places["gps"], num_test, num_train, min_distance_km, seed=seed
-    )
-    if len(train) < num_train:
-        raise ValueError(
-            f"Only {len(train)} places lie {min_distance_km} km from the "
-            f"test places; ask for fewer than `num_train={num_train}`."
-        )
-    image = imagery.load_blue_marble()
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".corpus-", dir=parent)
-    try:
+        if len(train) < num_train:
+            raise ValueError(
+                f"Only {len(train)} places lie {min_distance_km} km from the "
+                f"test places; ask for fewer than `num_train={num_train}`."
+            )
+        image = imagery.load_blue_marble()
         for split, index in (("train", train), ("test", test)):
             os.makedirs(os.path.join(scratch, "images", split))
             patches = imagery.cut_patches(
@@ -113,17 +104,7 @@ def write_blue_marble_corpus(
                 writer = csv.writer(f)
                 writer.writerow(_COLUMNS)
                 writer.writerows(rows)
-        if os.path.exists(folder):
-            old = tempfile.mkdtemp(prefix=".corpus-old-", dir=parent)
-            os.replace(folder, old)  # onto an empty folder: allowed
-            os.replace(scratch, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(scratch, folder)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    return folder
+    return os.path.abspath(os.fspath(folder))
 
 
 def coordinates(folder, split):
