@@ -309,18 +309,14 @@ def _load_location_encoder(encoder, state):
 
 
 def _on_clip_features(encoder):
-    """Whether `encoder`'s MLP takes 768-d CLIP ViT-L/14 features: none
-    backbone (precomputed), or a built `CLIPImageFeatures` projecting to
-    768."""
+    """Whether `encoder` takes CLIP image features: precomputed (no
+    backbone), or from a built `CLIPImageFeatures` (its 768-d width is
+    checked with the MLP's input width by `_load_image_head`)."""
     from geovario_keras.layers.clip_image import CLIPImageFeatures
 
     backbone = encoder.backbone
-    if backbone is None:
-        return True
-    return (
-        isinstance(backbone, CLIPImageFeatures)
-        and backbone.projection_dim == GEOCLIP_FEATURE_DIM
-        and encoder.built
+    return backbone is None or (
+        isinstance(backbone, CLIPImageFeatures) and encoder.built
     )
 
 
