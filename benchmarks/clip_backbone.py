@@ -99,21 +99,13 @@ def main():
         return getattr(out, "pooler_output", out).numpy()
 
     # Warm-ups (compilation) apart, then the two take turns.
-    warm = {}
-    for name, fn in (("ours", ours), ("transformers", theirs)):
-        start = time.perf_counter()
-        fn()
-        warm[name] = time.perf_counter() - start
-    times = {"ours": [], "transformers": []}
-    for _ in range(args.repeats):
-        for name, fn in (("ours", ours), ("transformers", theirs)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    median, warm = common.taking_turns(
+        {"ours": ours, "transformers": theirs}, args.repeats
+    )
     a = ours()
     b = theirs()
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    rate = {k: args.batch / float(np.median(v)) for k, v in times.items()}
+    rate = {k: args.batch / v for k, v in median.items()}
     result = {
         "benchmark": "clip_backbone",
         "size": args.size,

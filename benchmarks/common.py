@@ -47,6 +47,28 @@ def timed(fn, repeats, sync=None):
     return statistics.median(times), warmup
 
 
+def taking_turns(fns, repeats):
+    """Times several implementations that take turns, pass by pass.
+
+    Each function in the dict `fns` is called once as a warm-up (timed
+    apart), then all of them in turn, `repeats` times, so that the drift of
+    a shared machine hits them alike. Returns `(median seconds per name,
+    warm-up seconds per name)`.
+    """
+    warmup = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        warmup[name] = time.perf_counter() - start
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}, warmup
+
+
 # ------------------------------------------------------------------ memory
 def _status_kib(field):
     try:

@@ -11,8 +11,6 @@ Run: `KERAS_BACKEND=jax python benchmarks/interleaved.py`.
 """
 
 import argparse
-import statistics
-import time
 
 import common
 
@@ -46,16 +44,10 @@ def main():
     def ours():
         return model.encode_location(gallery, batch_size=args.batch)
 
-    reference()
-    ours()
-    times = {"reference": [], "ours": []}
-    for _ in range(args.repeats):
-        for name, fn in (("reference", reference), ("ours", ours)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    ref_s = statistics.median(times["reference"])
-    ours_s = statistics.median(times["ours"])
+    median, _ = common.taking_turns(
+        {"reference": reference, "ours": ours}, args.repeats
+    )
+    ref_s, ours_s = median["reference"], median["ours"]
     common.emit(
         {
             "benchmark": "interleaved",
