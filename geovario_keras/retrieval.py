@@ -9,17 +9,21 @@ retrieve the *geotagged images* most similar to the query before deciding.
   `exp(logit_scale) * cos(image, location)`.
 - `"reference"`: neighbour voting. The `neighbours` most similar reference
   images (cosine of image embeddings; `GeoCLIP.set_reference`) vote with
-  weights `softmax(exp(logit_scale) * similarity)`; each neighbour's
-  location is scored by the weighted kernel density of all neighbours'
-  locations there, `sum_i w_i exp(-d(c, n_i) / bandwidth_km)`, and the
-  densest `top_k` distinct locations are returned (probabilities: the
-  densities, normalised over the neighbours' locations).
-- `"hybrid"`: candidates are the `gallery_candidates` best gallery points
-  and the neighbours' locations; each candidate `c` is re-scored by the
-  location encoder and the neighbours' agreement,
+  weights `softmax(exp(logit_scale) * similarity)` for a Gaussian kernel
+  density of locations, `density(c) = sum_i w_i exp(-d(c, n_i)^2 / (2
+  bandwidth_km^2))`. The candidates are the neighbours' locations and the
+  density's modes, found by mean shift from each neighbour (the weighted
+  mean of the neighbours, iterated; `mean_shift_steps`). A mode usually
+  lies *between* the neighbours, so this can place an image closer than
+  any single neighbour is. The densest `top_k` distinct candidates are
+  returned (probabilities: the densities, normalised over the distinct
+  candidates).
+- `"hybrid"`: candidates are the `gallery_candidates` best gallery points,
+  the neighbours' locations and the density's modes; each candidate `c` is
+  re-scored by the location encoder and the neighbours' agreement,
   `exp(logit_scale) * cos(image, loc(c)) + log(density(c) + floor)`, a
   product of the two experts (`floor` keeps a candidate no neighbour
-  supports alive). Probabilities: softmax over the candidates.
+  supports alive). Probabilities: softmax over the distinct candidates.
 
 Everything runs on blocks of queries, and the gallery and reference
 searches are chunked (`GPSGallery.search`), so memory stays bounded for
@@ -43,23 +47,27 @@ class RetrievalOptions:
 
     The defaults were chosen on a validation split of the default Blue
     Marble training set (`benchmarks/retrieval_options.py`; the test split
-    was not used): of bandwidths 25-400 km, floors 0.001-0.1 and 32 or 128
-    gallery candidates, these gave the hybrid its best accuracy within
-    25 km with no loss at 200-2500 km.
+    was not used): of bandwidths 50-150 km, 32 or 128 gallery candidates
+    and 0 or 10 mean-shift steps, these gave the hybrid its best accuracy
+    within 25 km with no loss at 200-2500 km.
 
     Attributes:
         neighbours: int >= 1. Reference images retrieved per query.
-        bandwidth_km: float > 0. Length scale of the neighbours' kernel
-            density (km).
+        bandwidth_km: float > 0. Standard deviation of the Gaussian kernel
+            of the neighbours' density (km).
         gallery_candidates: int >= 1. Gallery points re-scored by
             `"hybrid"` (capped at the gallery size).
         floor: float > 0. Density added before the log in `"hybrid"`.
+        mean_shift_steps: int >= 0. Mean-shift iterations from each
+            neighbour towards a mode of the density; 0: no mode
+            candidates, only the neighbours' locations.
     """
 
     neighbours: int = 16
-    bandwidth_km: float = 100.0
+    bandwidth_km: float = 75.0
     gallery_candidates: int = 128
     floor: float = 0.01
+    mean_shift_steps: int = 10
 
     def __post_init__(self):
         for name in ("neighbours", "gallery_candidates"):
@@ -68,25 +76,99 @@ class RetrievalOptions:
                 raise ValueError(
                     f"`{name}` must be an int >= 1; got {value!r}."
                 )
+        steps = self.mean_shift_steps
+        if not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(
+                f"`mean_shift_steps` must be an int >= 0; got {steps!r}."
+            )
         for name in ("bandwidth_km", "floor"):
             check_positive(name, getattr(self, name))
 
+    @property
+    def candidates_per_query(self):
+        """Neighbour candidates per query: locations (+ modes)."""
+        return self.neighbours * (2 if self.mean_shift_steps else 1)
+
+
+def _kernel(d_km, bandwidth_km):
+    return np.exp(-0.5 * np.square(d_km / bandwidth_km))
+
 
 def neighbour_density(candidates, neighbours, weights, bandwidth_km):
-    """Weighted kernel density of `neighbours` at `candidates`.
+    """Weighted Gaussian kernel density of `neighbours` at `candidates`.
 
     Args:
         candidates: `(N, C, 2)` degrees.
         neighbours: `(N, K, 2)` degrees.
         weights: `(N, K)`, rows summing to 1.
-        bandwidth_km: float. Kernel `exp(-d / bandwidth_km)`.
+        bandwidth_km: float. Kernel `exp(-d^2 / (2 bandwidth_km^2))`, `d`
+            the great-circle distance.
 
     Returns:
         `(N, C)` densities in [0, 1].
     """
     d = geo.haversine_km(candidates[:, :, None, :], neighbours[:, None, :, :])
-    kernel = np.exp(-ops.convert_to_numpy(d).astype("float64") / bandwidth_km)
-    return np.einsum("nck,nk->nc", kernel, weights)
+    d = ops.convert_to_numpy(d).astype("float64")
+    return np.einsum("nck,nk->nc", _kernel(d, bandwidth_km), weights)
+
+
+def _to_unit(gps):
+    lat, lon = np.radians(gps[..., 0]), np.radians(gps[..., 1])
+    return np.stack(
+        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
+        axis=-1,
+    )
+
+
+def _from_unit(xyz):
+    xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+    lat = np.degrees(np.arcsin(np.clip(xyz[..., 2], -1.0, 1.0)))
+    return np.stack([lat, np.degrees(np.arctan2(xyz[..., 1], xyz[..., 0]))], -1)
+
+
+def density_modes(neighbours, weights, bandwidth_km, steps=10):
+    """Modes of `neighbour_density`, by mean shift from each neighbour.
+
+    Each step moves a point to the kernel-weighted mean of the neighbours
+    (as unit vectors, projected back onto the sphere): Comaniciu & Meer's
+    mean shift, which climbs the Gaussian kernel density to a mode (for
+    distances much smaller than the Earth's radius the sphere is locally
+    flat). A mode that ends within a tenth of the bandwidth of a neighbour
+    or of an earlier mode is merged into it (given its exact coordinates),
+    so one place is one candidate.
+
+    Args:
+        neighbours: `(N, K, 2)` degrees.
+        weights: `(N, K)`, rows summing to 1.
+        bandwidth_km: float. As in `neighbour_density`.
+        steps: int >= 1. Mean-shift iterations.
+
+    Returns:
+        `(N, K, 2)` degrees, float64: the mode reached from each neighbour.
+    """
+    neighbours = np.asarray(neighbours, "float64")
+    unit = _to_unit(neighbours)
+    points = neighbours
+    for _ in range(steps):
+        d = geo.haversine_km(points[:, :, None, :], neighbours[:, None, :, :])
+        d = ops.convert_to_numpy(d).astype("float64")
+        k = _kernel(d, bandwidth_km) * weights[:, None, :]
+        points = _from_unit(np.einsum("nck,nkd->ncd", k, unit))
+    # Merge: a mode within a tenth of the bandwidth of a neighbour, or of
+    # an earlier mode, takes its exact coordinates.
+    both = np.concatenate([neighbours, points], axis=1)
+    d = geo.haversine_km(points[:, :, None, :], both[:, None, :, :])
+    k = points.shape[1]
+    close = ops.convert_to_numpy(d) <= 0.1 * bandwidth_km
+    close[:, :, k:] &= np.tri(k, dtype=bool)  # earlier modes and itself
+    first = close.argmax(-1)  # the first close point (itself at worst)
+    return np.take_along_axis(both, first[..., None], axis=1)
+
+
+def _repeats(coords):
+    """`(N, C)` True where a candidate equals an earlier one of its row."""
+    same = (coords[:, :, None, :] == coords[:, None, :, :]).all(-1)
+    return np.tril(same, k=-1).any(-1)
 
 
 def _softmax(x, axis=-1):
@@ -105,13 +187,21 @@ def _distinct_top_k(coords, scores, top_k):
     order = np.argsort(-scores, axis=1, kind="stable")
     coords = np.take_along_axis(coords, order[..., None], axis=1)
     scores = np.take_along_axis(scores, order, axis=1)
-    same = (coords[:, :, None, :] == coords[:, None, :, :]).all(-1)
-    repeat = np.tril(same, k=-1).any(-1)  # equals an earlier (better) one
-    pick = np.argsort(repeat, axis=1, kind="stable")[:, :top_k]
+    pick = np.argsort(_repeats(coords), axis=1, kind="stable")[:, :top_k]
     return (
         np.take_along_axis(coords, pick[..., None], axis=1).astype("float32"),
         np.take_along_axis(scores, pick, axis=1),
     )
+
+
+def _neighbour_candidates(near, weights, options):
+    """The neighbours' locations, and their density's modes if enabled."""
+    if not options.mean_shift_steps:
+        return near
+    modes = density_modes(
+        near, weights, options.bandwidth_km, options.mean_shift_steps
+    )
+    return np.concatenate([near, modes], axis=1)
 
 
 def _scale(model):
@@ -131,7 +221,7 @@ def neighbours(model, image_embeddings, options, batch_size=None):
 
 
 # Queries re-ranked at once by "reference" and "hybrid" (bounds the
-# candidate arrays: 4096 x 144 candidates x 16 neighbours).
+# candidate arrays: 4096 x 160 candidates x 16 neighbours).
 QUERY_BLOCK = 4096
 
 
@@ -164,6 +254,7 @@ def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
             "`mode='gallery'`)."
         )
     near, weights = neighbours(model, image_embeddings, options, batch_size)
+    candidates = _neighbour_candidates(near, weights, options)
     if mode == "reference":
         if not 1 <= top_k <= options.neighbours:
             raise ValueError(
@@ -171,10 +262,14 @@ def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
                 f"number of neighbours) with mode='reference'; got "
                 f"{top_k!r}."
             )
-        density = neighbour_density(near, near, weights, options.bandwidth_km)
-        coords, score = _distinct_top_k(near, density, top_k)
-        probs = score / density.sum(axis=1, keepdims=True)
-        return coords, probs.astype("float32")
+        density = neighbour_density(
+            candidates, near, weights, options.bandwidth_km
+        )
+        coords, score = _distinct_top_k(candidates, density, top_k)
+        total = np.where(_repeats(candidates), 0.0, density).sum(
+            axis=1, keepdims=True
+        )
+        return coords, (score / total).astype("float32")
     g = min(options.gallery_candidates, model.gallery.size)
     if not 1 <= top_k <= g + options.neighbours:
         raise ValueError(
@@ -183,23 +278,30 @@ def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
             f"{top_k!r}."
         )
     # Gallery candidates keep their scores from the cached gallery; only
-    # the neighbours' locations are encoded here.
+    # the neighbours' locations and modes are encoded here.
     scale = _scale(model)
     gallery_logits, index, _ = model.gallery.search(
         image_embeddings, scale, g, batch_size
     )
     gallery_coords = ops.convert_to_numpy(model.gallery.coords)[index]
-    n, k = near.shape[:2]
-    near_loc = model.encode_location(near.reshape(-1, 2).astype("float32"))
+    n, k = candidates.shape[:2]
+    near_loc = model.encode_location(
+        candidates.reshape(-1, 2).astype("float32")
+    )
     near_logits = scale * np.einsum(
         "nkd,nd->nk",
         near_loc.reshape(n, k, -1),
         np.asarray(image_embeddings, "float32"),
     )
-    candidates = np.concatenate([gallery_coords.astype("float64"), near], 1)
+    candidates = np.concatenate(
+        [gallery_coords.astype("float64"), candidates], 1
+    )
     logits = np.concatenate([gallery_logits, near_logits], 1)
     density = neighbour_density(candidates, near, weights, options.bandwidth_km)
-    probs = _softmax(logits + np.log(density + options.floor))
+    score = logits + np.log(density + options.floor)
+    # A candidate repeated (a mode reached from several neighbours, a
+    # neighbour at a gallery point) counts once in the softmax.
+    probs = _softmax(np.where(_repeats(candidates), -np.inf, score))
     coords, p = _distinct_top_k(candidates, probs, top_k)
     return coords, p.astype("float32")
 
@@ -282,7 +384,7 @@ class RetrievalMixin:
                 normalised embeddings.
             **options: `gv.retrieval.RetrievalOptions` fields
                 (`neighbours`, `bandwidth_km`, `gallery_candidates`,
-                `floor`).
+                `floor`, `mean_shift_steps`).
 
         Returns:
             `(coords (N, top_k, 2), probs (N, top_k))` numpy, best first.

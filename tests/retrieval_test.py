@@ -118,8 +118,60 @@ def test_neighbour_density_against_pyproj():
             d = geod.inv(
                 near[0, k, 1], near[0, k, 0], cand[0, c, 1], cand[0, c, 0]
             )
-            want[c] += w[0, k] * np.exp(-d[2] / 1000.0 / 800.0)
+            want[c] += w[0, k] * np.exp(-0.5 * (d[2] / 1000.0 / 800.0) ** 2)
     np.testing.assert_allclose(got[0], want, rtol=1e-4)  # float32 km
+
+
+def test_density_modes_two_points_closed_form():
+    # Two equally weighted points 40 km apart on the equator, bandwidth
+    # 75 km: the density is unimodal (distance < 2 bandwidths) and, by
+    # symmetry, peaks at the midpoint; both climbs end there, merged.
+    dlon = 40.0 / (6371.0 * np.pi / 180.0)
+    near = np.array([[[0.0, 10.0], [0.0, 10.0 + dlon]]])
+    modes = retrieval.density_modes(near, np.array([[0.5, 0.5]]), 75.0, 50)
+    np.testing.assert_allclose(modes[0, 0], [0.0, 10.0 + dlon / 2], atol=1e-3)
+    np.testing.assert_array_equal(modes[0, 1], modes[0, 0])  # merged
+
+
+def test_density_modes_are_maxima_found_by_scipy():
+    from pyproj import Geod
+    from scipy.optimize import minimize
+
+    geod = Geod(ellps="sphere", a=6371.0e3, b=6371.0e3)
+    rng = np.random.default_rng(4)
+    # Two clusters 400 km apart, each of 4 points within ~60 km.
+    lon0, lat0, _ = geod.fwd(10.0, 45.0, 90.0, 400e3)
+    centres = [(45.0, 10.0), (lat0, lon0)]
+    near = np.array(
+        [
+            geod.fwd(c[1], c[0], rng.uniform(0, 360), rng.uniform(5, 60) * 1e3)
+            for c in centres
+            for _ in range(4)
+        ]
+    )[:, [1, 0]][None]
+    w = rng.dirichlet(np.ones(8))[None]
+    bandwidth = 50.0
+
+    def minus_density(p):
+        _, _, d = geod.inv(
+            np.full(8, p[1]), np.full(8, p[0]), near[0, :, 1], near[0, :, 0]
+        )
+        return -(w[0] * np.exp(-0.5 * (d / 1e3 / bandwidth) ** 2)).sum()
+
+    modes = retrieval.density_modes(near, w, bandwidth, steps=200)
+    for k in range(8):
+        want = minimize(
+            minus_density,
+            near[0, k],
+            method="Nelder-Mead",
+            options={"xatol": 1e-6, "fatol": 1e-12},
+        ).x
+        d = geod.inv(want[1], want[0], modes[0, k, 1], modes[0, k, 0])[2]
+        # Within 1 km, or merged into a point within a tenth of the
+        # bandwidth (a neighbour at the mode, or an earlier mode).
+        assert d / 1e3 < 1.0 + 0.1 * bandwidth, (k, d)
+    # One mode per cluster: the climbs from a cluster's points merge.
+    assert len(np.unique(modes[0], axis=0)) == 2
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +199,8 @@ def test_modes_need_a_reference_set(trained):
         model.predict_gps(x[:2], neighbours=0)
     with pytest.raises(ValueError, match="`bandwidth_km` must be a number"):
         model.predict_gps(x[:2], bandwidth_km=-1.0)
+    with pytest.raises(ValueError, match="`mean_shift_steps` must be an int"):
+        model.predict_gps(x[:2], mean_shift_steps=-1)
     with pytest.raises(ValueError, match="same length"):
         model.set_reference(x[:10], gps[:9], verbose=0)
 
@@ -176,15 +230,28 @@ def test_reference_mode_is_neighbour_voting(trained):
             loc.reshape(-1, 2).astype("float32"),
         )
     ).reshape(20, 8, 20, 8)[np.arange(20), :, np.arange(20)]
-    density = (np.exp(-d / 50.0) * w[:, None, :]).sum(-1)
+    density = (np.exp(-0.5 * (d / 50.0) ** 2) * w[:, None, :]).sum(-1)
+    options = {"neighbours": 8, "bandwidth_km": 50.0}
     coords, probs = model.predict_gps(
-        x[:20], top_k=1, mode="reference", neighbours=8, bandwidth_km=50.0
+        x[:20], top_k=1, mode="reference", mean_shift_steps=0, **options
     )
     best = loc[np.arange(20), density.argmax(1)]
     np.testing.assert_allclose(coords[:, 0], best, atol=1e-4)
     np.testing.assert_allclose(
         probs[:, 0], density.max(1) / density.sum(1), rtol=1e-3
     )
+    # With mean shift, the density's modes are candidates too: the answer
+    # is the densest of the neighbours and their modes (tested above
+    # against scipy), never less dense than without them.
+    modes = retrieval.density_modes(loc, w, 50.0, steps=10)
+    cands = np.concatenate([loc, modes], 1)
+    dens = retrieval.neighbour_density(cands, loc, w, 50.0)
+    coords, probs = model.predict_gps(
+        x[:20], top_k=1, mode="reference", **options
+    )
+    want = cands[np.arange(20), dens.argmax(1)]
+    np.testing.assert_allclose(coords[:, 0], want, atol=1e-3)
+    assert (dens.max(1) >= density.max(1) - 1e-6).all()
     with pytest.raises(ValueError, match=r"`top_k` must be .* \[1, 8\]"):
         model.predict_gps(x[:2], top_k=9, mode="reference", neighbours=8)
 
@@ -200,6 +267,7 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
         neighbours=4,
         gallery_candidates=6,
         bandwidth_km=50.0,
+        mean_shift_steps=0,
     )
     assert coords.shape == (10, 3, 2) and probs.shape == (10, 3)
     # The formula, written out: candidates = 6 best gallery points + the 4
@@ -227,6 +295,34 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
         coords[:, 0], cands[np.arange(10), top], atol=1e-4
     )
     np.testing.assert_allclose(probs[:, 0], p.max(1), rtol=2e-3)
+    # With mean shift: the modes join the candidates (and a repeated
+    # candidate, e.g. a mode merged into a neighbour, counts once).
+    modes = retrieval.density_modes(
+        gps[n_best].astype("float64"), w, 50.0, steps=10
+    )
+    m_loc = model.encode_location(modes.reshape(-1, 2)).reshape(10, 4, -1)
+    m_score = scale * np.einsum("ncd,nd->nc", m_loc, emb) + np.log(
+        retrieval.neighbour_density(
+            modes, gps[n_best].astype("float64"), w, 50.0
+        )
+        + 0.01
+    )
+    for row in range(10):
+        everything = np.concatenate([cands[row], modes[row]])
+        _, first = np.unique(everything, axis=0, return_index=True)
+        keep = np.concatenate([score[row], m_score[row]])[first]
+        everything = everything[first]
+        q = np.exp(keep - logsumexp(keep))
+        c, pr = model.predict_gps(
+            queries[row : row + 1],
+            top_k=1,
+            mode="hybrid",
+            neighbours=4,
+            gallery_candidates=6,
+            bandwidth_km=50.0,
+        )
+        np.testing.assert_allclose(c[0, 0], everything[q.argmax()], atol=1e-3)
+        np.testing.assert_allclose(pr[0, 0], q.max(), rtol=2e-3)
 
 
 def test_reference_set_is_saved(trained, tmp_path):
