@@ -1,7 +1,9 @@
 """geovario-keras against an independent plain-PyTorch GeoCLIP, same data.
 
-Trains one configuration with the plain GeoCLIP loss twice on the default
-Blue Marble data, with the same inputs, budget and evaluation:
+Trains one configuration with the plain GeoCLIP loss (and, with
+`--losses ... semivariogram`, the semivariogram loss of Chen et al. 2025)
+twice on the default Blue Marble data, with the same inputs, budget and
+evaluation:
 
 - **geovario-keras** (`gv.GeoCLIP`, the backend of `KERAS_BACKEND`), and
 - **plain PyTorch**: this file's own implementation of the published
@@ -19,6 +21,19 @@ features, 2 x 512 hidden and a 256-d output, queue 2048, batch 256, Adam
 1e-3, no GPS noise in either. Both are scored by top-1 retrieval over the
 same GeoNames gallery; the accuracies are computed here with numpy.
 
+The semivariogram loss on the torch side is this file's own code of the
+specification (`SemivariogramTorch` below): streaming bin sums of the
+cosine dissimilarity of stop-gradient image embeddings (batch against
+batch and a feature queue aligned with the GPS queue; positives and
+identical coordinates left out) over great-circle distance bins from 0 to
+20,100 km (finer below 1,000 km); at each epoch's end a stable model
+`nugget + psill (1 - exp(-(h / l)^alpha))` fitted by
+`scipy.optimize.least_squares` (soft-L1, weights sqrt(pairs)); effective
+range `rho = l (ln 20)^(1 / alpha)` (95 % of the partial sill). From the
+first fit on, negatives with `h <= rho` that look more alike than the
+fit expects (`r = gamma(h) - d > 0`) get weight 0.2, those with `h > rho`
+and `r > 0` weight `min(exp(2 r / sill), 5)`, as `logit + log w`.
+
 Options isolate the initialisation: `--keras-init torch` gives the Keras
 model torch's `nn.Linear` kernel initialiser, U(+-1/sqrt(fan_in));
 `--torch-init glorot` gives the torch model Keras's (Glorot-uniform
@@ -27,7 +42,8 @@ kernels, zero biases). `--torch-adam-eps 1e-7` uses Keras's Adam epsilon.
 and with CLIP's cap of the temperature at 100, which geovario-keras has.
 
 Run: `KERAS_BACKEND=jax python benchmarks/independent.py [--epochs 10]
-[--seeds 0 1] [--keras-init glorot torch] [--torch-init default glorot]`.
+[--seeds 0 1] [--keras-init glorot torch] [--torch-init default glorot]
+[--losses geoclip semivariogram]`.
 Results: BENCHMARKS.md.
 """
 
@@ -123,6 +139,109 @@ def torch_geoclip(in_dim, seed):
     return Model()
 
 
+def bin_edges_km():
+    """0-20,100 km: 25 km steps to 100, 100 km to 1,000, then coarser."""
+    edges = [0.0, 25.0, 50.0, 75.0]
+    edges += list(np.arange(100.0, 1000.0, 100.0))
+    edges += list(np.arange(1000.0, 3000.0, 250.0))
+    edges += list(np.arange(3000.0, 5000.0, 500.0))
+    edges += [5000.0, 6000.0, 7000.0, 8000.0, 10000.0, 12500.0, 15000.0]
+    return np.array(edges + [17500.0, 20100.0])
+
+
+class SemivariogramTorch:
+    """The semivariogram weighting, written for this comparison in torch."""
+
+    def __init__(self, queue, dim, w_false=0.2, beta=2.0, w_max=5.0):
+        import torch
+
+        self.edges = bin_edges_km()
+        self.sums = np.zeros(len(self.edges) - 1)
+        self.counts = np.zeros(len(self.edges) - 1)
+        self.features = torch.zeros(queue, dim)
+        self.fit = None  # (nugget, psill, length, alpha, rho)
+        self.w_false, self.beta, self.w_max = w_false, beta, w_max
+
+    @staticmethod
+    def distance_km(a, b):
+        import torch
+
+        a, b = torch.deg2rad(a), torch.deg2rad(b)
+        dlat = b[None, :, 0] - a[:, None, 0]
+        dlon = b[None, :, 1] - a[:, None, 1]
+        h = (
+            torch.sin(dlat / 2) ** 2
+            + torch.cos(a[:, None, 0])
+            * torch.cos(b[None, :, 0])
+            * torch.sin(dlon / 2) ** 2
+        )
+        return 2 * 6371.0 * torch.arcsin(torch.sqrt(h.clamp(0, 1)))
+
+    def gamma(self, h):
+        import torch
+
+        nugget, psill, length, alpha, _ = self.fit
+        return nugget + psill * (1 - torch.exp(-((h / length) ** alpha)))
+
+    def weigh(self, logits, img, gps, cand_gps, filled):
+        """Accumulates the step's pairs; returns the re-weighted logits."""
+        import torch
+
+        b = len(gps)
+        feats = torch.cat([img.detach(), self.features[:filled]], 0)
+        h = self.distance_km(gps, cand_gps)
+        d = 1.0 - img.detach() @ feats.T
+        negative = torch.ones_like(h, dtype=torch.bool)
+        negative[torch.arange(b), torch.arange(b)] = False
+        apart = negative & (gps[:, None, :] != cand_gps[None]).any(-1)
+        k = np.digitize(h[apart].numpy(), self.edges) - 1
+        ok = (k >= 0) & (k < len(self.sums))
+        np.add.at(self.sums, k[ok], d[apart].numpy()[ok])
+        np.add.at(self.counts, k[ok], 1)
+        if self.fit is None:
+            return logits
+        r = self.gamma(h) - d
+        rho, sill = self.fit[4], self.fit[0] + self.fit[1]
+        false = negative & (h <= rho) & (r > 0)
+        hard = negative & (h > rho) & (r > 0)
+        log_hard = torch.clamp(self.beta * r / sill, max=math.log(self.w_max))
+        out = torch.where(hard, logits + log_hard, logits)
+        return torch.where(false, logits + math.log(self.w_false), out)
+
+    def enqueue(self, img, ptr):
+        self.features[ptr : ptr + len(img)] = img.detach()
+
+    def refit(self):
+        """Fits the stable model to the pairs since the last fit."""
+        from scipy.optimize import least_squares
+
+        use = self.counts >= 10
+        h = 0.5 * (self.edges[:-1] + self.edges[1:])[use]
+        g = self.sums[use] / self.counts[use]
+        w = np.sqrt(self.counts[use] / self.counts[use].mean())
+        self.sums[:] = 0
+        self.counts[:] = 0
+
+        def residual(p):
+            nugget, psill, length, alpha = p
+            return w * (
+                nugget + psill * (1 - np.exp(-((h / length) ** alpha))) - g
+            )
+
+        p0 = [max(g.min(), 0.0), g.max() - g.min(), np.median(h), 1.0]
+        res = least_squares(
+            residual,
+            p0,
+            bounds=([0, 0, 1e-3, 0.05], [np.inf, np.inf, 4 * h.max(), 2.0]),
+            loss="soft_l1",
+            f_scale=0.1 * (g.max() - g.min()),
+        )
+        nugget, psill, length, alpha = res.x
+        rho = length * math.log(20.0) ** (1.0 / alpha)
+        self.fit = (nugget, psill, length, alpha, rho)
+        return self.fit
+
+
 def train_torch(
     train_x,
     train_gps,
@@ -133,6 +252,7 @@ def train_torch(
     logit_cap=None,
     batch=256,
     queue=2048,
+    loss_name="geoclip",
 ):
     import torch
 
@@ -167,6 +287,9 @@ def train_torch(
     filled, ptr = 0, 0
     x_all = torch.from_numpy(train_x)
     g_all = torch.from_numpy(train_gps)
+    sv = None
+    if loss_name == "semivariogram":
+        sv = SemivariogramTorch(queue, model.image[-1].out_features)
     for _ in range(epochs):
         order = rng.permutation(len(train_x))
         for s in range(len(train_x) // batch):
@@ -176,7 +299,10 @@ def train_torch(
             scale = model.logit_scale
             if logit_cap is not None:  # as CLIP's clamp (and Keras's)
                 scale = scale.clamp(max=math.log(logit_cap))
-            logits = scale.exp() * (model.images(x) @ model.locations(cand).T)
+            img = model.images(x)
+            logits = scale.exp() * (img @ model.locations(cand).T)
+            if sv is not None:
+                logits = sv.weigh(logits, img, g, cand, filled)
             loss = torch.nn.functional.cross_entropy(
                 logits, torch.arange(batch)
             )
@@ -185,8 +311,12 @@ def train_torch(
             opt.step()
             sched.step()
             q[ptr : ptr + batch] = g  # queue % batch == 0
+            if sv is not None:
+                sv.enqueue(img, ptr)
             ptr = (ptr + batch) % queue
             filled = min(queue, filled + batch)
+        if sv is not None:
+            sv.refit()
     model.eval()
 
     def predict(test_x, gallery):
@@ -311,14 +441,33 @@ def make_keras_model(seed, init):
     )
 
 
-def train_keras(train_x, train_gps, epochs, seed, init, batch=256):
+def train_keras(
+    train_x, train_gps, epochs, seed, init, batch=256, loss_name="geoclip"
+):
     import keras
+
+    import geovario_keras as gv
 
     model = make_keras_model(seed, init)
     steps = epochs * (len(train_x) // batch)
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule))
-    model.fit(train_x, train_gps, batch_size=batch, epochs=epochs, verbose=0)
+    loss, callbacks = None, []
+    if loss_name == "semivariogram":
+        loss = gv.losses.SemivariogramContrastiveLoss()
+        callbacks = [gv.callbacks.SemivariogramCallback()]
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    model.fit(
+        train_x,
+        train_gps,
+        batch_size=batch,
+        epochs=epochs,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    if callbacks:
+        print(
+            f"  keras range {callbacks[0].last_fit.effective_range_km:.0f} km"
+        )
 
     def predict(test_x, gallery):
         model.set_gallery(gallery, verbose=0)
@@ -344,6 +493,12 @@ def main():
         "seed; '_dense' or '_fourier' copies only those)",
     )
     parser.add_argument("--torch-adam-eps", type=float, default=1e-8)
+    parser.add_argument(
+        "--losses",
+        nargs="+",
+        default=["geoclip"],
+        choices=["geoclip", "semivariogram"],
+    )
     parser.add_argument(
         "--torch-logit-cap",
         type=float,
@@ -387,8 +542,13 @@ def main():
     runs += [
         (f"geovario-keras, {i} init", ("keras", i)) for i in args.keras_init
     ]
+    runs = [
+        (name + ("" if loss == "geoclip" else f", {loss} loss"), run, loss)
+        for loss in args.losses
+        for name, run in runs
+    ]
     rows = {}
-    for name, (impl, init) in runs:
+    for name, (impl, init), loss_name in runs:
         for seed in args.seeds:
             start = time.time()
             if impl == "torch":
@@ -400,10 +560,16 @@ def main():
                     init[0],
                     args.torch_adam_eps,
                     logit_cap=init[1],
+                    loss_name=loss_name,
                 )
             else:
                 predict = train_keras(
-                    train_x, train_gps, args.epochs, seed, init
+                    train_x,
+                    train_gps,
+                    args.epochs,
+                    seed,
+                    init,
+                    loss_name=loss_name,
                 )
             r = scores(predict(test_x, gallery), test["gps"])
             rows.setdefault(name, []).append(r)

@@ -175,7 +175,11 @@ def make_model(patch_size, seed, queue_size=1024, encoder="fourier"):
 
 
 def make_loss(method):
-    """The loss and callbacks of one method."""
+    """The loss and callbacks of one method (a name, or a loss instance)."""
+    if isinstance(method, gv.losses.SemivariogramContrastiveLoss):
+        return method, [gv.callbacks.SemivariogramCallback()]
+    if isinstance(method, keras.losses.Loss):
+        return method, []
     if method == "geoclip":
         return gv.losses.GeoContrastiveLoss(), []
     if method == "robinson":
