@@ -200,6 +200,12 @@ class SemivariogramTorch:
         np.add.at(self.counts, k[ok], 1)
         if self.fit is None:
             return logits
+        return self.adjust(logits, h, d, negative)
+
+    def adjust(self, logits, h, d, negative):
+        """`logits + log w` for the negatives (the fitted variogram's)."""
+        import torch
+
         r = self.gamma(h) - d
         rho, sill = self.fit[4], self.fit[0] + self.fit[1]
         false = negative & (h <= rho) & (r > 0)

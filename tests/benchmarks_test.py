@@ -1,14 +1,18 @@
-"""The benchmark report's arithmetic (benchmarks/run_all.py), on made-up runs.
+"""Benchmark scripts' own arithmetic, on made-up inputs.
 
 The figures themselves are measured by `python benchmarks/run_all.py`
 (BENCHMARKS.md); here only the ratios, the top-1 agreement and the goal
-verdicts it derives from them are checked against hand-computed values.
+verdicts it derives from them are checked against hand-computed values,
+and the plain-PyTorch semivariogram weighting of `independent.py` against
+the package's loss (two codes of one specification).
 """
 
 import os
 import sys
 
+import keras
 import numpy as np
+import pytest
 
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
@@ -103,3 +107,71 @@ def test_tables_ratios_and_goals(tmp_path):
     assert "best backend (jax) | 2.0 | 1.50x | **no**" in goals
     assert "(jax float32) | 1000.0 | 2,000x | yes" in goals
     assert "(jax float32) | 0.05 | +10.0 % | **no**" in goals
+
+
+def test_independent_semivariogram_weights_equal_the_loss():
+    # benchmarks/independent.py writes the semivariogram weighting again in
+    # plain torch, to compare training with geovario-keras. Both must be the
+    # same specification: same fit, same pairs -> same adjusted logits.
+    torch = pytest.importorskip("torch")
+    import independent
+
+    import geovario_keras as gv
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 10)).astype("float32")
+    h = rng.uniform(0, 8000, size=(6, 10)).astype("float32")
+    h[np.arange(6), np.arange(6)] = 0.0
+    d = rng.uniform(0, 1.2, size=(6, 10)).astype("float32")
+    nugget, psill, length, alpha = 0.1, 0.8, 400.0, 0.7
+    rho = length * np.log(20.0) ** (1 / alpha)
+    fit = gv.semivariogram.VariogramFit(
+        family="stable",
+        nugget=nugget,
+        psill=psill,
+        length_scale=length,
+        alpha=alpha,
+        sill=nugget + psill,
+        effective_range_km=rho,
+        converged=True,
+    )
+    loss = gv.losses.SemivariogramContrastiveLoss()
+    y_pred = {
+        "logits": logits,
+        "distance_km": h,
+        "dissimilarity": d,
+        "variogram": fit.packed(),
+    }
+    want = keras.ops.convert_to_numpy(
+        loss.adjust_negative_logits(keras.ops.convert_to_tensor(logits), y_pred)
+    )
+    sv = independent.SemivariogramTorch(queue=4, dim=8)
+    sv.fit = (nugget, psill, length, alpha, rho)
+    negative = torch.ones(6, 10, dtype=torch.bool)
+    negative[torch.arange(6), torch.arange(6)] = False
+    got = sv.adjust(
+        torch.from_numpy(logits),
+        torch.from_numpy(h),
+        torch.from_numpy(d),
+        negative,
+    ).numpy()
+    off = negative.numpy()  # the loss leaves positives to its caller
+    np.testing.assert_allclose(got[off], want[off], rtol=1e-5, atol=1e-5)
+    assert (got != logits).sum() > 10  # both kinds of weight were applied
+
+
+def test_independent_variogram_fit_agrees_with_scipy_closed_form():
+    # Bins sampled from a stable variogram: the plain fit recovers its range.
+    pytest.importorskip("torch")
+    import independent
+
+    sv = independent.SemivariogramTorch(queue=4, dim=8)
+    centers = 0.5 * (sv.edges[:-1] + sv.edges[1:])
+    gamma = 0.05 + 0.9 * (1 - np.exp(-((centers / 600.0) ** 1.3)))
+    sv.sums[:] = gamma * 100
+    sv.counts[:] = 100
+    nugget, psill, length, alpha, rho = sv.refit()
+    np.testing.assert_allclose(
+        [nugget, psill, length, alpha], [0.05, 0.9, 600.0, 1.3], rtol=1e-3
+    )
+    np.testing.assert_allclose(rho, 600.0 * np.log(20) ** (1 / 1.3), rtol=1e-3)
