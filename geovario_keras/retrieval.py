@@ -84,11 +84,6 @@ class RetrievalOptions:
         for name in ("bandwidth_km", "floor"):
             check_positive(name, getattr(self, name))
 
-    @property
-    def candidates_per_query(self):
-        """Neighbour candidates per query: locations (+ modes)."""
-        return self.neighbours * (2 if self.mean_shift_steps else 1)
-
 
 def _kernel(d_km, bandwidth_km):
     return np.exp(-0.5 * np.square(d_km / bandwidth_km))
@@ -153,7 +148,11 @@ def density_modes(neighbours, weights, bandwidth_km, steps=10):
         d = geo.haversine_km(points[:, :, None, :], neighbours[:, None, :, :])
         d = ops.convert_to_numpy(d).astype("float64")
         k = _kernel(d, bandwidth_km) * weights[:, None, :]
-        points = _from_unit(np.einsum("nck,nkd->ncd", k, unit))
+        mean = np.einsum("nck,nkd->ncd", k, unit)
+        # A point no weighted neighbour reaches (its own weight 0, the rest
+        # far beyond the bandwidth) stays where it is, rather than NaN.
+        moved = np.linalg.norm(mean, axis=-1, keepdims=True) > 1e-300
+        points = np.where(moved, _from_unit(np.where(moved, mean, 1.0)), points)
     # Merge: a mode within a tenth of the bandwidth of a neighbour, or of
     # an earlier mode, takes its exact coordinates.
     both = np.concatenate([neighbours, points], axis=1)

@@ -133,6 +133,14 @@ def test_density_modes_two_points_closed_form():
     np.testing.assert_array_equal(modes[0, 1], modes[0, 0])  # merged
 
 
+def test_density_modes_of_an_isolated_weightless_neighbour_stay_finite():
+    # The second neighbour has weight 0 (a softmax underflow) and is
+    # 5,000 km from the first: no kernel reaches it, and it stays put.
+    near = np.array([[[10.0, 10.0], [10.0, 55.0]]])
+    modes = retrieval.density_modes(near, np.array([[1.0, 0.0]]), 75.0)
+    np.testing.assert_array_equal(modes, near)
+
+
 def test_density_modes_are_maxima_found_by_scipy():
     from pyproj import Geod
     from scipy.optimize import minimize
