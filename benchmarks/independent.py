@@ -29,8 +29,11 @@ identical coordinates left out) over great-circle distance bins from 0 to
 20,100 km (finer below 1,000 km); at each epoch's end a stable model
 `nugget + psill (1 - exp(-(h / l)^alpha))` fitted by
 `scipy.optimize.least_squares` (soft-L1, weights sqrt(pairs)); effective
-range `rho = l (ln 20)^(1 / alpha)` (95 % of the partial sill). From the
-first fit on, negatives with `h <= rho` that look more alike than the
+range `rho = l (ln 20)^(1 / alpha)` (95 % of the partial sill); a fit that
+explains under half of the pair-weighted spread of the bins, or whose
+range lies beyond the largest distance seen, is not used (no weighting
+until the next fit), as the package's fit falls back. From the first
+trusted fit on, negatives with `h <= rho` that look more alike than the
 fit expects (`r = gamma(h) - d > 0`) get weight 0.2, those with `h > rho`
 and `r > 0` weight `min(exp(2 r / sill), 5)`, as `logit + log w`.
 
@@ -225,6 +228,7 @@ class SemivariogramTorch:
         h = 0.5 * (self.edges[:-1] + self.edges[1:])[use]
         g = self.sums[use] / self.counts[use]
         w = np.sqrt(self.counts[use] / self.counts[use].mean())
+        self.counts_used = self.counts[use].copy()
         self.sums[:] = 0
         self.counts[:] = 0
 
@@ -244,8 +248,15 @@ class SemivariogramTorch:
         )
         nugget, psill, length, alpha = res.x
         rho = length * math.log(20.0) ** (1.0 / alpha)
-        self.fit = (nugget, psill, length, alpha, rho)
-        return self.fit
+        # Not trusted (no weighting until the next fit), as the package's
+        # rules say: a fit explaining under half of the pair-weighted
+        # spread of the bins, or a range beyond the largest distance seen.
+        n = self.counts_used
+        spread = np.sum(n * (g - np.average(g, weights=n)) ** 2)
+        r2 = 1.0 - np.sum(n * (residual(res.x) / w) ** 2) / spread
+        trusted = res.success and r2 >= 0.5 and rho <= h.max()
+        self.fit = (nugget, psill, length, alpha, rho) if trusted else None
+        return (nugget, psill, length, alpha, rho, r2, trusted)
 
 
 def train_torch(
@@ -322,7 +333,12 @@ def train_torch(
             ptr = (ptr + batch) % queue
             filled = min(queue, filled + batch)
         if sv is not None:
-            sv.refit()
+            fit = sv.refit()
+            if os.environ.get("INDEPENDENT_VERBOSE"):
+                print(
+                    "  torch fit: nugget %.3f psill %.3f length %.0f alpha "
+                    "%.2f range %.0f km, R2 %.2f, trusted %s" % fit
+                )
     model.eval()
 
     def predict(test_x, gallery):
@@ -460,7 +476,11 @@ def train_keras(
     loss, callbacks = None, []
     if loss_name == "semivariogram":
         loss = gv.losses.SemivariogramContrastiveLoss()
-        callbacks = [gv.callbacks.SemivariogramCallback()]
+        callbacks = [
+            gv.callbacks.SemivariogramCallback(
+                verbose=int(bool(os.environ.get("INDEPENDENT_VERBOSE")))
+            )
+        ]
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
     model.fit(
         train_x,

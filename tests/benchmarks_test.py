@@ -165,13 +165,28 @@ def test_independent_variogram_fit_agrees_with_scipy_closed_form():
     pytest.importorskip("torch")
     import independent
 
+    import geovario_keras as gv
+
     sv = independent.SemivariogramTorch(queue=4, dim=8)
     centers = 0.5 * (sv.edges[:-1] + sv.edges[1:])
     gamma = 0.05 + 0.9 * (1 - np.exp(-((centers / 600.0) ** 1.3)))
     sv.sums[:] = gamma * 100
     sv.counts[:] = 100
-    nugget, psill, length, alpha, rho = sv.refit()
+    nugget, psill, length, alpha, rho, r2, trusted = sv.refit()
     np.testing.assert_allclose(
         [nugget, psill, length, alpha], [0.05, 0.9, 600.0, 1.3], rtol=1e-3
     )
     np.testing.assert_allclose(rho, 600.0 * np.log(20) ** (1 / 1.3), rtol=1e-3)
+    assert trusted and r2 > 0.999 and sv.fit is not None
+    # Bins without spatial structure are fitted but not trusted, as the
+    # package's fit falls back on the same bins: the loss stays plain.
+    flat = 0.5 + 0.01 * np.sin(np.arange(len(centers)))
+    sv.sums[:] = flat * 100
+    sv.counts[:] = 100
+    *_, trusted = sv.refit()
+    assert not trusted and sv.fit is None
+    with pytest.warns(RuntimeWarning, match="fell back"):
+        fit = gv.semivariogram.fit_variogram(
+            centers, flat, np.full(len(centers), 100.0), min_count=10
+        )
+    assert not fit.converged
