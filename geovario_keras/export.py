@@ -19,7 +19,8 @@ With a reference set (`model.set_reference`), a fourth signature,
 of the `K = min(16, reference size)` most similar reference images, best
 first, and their voting `weights` float32 `(N, K)` (softmax of the scaled
 similarities over the K), as `gv.retrieval` uses them; the client votes
-(`gv.retrieval.neighbour_density`).
+(`gv.retrieval.neighbour_density`, and `gv.retrieval.density_modes` for
+the candidates between the neighbours).
 
 The gallery cached by `model.set_gallery` is baked into `predict_gps`, and
 probabilities are the softmax over the whole gallery, as in
