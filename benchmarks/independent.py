@@ -270,6 +270,7 @@ def train_torch(
     batch=256,
     queue=2048,
     loss_name="geoclip",
+    shuffle_seed=None,
 ):
     import torch
 
@@ -299,7 +300,7 @@ def train_torch(
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=eps)
     steps = epochs * (len(train_x) // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if shuffle_seed is None else shuffle_seed)
     q = torch.zeros(queue, 2)
     filled, ptr = 0, 0
     x_all = torch.from_numpy(train_x)
@@ -520,6 +521,13 @@ def main():
     )
     parser.add_argument("--torch-adam-eps", type=float, default=1e-8)
     parser.add_argument(
+        "--torch-shuffle-seed",
+        type=int,
+        default=None,
+        help="seed of the torch side's data order (default: the run's seed;"
+        " the initial weights still come from the run's seed)",
+    )
+    parser.add_argument(
         "--losses",
         nargs="+",
         default=["geoclip"],
@@ -587,6 +595,7 @@ def main():
                     args.torch_adam_eps,
                     logit_cap=init[1],
                     loss_name=loss_name,
+                    shuffle_seed=args.torch_shuffle_seed,
                 )
             else:
                 predict = train_keras(
