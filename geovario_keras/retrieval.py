@@ -36,6 +36,7 @@ import numpy as np
 from keras import ops
 
 from geovario_keras import geo
+from geovario_keras.data.imagery import _unit_vectors
 from geovario_keras.utils import check_positive
 
 MODES = ("gallery", "reference", "hybrid")
@@ -108,14 +109,6 @@ def neighbour_density(candidates, neighbours, weights, bandwidth_km):
     return np.einsum("nck,nk->nc", _kernel(d, bandwidth_km), weights)
 
 
-def _to_unit(gps):
-    lat, lon = np.radians(gps[..., 0]), np.radians(gps[..., 1])
-    return np.stack(
-        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
-        axis=-1,
-    )
-
-
 def _from_unit(xyz):
     xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
     lat = np.degrees(np.arcsin(np.clip(xyz[..., 2], -1.0, 1.0)))
@@ -154,7 +147,7 @@ def density_modes(neighbours, weights, bandwidth_km, steps=10):
     [[0.0, 10.18], [0.0, 10.18], [30.0, 40.0]]
     """
     neighbours = np.asarray(neighbours, "float64")
-    unit = _to_unit(neighbours)
+    unit = _unit_vectors(neighbours)
     points = neighbours
     for _ in range(steps):
         d = geo.haversine_km(points[:, :, None, :], neighbours[:, None, :, :])

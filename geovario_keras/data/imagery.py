@@ -148,9 +148,11 @@ def cut_patches(image, gps, patch_size=24, spacing_km=None):
 
 
 def _unit_vectors(gps):
-    lat, lon = np.radians(gps[:, 0]), np.radians(gps[:, 1])
+    """Unit vectors `(..., 3)` of latitude, longitude degrees `(..., 2)`."""
+    lat, lon = np.radians(gps[..., 0]), np.radians(gps[..., 1])
     return np.stack(
-        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], 1
+        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
+        -1,
     )
 
 
