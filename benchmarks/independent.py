@@ -43,10 +43,14 @@ model torch's `nn.Linear` kernel initialiser, U(+-1/sqrt(fan_in));
 kernels, zero biases). `--torch-adam-eps 1e-7` uses Keras's Adam epsilon.
 `--torch-logit-cap 0 100` runs the torch model without (the reference)
 and with CLIP's cap of the temperature at 100, which geovario-keras has.
+`--data-order shared` feeds the Keras model the torch side's batches in
+the torch side's order (otherwise each shuffles for itself), so that with
+`--torch-init copy_keras_glorot` the two start from the same weights and
+see the same batches: what still differs is the code.
 
 Run: `KERAS_BACKEND=jax python benchmarks/independent.py [--epochs 10]
 [--seeds 0 1] [--keras-init glorot torch] [--torch-init default glorot]
-[--losses geoclip semivariogram]`.
+[--losses geoclip semivariogram] [--data-order own|shared]`.
 Results: BENCHMARKS.md.
 """
 
@@ -464,8 +468,47 @@ def make_keras_model(seed, init):
     )
 
 
+def shared_order_batches(train_x, train_gps, batch, seed, epochs):
+    """A `keras.utils.PyDataset` in the torch side's data order.
+
+    Epoch `e` visits `order[e] = rng.permutation(N)` (one numpy generator
+    seeded with `seed`, one permutation per epoch, as `train_torch` draws
+    them) in `N // batch` full batches; the last partial batch is dropped,
+    as on the torch side. Item `k` is batch `k % (N // batch)` of epoch
+    `k // (N // batch)`, so `fit(..., steps_per_epoch=N // batch,
+    shuffle=False)` reads the items in order without relying on Keras's
+    epoch hooks.
+    """
+    import keras
+
+    rng = np.random.default_rng(seed)
+    order = np.concatenate(
+        [rng.permutation(len(train_x)) for _ in range(epochs)]
+    )
+    steps = len(train_x) // batch
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return epochs * steps
+
+        def __getitem__(self, k):
+            e, i = divmod(k, steps)
+            start = e * len(train_x) + i * batch
+            idx = order[start : start + batch]
+            return train_x[idx], train_gps[idx]
+
+    return Batches(), steps
+
+
 def train_keras(
-    train_x, train_gps, epochs, seed, init, batch=256, loss_name="geoclip"
+    train_x,
+    train_gps,
+    epochs,
+    seed,
+    init,
+    batch=256,
+    loss_name="geoclip",
+    shared_order=False,
 ):
     import keras
 
@@ -483,14 +526,14 @@ def train_keras(
             )
         ]
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
-    model.fit(
-        train_x,
-        train_gps,
-        batch_size=batch,
-        epochs=epochs,
-        verbose=0,
-        callbacks=callbacks,
-    )
+    if shared_order:
+        data, steps = shared_order_batches(
+            train_x, train_gps, batch, seed, epochs
+        )
+        data, kwargs = (data,), {"steps_per_epoch": steps, "shuffle": False}
+    else:  # Keras's own shuffle; the last partial batch is trained on
+        data, kwargs = (train_x, train_gps), {"batch_size": batch}
+    model.fit(*data, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs)
     if callbacks:
         print(
             f"  keras range {callbacks[0].last_fit.effective_range_km:.0f} km"
@@ -526,6 +569,14 @@ def main():
         default=None,
         help="seed of the torch side's data order (default: the run's seed;"
         " the initial weights still come from the run's seed)",
+    )
+    parser.add_argument(
+        "--data-order",
+        choices=("own", "shared"),
+        default="own",
+        help="own: each side shuffles for itself (Keras also trains on the "
+        "last partial batch); shared: the Keras side visits the torch "
+        "side's batches in the same order (full batches only)",
     )
     parser.add_argument(
         "--losses",
@@ -605,6 +656,7 @@ def main():
                     seed,
                     init,
                     loss_name=loss_name,
+                    shared_order=args.data_order == "shared",
                 )
             r = scores(predict(test_x, gallery), test["gps"])
             rows.setdefault(name, []).append(r)

@@ -4,14 +4,17 @@ On a validation split of the default Blue Marble *training* set (the test
 split is never read): 1,200 training places are held out as queries, and
 the training places at least 25 km from every one of them (the test split's
 own rule) are the model's training data and the reference set. Plain
-GeoCLIP is trained on those (the demo's recipe), then `"gallery"`,
+GeoCLIP (or, `--method semivariogram`, the semivariogram loss) is trained
+on those (the demo's recipe), then `"gallery"`,
 `"reference"` and `"hybrid"` prediction are scored on the held-out queries
 for a grid of `bandwidth_km`, `gallery_candidates` and `mean_shift_steps`
 (the `floor`, 0.01, was chosen by the earlier grid over 0.001-0.1 with the
-Laplacian kernel, in BENCHMARKS.md).
+Laplacian kernel, in BENCHMARKS.md), and of the hybrid's `location_weight`
+(`--grid location_weight`).
 
 Run: `KERAS_BACKEND=jax python benchmarks/retrieval_options.py [--seed 0]
-[--epochs 8]`. The result is in BENCHMARKS.md.
+[--epochs 8] [--grid all|candidates|location_weight]`. The results are in
+BENCHMARKS.md.
 """
 
 import argparse
@@ -30,6 +33,24 @@ def main():
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--num-val", type=int, default=1200)
     parser.add_argument(
+        "--location-weights",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01, 0.0],
+        help="the hybrid's location_weight values of --grid location_weight",
+    )
+    parser.add_argument(
+        "--method", choices=("geoclip", "semivariogram"), default="geoclip"
+    )
+    parser.add_argument(
+        "--grid",
+        choices=("all", "candidates", "location_weight"),
+        default="all",
+        help="candidates: bandwidth x mean-shift steps x gallery "
+        "candidates; location_weight: the hybrid's location_weight x "
+        "bandwidth (other options at their defaults)",
+    )
+    parser.add_argument(
         "--data-dir", default=os.path.join("artifacts", "tensorflow_datasets")
     )
     args = parser.parse_args()
@@ -40,7 +61,7 @@ def main():
 
     fit, val = common.validation_split(args.data_dir, args.num_val, args.seed)
     model, _, seconds, _ = common.train(
-        "geoclip", fit, args.seed, args.epochs, verbose=0
+        args.method, fit, args.seed, args.epochs, verbose=0
     )
     print(f"trained in {seconds:.0f} s")
     model.set_gallery(common.gallery_for(val["gps"]), verbose=0)
@@ -53,12 +74,47 @@ def main():
         d = np.asarray(gv.geo.haversine_km(coords[:, 0], val["gps"]))
         return [100 * np.mean(d <= t) for t in (25, 200, 750, 2500)]
 
+    base = score("gallery")
+    print("gallery: " + " / ".join(f"{a:.1f}" for a in base), flush=True)
+    if args.grid in ("all", "candidates"):
+        candidates_grid(score)
+    if args.grid in ("all", "location_weight"):
+        location_weight_grid(score, args.location_weights)
+
+
+def _row(cells, acc):
     print(
-        "| mode | bandwidth km | mean-shift steps | gallery candidates "
+        "| "
+        + " | ".join(cells)
+        + " | "
+        + " | ".join(f"{a:.1f}" for a in acc)
+        + " |",
+        flush=True,
+    )
+
+
+def location_weight_grid(score, weights):
+    """The hybrid's `location_weight` for two bandwidths."""
+    print(
+        "\n| mode | bandwidth km | location weight | 25 | 200 | 750 | 2500 |"
+        "\n|---|---|---|---|---|---|---|"
+    )
+    for bandwidth in (75.0, 100.0):
+        acc = score("reference", bandwidth_km=bandwidth)
+        _row(["reference", f"{bandwidth:g}", ""], acc)
+        for weight in weights:
+            acc = score(
+                "hybrid", bandwidth_km=bandwidth, location_weight=weight
+            )
+            _row(["hybrid", f"{bandwidth:g}", f"{weight:g}"], acc)
+
+
+def candidates_grid(score):
+    """Bandwidth x mean-shift steps x gallery candidates."""
+    print(
+        "\n| mode | bandwidth km | mean-shift steps | gallery candidates "
         "| 25 | 200 | 750 | 2500 |\n|---|---|---|---|---|---|---|---|"
     )
-    base = score("gallery")
-    print("| gallery | | | | " + " | ".join(f"{a:.1f}" for a in base) + " |")
     bandwidths = (50.0, 75.0, 100.0, 150.0)
     for bandwidth, steps in itertools.product(bandwidths, (0, 10)):
         acc = score("reference", bandwidth_km=bandwidth, mean_shift_steps=steps)

@@ -21,9 +21,12 @@ retrieve the *geotagged images* most similar to the query before deciding.
 - `"hybrid"`: candidates are the `gallery_candidates` best gallery points,
   the neighbours' locations and the density's modes; each candidate `c` is
   re-scored by the location encoder and the neighbours' agreement,
-  `exp(logit_scale) * cos(image, loc(c)) + log(density(c) + floor)`, a
-  product of the two experts (`floor` keeps a candidate no neighbour
-  supports alive). Probabilities: softmax over the distinct candidates.
+  `location_weight * exp(logit_scale) * cos(image, loc(c)) +
+  log(density(c) + floor)`, a product of the two experts (`floor` keeps a
+  candidate no neighbour supports alive; `location_weight` < 1 tempers the
+  location encoder, whose scores vary more between nearby candidates than
+  its accuracy at that scale warrants). Probabilities: softmax over the
+  distinct candidates.
 
 Everything runs on blocks of queries, and the gallery and reference
 searches are chunked (`GPSGallery.search`), so memory stays bounded for
@@ -60,6 +63,9 @@ class RetrievalOptions:
         gallery_candidates: int >= 1. Gallery points re-scored by
             `"hybrid"` (capped at the gallery size).
         floor: float > 0. Density added before the log in `"hybrid"`.
+        location_weight: float >= 0. Weight of the location encoder's
+            logits in `"hybrid"` (0: the candidates are ranked by the
+            neighbours' density alone; 1: the plain product of experts).
         mean_shift_steps: int >= 0. Mean-shift iterations from each
             neighbour towards a mode of the density; 0: no mode
             candidates, only the neighbours' locations.
@@ -70,6 +76,7 @@ class RetrievalOptions:
     gallery_candidates: int = 128
     floor: float = 0.01
     mean_shift_steps: int = 10
+    location_weight: float = 1.0
 
     def __post_init__(self):
         for name in ("neighbours", "gallery_candidates"):
@@ -85,6 +92,13 @@ class RetrievalOptions:
             )
         for name in ("bandwidth_km", "floor"):
             check_positive(name, getattr(self, name))
+        weight = self.location_weight
+        number = isinstance(weight, (int, float, np.floating, np.integer))
+        if isinstance(weight, bool) or not number or not 0 <= weight < np.inf:
+            raise ValueError(
+                "`location_weight` must be a finite number >= 0; got "
+                f"{weight!r}."
+            )
 
 
 def _kernel(d_km, bandwidth_km):
@@ -302,7 +316,7 @@ def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
     )
     logits = np.concatenate([gallery_logits, near_logits], 1)
     density = neighbour_density(candidates, near, weights, options.bandwidth_km)
-    score = logits + np.log(density + options.floor)
+    score = options.location_weight * logits + np.log(density + options.floor)
     # A candidate repeated (a mode reached from several neighbours, a
     # neighbour at a gallery point) counts once in the softmax.
     probs = _softmax(np.where(_repeats(candidates), -np.inf, score))
@@ -388,7 +402,7 @@ class RetrievalMixin:
                 normalised embeddings.
             **options: `gv.retrieval.RetrievalOptions` fields
                 (`neighbours`, `bandwidth_km`, `gallery_candidates`,
-                `floor`, `mean_shift_steps`).
+                `floor`, `mean_shift_steps`, `location_weight`).
 
         Returns:
             `(coords (N, top_k, 2), probs (N, top_k))` numpy, best first.

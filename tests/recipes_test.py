@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.testing import slow_except_on
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -118,8 +120,11 @@ def test_train_data_parallel(tmp_path):
     assert (tmp_path / "train" / "geoclip_semivariogram.keras").is_file()
 
 
+@slow_except_on("jax")
 def test_finetune_on_a_photo_corpus(tmp_path, geoclip_wheel):
-    """recipes/finetune.py end to end (default suite, so CI runs it): a
+    """recipes/finetune.py end to end (default suite on JAX, so CI runs
+    it; on TensorFlow and PyTorch in `make test-slow`, as the pieces it
+    joins are each tested on every backend in the default suite): a
     corpus of real images written as JPEG + CSV, a random CLIP checkpoint
     in the Hugging Face layout (projecting to 768 like ViT-L/14), the
     released GeoCLIP weights, a partly frozen backbone, evaluation, saving

@@ -209,6 +209,9 @@ def test_modes_need_a_reference_set(trained):
         model.predict_gps(x[:2], bandwidth_km=-1.0)
     with pytest.raises(ValueError, match="`mean_shift_steps` must be an int"):
         model.predict_gps(x[:2], mean_shift_steps=-1)
+    for bad in (-0.5, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="`location_weight` must be a"):
+            model.predict_gps(x[:2], location_weight=bad)
     with pytest.raises(ValueError, match="same length"):
         model.set_reference(x[:10], gps[:9], verbose=0)
 
@@ -303,6 +306,26 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
         coords[:, 0], cands[np.arange(10), top], atol=1e-4
     )
     np.testing.assert_allclose(probs[:, 0], p.max(1), rtol=2e-3)
+    # A location weight scales the location encoder's logits only; weight
+    # 0 ranks the candidates by the neighbours' density alone.
+    for weight in (0.3, 0.0):
+        score_w = weight * scale * cos + np.log(density + 0.01)
+        p_w = np.exp(score_w - logsumexp(score_w, axis=1, keepdims=True))
+        coords_w, probs_w = model.predict_gps(
+            queries,
+            top_k=1,
+            mode="hybrid",
+            neighbours=4,
+            gallery_candidates=6,
+            bandwidth_km=50.0,
+            mean_shift_steps=0,
+            location_weight=weight,
+        )
+        top_w = np.argmax(p_w, axis=1)
+        np.testing.assert_allclose(
+            coords_w[:, 0], cands[np.arange(10), top_w], atol=1e-4
+        )
+        np.testing.assert_allclose(probs_w[:, 0], p_w.max(1), rtol=2e-3)
     # With mean shift: the modes join the candidates (and a repeated
     # candidate, e.g. a mode merged into a neighbour, counts once).
     modes = retrieval.density_modes(

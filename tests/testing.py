@@ -4,12 +4,25 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 import geovario_keras as gv
 
 
 def backend():
     return keras.backend.backend()
+
+
+def slow_except_on(name):
+    """`pytest.mark.slow` on every backend but `name`.
+
+    For an end-to-end path (a recipe) whose parts are each tested on every
+    backend: the default suite runs it once, on `name`, and `make
+    test-slow` on all three.
+    """
+    if backend() == name:
+        return lambda test: test
+    return pytest.mark.slow
 
 
 def to_numpy(x):
