@@ -23,10 +23,11 @@ retrieve the *geotagged images* most similar to the query before deciding.
   re-scored by the location encoder and the neighbours' agreement,
   `location_weight * exp(logit_scale) * cos(image, loc(c)) +
   log(density(c) + floor)`, a product of the two experts (`floor` keeps a
-  candidate no neighbour supports alive; `location_weight` < 1 tempers the
-  location encoder, whose scores vary more between nearby candidates than
-  its accuracy at that scale warrants). Probabilities: softmax over the
-  distinct candidates.
+  candidate no neighbour supports alive; `location_weight` tempers the
+  location encoder: 1 is the plain product, the default 0.01 lets the
+  density decide and the location encoder break its ties, as chosen on
+  validation data, see `RetrievalOptions`). Probabilities: softmax over
+  the distinct candidates.
 
 Everything runs on blocks of queries, and the gallery and reference
 searches are chunked (`GPSGallery.search`), so memory stays bounded for
@@ -49,12 +50,21 @@ MODES = ("gallery", "reference", "hybrid")
 class RetrievalOptions:
     """Settings of `"reference"` and `"hybrid"` prediction.
 
-    The defaults were chosen on a validation split of the default Blue
+    The defaults were chosen on validation splits of the default Blue
     Marble training set (`benchmarks/retrieval_options.py`; the test split
-    was not used): of bandwidths 50-150 km and 32 or 128 gallery
-    candidates, these gave the hybrid its best accuracy within 25 km with
-    no loss at 200-2500 km; 10 mean-shift steps take `"reference"` from
-    0 % to 8 % within 25 km there (the hybrid's accuracy is unchanged).
+    was not used; BENCHMARKS.md). 10 mean-shift steps take `"reference"`
+    from 0 % to 8-10 % within 25 km; a bandwidth of 100 km placed more
+    images within 25 km than 50, 75 or 150 km, with no loss at
+    200-2500 km; 128 gallery candidates did better than 32. The hybrid's
+    `location_weight`: over two splits and both losses, every weight from
+    0.02 to 1 cost accuracy within 25 km (1: 2-3 points fewer than the
+    density alone; the location encoder's scores differ more between
+    nearby candidates than its precision at that scale warrants), 0 was
+    best (+0.2 over 0.01), and all tied at 200-2500 km. The default 0.01
+    keeps the location encoder as the tie-breaker among candidates the
+    neighbours support equally (such as gallery places far from every
+    neighbour). With another model or data, choose them on a validation
+    split in the same way.
 
     Attributes:
         neighbours: int >= 1. Reference images retrieved per query.
@@ -72,11 +82,11 @@ class RetrievalOptions:
     """
 
     neighbours: int = 16
-    bandwidth_km: float = 75.0
+    bandwidth_km: float = 100.0
     gallery_candidates: int = 128
     floor: float = 0.01
     mean_shift_steps: int = 10
-    location_weight: float = 1.0
+    location_weight: float = 0.01
 
     def __post_init__(self):
         for name in ("neighbours", "gallery_candidates"):

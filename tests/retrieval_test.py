@@ -279,11 +279,13 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
         gallery_candidates=6,
         bandwidth_km=50.0,
         mean_shift_steps=0,
+        location_weight=1.0,
     )
     assert coords.shape == (10, 3, 2) and probs.shape == (10, 3)
-    # The formula, written out: candidates = 6 best gallery points + the 4
-    # neighbours' locations; score = scale cos(img, loc) + log(density +
-    # floor); probabilities = softmax over the 10 candidates.
+    # The formula, written out (location weight 1): candidates = 6 best
+    # gallery points + the 4 neighbours' locations; score = scale cos(img,
+    # loc) + log(density + floor); probabilities = softmax over the 10
+    # candidates.
     emb = model.encode_image(queries)
     scale = float(keras.ops.convert_to_numpy(model.temperature()))
     gallery = keras.ops.convert_to_numpy(model.gallery.coords)
@@ -308,7 +310,7 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
     np.testing.assert_allclose(probs[:, 0], p.max(1), rtol=2e-3)
     # A location weight scales the location encoder's logits only; weight
     # 0 ranks the candidates by the neighbours' density alone.
-    for weight in (0.3, 0.0):
+    for weight in (0.3, 0.01, 0.0):
         score_w = weight * scale * cos + np.log(density + 0.01)
         p_w = np.exp(score_w - logsumexp(score_w, axis=1, keepdims=True))
         coords_w, probs_w = model.predict_gps(
@@ -351,6 +353,7 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
             neighbours=4,
             gallery_candidates=6,
             bandwidth_km=50.0,
+            location_weight=1.0,
         )
         np.testing.assert_allclose(c[0, 0], everything[q.argmax()], atol=1e-3)
         np.testing.assert_allclose(pr[0, 0], q.max(), rtol=2e-3)
