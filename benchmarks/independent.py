@@ -275,6 +275,7 @@ def train_torch(
     queue=2048,
     loss_name="geoclip",
     shuffle_seed=None,
+    trace=None,
 ):
     import torch
 
@@ -328,6 +329,8 @@ def train_torch(
             loss = torch.nn.functional.cross_entropy(
                 logits, torch.arange(batch)
             )
+            if trace is not None:
+                trace.append(loss.item())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -500,6 +503,26 @@ def shared_order_batches(train_x, train_gps, batch, seed, epochs):
     return Batches(), steps
 
 
+def StepLosses(trace):
+    """A callback appending each training step's own loss to `trace`.
+
+    Keras logs the running mean of the epoch; step `k`'s loss is
+    `k * mean_k - (k - 1) * mean_(k-1)`.
+    """
+    import keras
+
+    class Callback(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.mean = 0.0
+
+        def on_train_batch_end(self, batch, logs=None):
+            mean = float(logs["loss"])
+            trace.append((batch + 1) * mean - batch * self.mean)
+            self.mean = mean
+
+    return Callback()
+
+
 def train_keras(
     train_x,
     train_gps,
@@ -509,6 +532,7 @@ def train_keras(
     batch=256,
     loss_name="geoclip",
     shared_order=False,
+    trace=None,
 ):
     import keras
 
@@ -526,6 +550,8 @@ def train_keras(
             )
         ]
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    if trace is not None:
+        callbacks = callbacks + [StepLosses(trace)]
     if shared_order:
         data, steps = shared_order_batches(
             train_x, train_gps, batch, seed, epochs
@@ -544,6 +570,25 @@ def train_keras(
         return model.predict_gps(test_x, top_k=1)[0][:, 0]
 
     return predict
+
+
+def print_traces(traces):
+    """Step-by-step loss of torch and Keras, and how far apart they are."""
+    for (loss_name, seed, impl), torch_loss in traces.items():
+        if impl != "torch" or (loss_name, seed, "keras") not in traces:
+            continue
+        a = np.asarray(torch_loss)
+        b = np.asarray(traces[(loss_name, seed, "keras")])
+        n = min(len(a), len(b))
+        diff = np.abs(a[:n] - b[:n])
+        print(f"\nstep losses, {loss_name} loss, seed {seed} ({n} steps):")
+        for step in (1, 2, 5, 10, 20, 50, 100, 200, 300, n):
+            if step <= n:
+                print(
+                    f"  step {step:>4}: torch {a[step - 1]:.5f}, keras "
+                    f"{b[step - 1]:.5f}, |diff| {diff[step - 1]:.2e}; "
+                    f"max |diff| so far {diff[:step].max():.2e}"
+                )
 
 
 def main():
@@ -577,6 +622,13 @@ def main():
         help="own: each side shuffles for itself (Keras also trains on the "
         "last partial batch); shared: the Keras side visits the torch "
         "side's batches in the same order (full batches only)",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="record every training step's loss on both sides and print "
+        "how far apart they are (use with --data-order shared and "
+        "--torch-init copy_keras_glorot --keras-init glorot)",
     )
     parser.add_argument(
         "--losses",
@@ -632,7 +684,7 @@ def main():
         for loss in args.losses
         for name, run in runs
     ]
-    rows = {}
+    rows, traces = {}, {}
     for name, (impl, init), loss_name in runs:
         for seed in args.seeds:
             start = time.time()
@@ -647,6 +699,9 @@ def main():
                     logit_cap=init[1],
                     loss_name=loss_name,
                     shuffle_seed=args.torch_shuffle_seed,
+                    trace=traces.setdefault((loss_name, seed, "torch"), [])
+                    if args.trace
+                    else None,
                 )
             else:
                 predict = train_keras(
@@ -657,6 +712,9 @@ def main():
                     init,
                     loss_name=loss_name,
                     shared_order=args.data_order == "shared",
+                    trace=traces.setdefault((loss_name, seed, "keras"), [])
+                    if args.trace
+                    else None,
                 )
             r = scores(predict(test_x, gallery), test["gps"])
             rows.setdefault(name, []).append(r)
@@ -667,6 +725,8 @@ def main():
                 f"({time.time() - start:.0f} s)",
                 flush=True,
             )
+    if args.trace:
+        print_traces(traces)
     print("\n| implementation | 25 km | 200 km | 750 km | 2500 km | median |")
     print("|---|---|---|---|---|---|")
     for name, rs in rows.items():

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.testing import slow_except_on
+from tests.testing import slow_on
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,7 +120,7 @@ def test_train_data_parallel(tmp_path):
     assert (tmp_path / "train" / "geoclip_semivariogram.keras").is_file()
 
 
-@slow_except_on("jax")
+@slow_on("tensorflow", "torch")
 def test_finetune_on_a_photo_corpus(tmp_path, geoclip_wheel):
     """recipes/finetune.py end to end (default suite on JAX, so CI runs
     it; on TensorFlow and PyTorch in `make test-slow`, as the pieces it

@@ -13,16 +13,17 @@ def backend():
     return keras.backend.backend()
 
 
-def slow_except_on(name):
-    """`pytest.mark.slow` on every backend but `name`.
+def slow_on(*names):
+    """`pytest.mark.slow` on the backends `names`, a plain test elsewhere.
 
-    For an end-to-end path (a recipe) whose parts are each tested on every
-    backend: the default suite runs it once, on `name`, and `make
-    test-slow` on all three.
+    For a test whose path the default suite covers on the other backends
+    (or whose pieces it covers on every backend) but which takes minutes
+    on these; `make test-slow` runs it everywhere.
     """
-    if backend() == name:
-        return lambda test: test
-    return pytest.mark.slow
+    if backend() in names:
+        return pytest.mark.slow
+    # A mark that changes nothing (usable as a decorator and in `marks=`).
+    return pytest.mark.skipif(False, reason="default suite on this backend")
 
 
 def to_numpy(x):
