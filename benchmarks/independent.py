@@ -560,7 +560,7 @@ def train_keras(
     else:  # Keras's own shuffle; the last partial batch is trained on
         data, kwargs = (train_x, train_gps), {"batch_size": batch}
     model.fit(*data, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs)
-    if callbacks:
+    if loss_name == "semivariogram":
         print(
             f"  keras range {callbacks[0].last_fit.effective_range_km:.0f} km"
         )
