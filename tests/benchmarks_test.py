@@ -190,3 +190,42 @@ def test_independent_variogram_fit_agrees_with_scipy_closed_form():
             centers, flat, np.full(len(centers), 100.0), min_count=10
         )
     assert not fit.converged
+
+
+def test_torch_keras_style_adam_equals_keras_adam():
+    # independent.py --torch-adam keras: three steps of the torch optimizer
+    # and of keras.optimizers.Adam(epsilon=1e-7) on the same parameters and
+    # gradients (tiny ones too, where the epsilon's placement matters).
+    torch = pytest.importorskip("torch")
+    import independent
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(4, 5)).astype("float32")
+    grads = [
+        (rng.normal(size=(4, 5)) * 10.0 ** rng.integers(-9, 0, (4, 5))).astype(
+            "float32"
+        )
+        for _ in range(3)
+    ]
+    p = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    opt = independent.keras_style_adam([p], 1e-3, 1e-7)
+    var = keras.Variable(start.copy())
+    ref = keras.optimizers.Adam(1e-3, epsilon=1e-7)
+    ref.build([var])
+    for g in grads:
+        p.grad = torch.from_numpy(g)
+        opt.step()
+        ref.apply([keras.ops.convert_to_tensor(g)], [var])
+    np.testing.assert_allclose(
+        p.detach().numpy(),
+        keras.ops.convert_to_numpy(var),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    # torch's own Adam differs where gradients are tiny: the test can fail.
+    q = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    plain = torch.optim.Adam([q], 1e-3, eps=1e-7)
+    for g in grads:
+        q.grad = torch.from_numpy(g)
+        plain.step()
+    assert np.abs(q.detach().numpy() - p.detach().numpy()).max() > 1e-5
