@@ -271,21 +271,14 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
     model, x, gps = trained
     model.set_reference(x, gps, verbose=0)
     queries = toy_features(random_gps(10, seed=5, max_lat=70.0), seed=6)
-    coords, probs = model.predict_gps(
-        queries,
-        top_k=3,
-        mode="hybrid",
-        neighbours=4,
-        gallery_candidates=6,
-        bandwidth_km=50.0,
-        mean_shift_steps=0,
-        location_weight=1.0,
+    hybrid = dict(
+        mode="hybrid", neighbours=4, gallery_candidates=6, bandwidth_km=50.0
     )
-    assert coords.shape == (10, 3, 2) and probs.shape == (10, 3)
-    # The formula, written out (location weight 1): candidates = 6 best
-    # gallery points + the 4 neighbours' locations; score = scale cos(img,
-    # loc) + log(density + floor); probabilities = softmax over the 10
-    # candidates.
+    # The formula, written out: candidates = 6 best gallery points + the 4
+    # neighbours' locations; score = weight scale cos(img, loc) +
+    # log(density + floor); probabilities = softmax over the 10
+    # candidates. Weight 1 is the plain product of experts, 0 ranks by the
+    # neighbours' density alone.
     emb = model.encode_image(queries)
     scale = float(keras.ops.convert_to_numpy(model.temperature()))
     gallery = keras.ops.convert_to_numpy(model.gallery.coords)
@@ -301,33 +294,23 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
     density = retrieval.neighbour_density(
         cands.astype("float64"), gps[n_best].astype("float64"), w, 50.0
     )
-    score = scale * cos + np.log(density + 0.01)
-    p = np.exp(score - logsumexp(score, axis=1, keepdims=True))
-    top = np.argsort(-p, axis=1)[:, 0]
-    np.testing.assert_allclose(
-        coords[:, 0], cands[np.arange(10), top], atol=1e-4
-    )
-    np.testing.assert_allclose(probs[:, 0], p.max(1), rtol=2e-3)
-    # A location weight scales the location encoder's logits only; weight
-    # 0 ranks the candidates by the neighbours' density alone.
-    for weight in (0.3, 0.01, 0.0):
-        score_w = weight * scale * cos + np.log(density + 0.01)
-        p_w = np.exp(score_w - logsumexp(score_w, axis=1, keepdims=True))
-        coords_w, probs_w = model.predict_gps(
+    for weight in (1.0, 0.3, 0.01, 0.0):
+        coords, probs = model.predict_gps(
             queries,
-            top_k=1,
-            mode="hybrid",
-            neighbours=4,
-            gallery_candidates=6,
-            bandwidth_km=50.0,
+            top_k=3,
             mean_shift_steps=0,
             location_weight=weight,
+            **hybrid,
         )
-        top_w = np.argmax(p_w, axis=1)
+        assert coords.shape == (10, 3, 2) and probs.shape == (10, 3)
+        score = weight * scale * cos + np.log(density + 0.01)
+        p = np.exp(score - logsumexp(score, axis=1, keepdims=True))
+        top = np.argmax(p, axis=1)
         np.testing.assert_allclose(
-            coords_w[:, 0], cands[np.arange(10), top_w], atol=1e-4
+            coords[:, 0], cands[np.arange(10), top], atol=1e-4
         )
-        np.testing.assert_allclose(probs_w[:, 0], p_w.max(1), rtol=2e-3)
+        np.testing.assert_allclose(probs[:, 0], p.max(1), rtol=2e-3)
+    score = scale * cos + np.log(density + 0.01)  # weight 1 below
     # With mean shift: the modes join the candidates (and a repeated
     # candidate, e.g. a mode merged into a neighbour, counts once).
     modes = retrieval.density_modes(
@@ -347,13 +330,7 @@ def test_hybrid_rescores_gallery_and_neighbour_candidates(trained):
         everything = everything[first]
         q = np.exp(keep - logsumexp(keep))
         c, pr = model.predict_gps(
-            queries[row : row + 1],
-            top_k=1,
-            mode="hybrid",
-            neighbours=4,
-            gallery_candidates=6,
-            bandwidth_km=50.0,
-            location_weight=1.0,
+            queries[row : row + 1], top_k=1, location_weight=1.0, **hybrid
         )
         np.testing.assert_allclose(c[0, 0], everything[q.argmax()], atol=1e-3)
         np.testing.assert_allclose(pr[0, 0], q.max(), rtol=2e-3)
