@@ -102,13 +102,7 @@ class RetrievalOptions:
             )
         for name in ("bandwidth_km", "floor"):
             check_positive(name, getattr(self, name))
-        weight = self.location_weight
-        number = isinstance(weight, (int, float, np.floating, np.integer))
-        if isinstance(weight, bool) or not number or not 0 <= weight < np.inf:
-            raise ValueError(
-                "`location_weight` must be a finite number >= 0; got "
-                f"{weight!r}."
-            )
+        check_positive("location_weight", self.location_weight, True)
 
 
 def _kernel(d_km, bandwidth_km):

@@ -13,12 +13,14 @@ def check_int(name, value, low=1):
     return value
 
 
-def check_positive(name, value):
+def check_positive(name, value, allow_zero=False):
     """Raises a `ValueError` naming `name` unless `value` is a finite
-    number > 0; returns it as a float."""
+    number > 0 (>= 0 with `allow_zero`); returns it as a float."""
     ok = isinstance(value, (int, float, np.floating, np.integer))
-    if isinstance(value, bool) or not ok or not 0 < value < math.inf:
-        raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
+    low_ok = ok and (value >= 0 if allow_zero else value > 0)
+    if isinstance(value, bool) or not low_ok or not value < math.inf:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be a number {bound}; got {value!r}.")
     return float(value)
 
 
