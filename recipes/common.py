@@ -24,6 +24,10 @@ METHODS = {
     "sv_hard_only": "+ semivariogram, hard-negative part only",
     "robinson": "+ hard negatives, Robinson et al. 2021 (no variogram)",
 }
+# Those `make demo` trains by default: Robinson et al.'s loss (worse than
+# plain GeoCLIP at every scale on every seed, BENCHMARKS.md) only on request
+# (`--methods ... robinson`), which keeps the demo within 15 minutes.
+DEMO_METHODS = ("geoclip", "semivariogram", "sv_false_only", "sv_hard_only")
 
 
 def data_parallel_scope():
