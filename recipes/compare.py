@@ -116,7 +116,7 @@ results = {
     "nearest_neighbour": [common.nearest_neighbour_baseline(train, test)[0]],
 }
 
-# ## 3. The five losses, same model and budget, several seeds; plain
+# ## 3. The losses, same model and budget, several seeds; plain
 # GeoCLIP and the semivariogram loss also predict with the training set as
 # reference (neighbour voting, and the hybrid of gallery and neighbours)
 AUGMENTED = ("geoclip", "semivariogram")
