@@ -2,14 +2,17 @@
 
 On the validation split of the default Blue Marble *training* set that
 `retrieval_options.py` uses (the test split is never read): 1,200 training
-places held out as queries, the training places at least 25 km from all of
-them as training data. Plain GeoCLIP and variants of
-`SemivariogramContrastiveLoss` are trained with the demo's recipe and
-budget, scored with gallery prediction on the held-out queries, and each
-variant is compared with plain GeoCLIP seed by seed.
+places held out as queries, the training places at least 25 km
+(`--min-distance-km`) from all of them as training data; raw-pixel
+1-nearest-neighbour retrieval is scored on the same split for scale.
+Plain GeoCLIP and variants of `SemivariogramContrastiveLoss` are trained
+with the demo's recipe and budget, scored with gallery prediction on the
+held-out queries, and each variant is compared with plain GeoCLIP seed by
+seed.
 
 Run: `KERAS_BACKEND=jax python benchmarks/loss_options.py [--seeds 0 1]
-[--epochs 8] [--variants ...]`. The result is in BENCHMARKS.md.
+[--epochs 8] [--variants ...] [--min-distance-km 25]`. The result is in
+BENCHMARKS.md.
 """
 
 import argparse
@@ -33,6 +36,7 @@ VARIANTS = {
     "hard clip 10": {"max_weight": 10.0},
 }
 THRESHOLDS = (25, 200, 750, 2500)
+NN = "1-NN raw pixels (no training)"
 
 
 def main():
@@ -41,6 +45,14 @@ def main():
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--num-val", type=int, default=1200)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument(
+        "--min-distance-km",
+        type=float,
+        default=25.0,
+        help="held-out places' minimum distance from the training places "
+        "(25: the test split's rule; 0: training imagery of the same "
+        "ground may sit next to a query)",
+    )
     parser.add_argument(
         "--data-dir", default=os.path.join("artifacts", "tensorflow_datasets")
     )
@@ -52,8 +64,13 @@ def main():
 
     acc = {}  # (variant, seed) -> accuracies
     for seed in args.seeds:
-        fit, val = common.validation_split(args.data_dir, args.num_val, seed)
+        fit, val = common.validation_split(
+            args.data_dir, args.num_val, seed, args.min_distance_km
+        )
         gallery = common.gallery_for(val["gps"])
+        nn = common.nearest_neighbour_baseline(fit, val)[0]
+        acc[NN, seed] = [nn[f"acc_{t}km"] for t in THRESHOLDS]
+        acc[NN, seed].append(nn["median_km"])
         for name in args.variants:
             kwargs = VARIANTS[name]
             method = (
@@ -82,11 +99,11 @@ def main():
         "| vs plain, paired: 25 / 200 / 750 / 2500 |"
         "\n|---|---|---|---|---|---|---|"
     )
-    for name in args.variants:
+    for name in [NN] + args.variants:
         rows = np.array([acc[name, s] for s in args.seeds])
         mean = rows.mean(0)
         paired = ""
-        if base in args.variants and name != base:
+        if base in args.variants and name not in (base, NN):
             base_rows = np.array([acc[base, s] for s in args.seeds])
             diff = (rows - base_rows)[:, :4].mean(0)
             paired = " / ".join(f"{x:+.1f}" for x in diff)

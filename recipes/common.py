@@ -78,17 +78,20 @@ def load_blue_marble(full=False, data_dir=DEFAULT_DATA_DIR, config=None):
     return builder, train, test
 
 
-def validation_split(data_dir=DEFAULT_DATA_DIR, num_val=1200, seed=0):
+def validation_split(
+    data_dir=DEFAULT_DATA_DIR, num_val=1200, seed=0, min_distance_km=25.0
+):
     """`(fit, val)` arrays: a validation split of the *training* set.
 
     `num_val` training places are held out as queries; the training places
-    at least 25 km from every one of them (the test split's own rule) are
-    the training data. The test split is never read. Used to choose
-    defaults (`benchmarks/retrieval_options.py`, `encoder_options.py`).
+    at least `min_distance_km` from every one of them (by default 25 km,
+    the test split's own rule) are the training data. The test split is
+    never read. Used to choose defaults (`benchmarks/retrieval_options.py`,
+    `encoder_options.py`, `loss_options.py`).
     """
     _, train, _ = load_blue_marble(data_dir=data_dir)
     fit_idx, val_idx, _ = gv.data.imagery.random_split(
-        train["gps"], num_val, len(train["gps"]), 25.0, seed=seed
+        train["gps"], num_val, len(train["gps"]), min_distance_km, seed=seed
     )
     fit = {k: v[fit_idx] for k, v in train.items()}
     val = {k: v[val_idx] for k, v in train.items()}
