@@ -188,9 +188,20 @@ def density_modes(neighbours, weights, bandwidth_km, steps=10):
 
 
 def _repeats(coords):
-    """`(N, C)` True where a candidate equals an earlier one of its row."""
-    same = (coords[:, :, None, :] == coords[:, None, :, :]).all(-1)
-    return np.tril(same, k=-1).any(-1)
+    """`(N, C)` True where a candidate equals an earlier one of its row.
+
+    Sorted per row by (lat, lon, position), so that equal candidates are
+    adjacent with the earliest first: O(C log C) per row, not the C x C
+    comparison (which took half of a hybrid prediction's time).
+    """
+    n, c = coords.shape[:2]
+    position = np.broadcast_to(np.arange(c), (n, c))
+    order = np.lexsort((position, coords[..., 1], coords[..., 0]), axis=-1)
+    ranked = np.take_along_axis(coords, order[..., None], axis=1)
+    same = (ranked[:, 1:] == ranked[:, :-1]).all(-1)
+    repeat = np.zeros((n, c), bool)
+    np.put_along_axis(repeat, order[:, 1:], same, axis=1)
+    return repeat
 
 
 def _softmax(x, axis=-1):

@@ -122,6 +122,24 @@ def test_neighbour_density_against_pyproj():
     np.testing.assert_allclose(got[0], want, rtol=1e-4)  # float32 km
 
 
+def test_repeats_mark_every_later_copy_in_its_row():
+    # Reference: the definition, one candidate at a time.
+    rng = np.random.default_rng(0)
+    coords = rng.integers(0, 3, (40, 25, 2)).astype("float64")
+    coords[0, 3], coords[0, 7] = (-0.0, 1.0), (0.0, 1.0)  # equal floats
+    expected = np.array(
+        [
+            [
+                any((row[j] == row[m]).all() for m in range(j))
+                for j in range(len(row))
+            ]
+            for row in coords
+        ]
+    )
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(retrieval._repeats(coords), expected)
+
+
 def test_density_modes_two_points_closed_form():
     # Two equally weighted points 40 km apart on the equator, bandwidth
     # 75 km: the density is unimodal (distance < 2 bandwidths) and, by
