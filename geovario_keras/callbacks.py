@@ -9,6 +9,7 @@ import numpy as np
 from geovario_keras import geo
 from geovario_keras.losses import PairStatisticsLoss
 from geovario_keras.semivariogram.empirical import EmpiricalSemivariogram
+from geovario_keras.semivariogram.fit import check_weighting
 from geovario_keras.semivariogram.fit import fit_variogram
 from geovario_keras.semivariogram.models import check_family
 from geovario_keras.utils import check_int
@@ -85,6 +86,10 @@ class SemivariogramCallback(keras.callbacks.Callback):
             of the warm-up epochs; `data` is used only when
             `warmup_epochs == 0`.
         min_pairs: minimum pairs for a bin to enter the fit.
+        weighting: how the fit weighs the bins: `"counts"` (in proportion
+            to their pairs) or `"cressie"` (Cressie's relative residuals, so
+            the short lags are fitted as closely as the sill); see
+            `gv.semivariogram.fit_variogram`.
         plot_path: optional path of a PNG (empirical points sized by pair
             count, fitted curve, effective range marked), rewritten at each
             fit.
@@ -129,6 +134,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
         seed=0,
         verbose=0,
         model=None,
+        weighting="counts",
     ):
         super().__init__()
         family = renamed_argument("family", family, "model", model, "stable")
@@ -147,6 +153,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
         self.refit_every = refit_every
         self.warmup_epochs = warmup_epochs
         self.min_pairs = min_pairs
+        self.weighting = check_weighting(weighting)
         self.plot_path = plot_path
         self.seed = seed
         self.verbose = verbose
@@ -173,6 +180,7 @@ class SemivariogramCallback(keras.callbacks.Callback):
             counts,
             family=self.family,
             min_count=self.min_pairs,
+            weighting=self.weighting,
         )
         self._state().set_fit(fit)
         self.last_empirical = sv

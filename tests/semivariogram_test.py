@@ -166,6 +166,60 @@ def test_fit_agrees_with_gstools_fit_variogram_on_same_bins():
     assert ours.length_scale == pytest.approx(ref.len_scale, rel=0.1)
 
 
+def test_cressie_weighting_minimises_cressies_criterion():
+    # Cressie (1985): minimise sum_k n_k (gamma_k / gamma(h_k) - 1)^2. The
+    # reference minimises it directly (Nelder-Mead, closed-form exponential
+    # variogram); a large f_scale makes the soft-L1 loss least squares.
+    from scipy import optimize
+
+    # A curve whose first lags rise faster than an exponential can follow,
+    # with pair counts growing with distance (as over the sphere).
+    h = np.r_[12.5, 37.5, 62.5, 87.5, np.arange(150.0, 5000.0, 200.0)]
+    gamma = 1.0 - np.exp(-np.sqrt(h / 300.0))
+    counts = 50.0 * h
+
+    def curve(p):
+        nugget, psill, length = p
+        return nugget + psill * (1.0 - np.exp(-h / length))
+
+    def cressie(p):
+        if p[0] < 0 or p[1] <= 0 or p[2] <= 0:
+            return np.inf
+        return np.sum(counts * (gamma / curve(p) - 1.0) ** 2)
+
+    def squares(p):
+        return np.sum(counts * (curve(p) - gamma) ** 2)
+
+    ref = optimize.minimize(
+        cressie,
+        [0.1, 0.9, 500.0],
+        method="Nelder-Mead",
+        options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 40000},
+    )
+    fits = {
+        w: gv.semivariogram.fit_variogram(
+            h, gamma, counts, family="exponential", weighting=w, f_scale=1e6
+        )
+        for w in ("counts", "cressie")
+    }
+    params = {w: [f.nugget, f.psill, f.length_scale] for w, f in fits.items()}
+    assert all(f.converged for f in fits.values())
+    assert cressie(params["cressie"]) <= ref.fun * (1 + 1e-3)
+    np.testing.assert_allclose(params["cressie"], ref.x, rtol=1e-2)
+    # Each weighting minimises its own criterion, and they differ here.
+    assert cressie(params["counts"]) > 1.01 * cressie(params["cressie"])
+    assert squares(params["cressie"]) > 1.01 * squares(params["counts"])
+
+
+def test_weighting_is_checked():
+    with pytest.raises(ValueError, match="`weighting` must be one of"):
+        gv.semivariogram.fit_variogram(
+            [1, 2, 3, 4], [1, 2, 3, 4], [1, 1, 1, 1], weighting="equal"
+        )
+    with pytest.raises(ValueError, match="`weighting` must be one of"):
+        gv.callbacks.SemivariogramCallback(weighting="pairs")
+
+
 @pytest.mark.parametrize(
     "gamma, counts, match",
     [

@@ -123,6 +123,18 @@ class VariogramFit:
         }
 
 
+WEIGHTINGS = ("counts", "cressie")
+
+
+def check_weighting(weighting):
+    """`weighting` if it is one of `WEIGHTINGS`, else a `ValueError`."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(
+            f"`weighting` must be one of {WEIGHTINGS}; got {weighting!r}."
+        )
+    return weighting
+
+
 def _fallback(family, message, num_bins=0, warn=True):
     if warn:
         warnings.warn(
@@ -218,15 +230,24 @@ def fit_variogram(
     max_length_scale_km=None,
     min_r2=0.5,
     warn=True,
+    weighting="counts",
     model=None,
 ):
     """Fits a variogram `family` to an empirical semivariogram.
 
     Robust weighted least squares (`scipy.optimize.least_squares`,
-    `loss="soft_l1"`): residual of bin `k` is
-    `sqrt(n_k / mean(n)) * (gamma_model(h_k) - gamma_k)`, so bins count in
-    proportion to their pairs, and residuals beyond `f_scale` (default: 10 %
-    of the empirical curve's amplitude) are down-weighted as outliers.
+    `loss="soft_l1"`). With `weighting="counts"` (default) the residual of
+    bin `k` is `sqrt(n_k / mean(n)) * (gamma_model(h_k) - gamma_k)`, so bins
+    count in proportion to their pairs, and residuals beyond `f_scale`
+    (default: 10 % of the empirical curve's amplitude) are down-weighted as
+    outliers. With `weighting="cressie"` it is Cressie's (1985) relative
+    residual `sqrt(n_k / mean(n)) * (gamma_k / gamma_model(h_k) - 1)`
+    (default `f_scale` 0.1, i.e. 10 %): an error of 0.1 counts far more
+    where the semivariance is 0.1 than where it is 1, so the short lags,
+    which hold few pairs and small semivariances, are fitted as closely as
+    the sill. Pair counts grow with distance, so count weighting lets the
+    thousands of kilometres decide the curve and can overestimate the
+    semivariance of near pairs several times (BENCHMARKS.md).
     Bounds: nugget, psill >= 0; length scale in
     `(0, max_length_scale_km]`; stable alpha in `[0.05, 2]`.
 
@@ -254,6 +275,7 @@ def fit_variogram(
         min_r2: float in [0, 1]. Minimum count-weighted coefficient of
             determination of the fit against a constant.
         warn: whether a fallback emits a `RuntimeWarning`.
+        weighting: `"counts"` or `"cressie"` (see above).
         model: deprecated name of `family`.
 
     Returns:
@@ -269,6 +291,7 @@ def fit_variogram(
     """
     family = renamed_argument("family", family, "model", model, "stable")
     models.check_family(family)
+    check_weighting(weighting)
     h, g, n = _usable_bins(centers_km, gamma, counts, min_count)
     reason = _untrustworthy(h, g, min_bins, min_count)
     if reason is not None:
@@ -285,7 +308,12 @@ def fit_variogram(
 
     def residual(p):
         curve = models.evaluate(h, family, *unpack(p))
+        if weighting == "cressie":
+            return w * (g / np.maximum(curve, 1e-6 * amplitude) - 1.0)
         return w * (curve - g)
+
+    if not f_scale:
+        f_scale = 0.1 if weighting == "cressie" else 0.1 * amplitude
 
     p0, lower, upper = _start_and_bounds(h, g, h_max, free_alpha)
     try:
@@ -294,7 +322,7 @@ def fit_variogram(
             p0,
             bounds=(lower, upper),
             loss="soft_l1",
-            f_scale=f_scale or 0.1 * amplitude,
+            f_scale=f_scale,
         )
     except Exception as e:  # pragma: no cover - scipy internal failure
         return _fallback(family, f"optimiser error: {e}", h.size, warn)
