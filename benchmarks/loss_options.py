@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
 
-# name: keyword arguments of SemivariogramContrastiveLoss (None: plain).
+# name: keyword arguments of SemivariogramContrastiveLoss (None: plain);
+# a "callback" entry holds those of SemivariogramCallback.
 VARIANTS = {
     "plain GeoCLIP": None,
     "default": {},
@@ -34,6 +35,19 @@ VARIANTS = {
     "false weight 0": {"false_negative_weight": 0.0},
     "hard beta 1": {"hard_negative_beta": 1.0},
     "hard clip 10": {"max_weight": 10.0},
+    "Cressie fit": {"callback": {"weighting": "cressie"}},
+    "both ranges 100 km": {
+        "false_negative_range_km": 100.0,
+        "hard_negative_range_km": 100.0,
+    },
+    "both ranges 250 km": {
+        "false_negative_range_km": 250.0,
+        "hard_negative_range_km": 250.0,
+    },
+    "both ranges 500 km": {
+        "false_negative_range_km": 500.0,
+        "hard_negative_range_km": 500.0,
+    },
 }
 THRESHOLDS = (25, 200, 750, 2500)
 NN = "1-NN raw pixels (no training)"
@@ -73,11 +87,15 @@ def main():
         acc[NN, seed].append(nn["median_km"])
         for name in args.variants:
             kwargs = VARIANTS[name]
-            method = (
-                "geoclip"
-                if kwargs is None
-                else gv.losses.SemivariogramContrastiveLoss(**kwargs)
-            )
+            if kwargs is None:
+                method = "geoclip"
+            else:
+                kwargs = dict(kwargs)
+                callback = gv.callbacks.SemivariogramCallback(
+                    **kwargs.pop("callback", {})
+                )
+                loss = gv.losses.SemivariogramContrastiveLoss(**kwargs)
+                method = (loss, [callback])
             model, _, seconds, _ = common.train(
                 method, fit, seed, args.epochs, verbose=0
             )

@@ -202,9 +202,10 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
     - **false negative**: `h_ij <= rho_fn` (default `rho`) and `r_ij > 0`:
       weight `false_negative_weight` in `[0, 1]` (0 removes it from the
       softmax denominator);
-    - **hard negative**: `h_ij > rho` and `r_ij > hard_negative_margin`:
-      weight `exp(hard_negative_beta * r_ij / sill)`, clipped at
-      `max_weight`;
+    - **hard negative**: `h_ij > rho_hard` (default `rho`) and
+      `r_ij > hard_negative_margin`: weight
+      `exp(hard_negative_beta * r_ij / sill)`, clipped at `max_weight`
+      (a false negative stays false where the two ranges overlap);
     - weights act on the softmax denominator as `logits + log w` for
       negatives; positives are untouched.
 
@@ -231,6 +232,8 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
         false_negative_range_km: float or None (= fitted effective range).
         use_false_negatives: bool. Ablation switch.
         use_hard_negatives: bool. Ablation switch.
+        hard_negative_range_km: float or None (= fitted effective range):
+            the distance beyond which look-alikes are hard negatives.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Example:
@@ -262,6 +265,7 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
         false_negative_range_km=None,
         use_false_negatives=True,
         use_hard_negatives=True,
+        hard_negative_range_km=None,
         reduction="sum_over_batch_size",
         name="semivariogram_contrastive_loss",
         dtype=None,
@@ -281,11 +285,14 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
             )
         if not max_weight >= 1.0:
             raise ValueError(f"`max_weight` must be >= 1; got {max_weight!r}.")
-        if false_negative_range_km is not None and false_negative_range_km < 0:
-            raise ValueError(
-                "`false_negative_range_km` must be None or >= 0; got "
-                f"{false_negative_range_km!r}."
-            )
+        for arg, value in (
+            ("false_negative_range_km", false_negative_range_km),
+            ("hard_negative_range_km", hard_negative_range_km),
+        ):
+            if value is not None and not value >= 0:
+                raise ValueError(
+                    f"`{arg}` must be None or >= 0; got {value!r}."
+                )
         self.mode = mode
         self.false_negative_weight = float(false_negative_weight)
         self.hard_negative_beta = float(hard_negative_beta)
@@ -298,6 +305,11 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
         )
         self.use_false_negatives = bool(use_false_negatives)
         self.use_hard_negatives = bool(use_hard_negatives)
+        self.hard_negative_range_km = (
+            None
+            if hard_negative_range_km is None
+            else float(hard_negative_range_km)
+        )
 
     def _quantities(self, y_pred):
         missing = [k for k in ("logits",) + PAIR_KEYS[:3] if k not in y_pred]
@@ -339,11 +351,14 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
             if self.false_negative_range_km is None
             else self.false_negative_range_km
         )
+        rho_hard = (
+            q.range_km
+            if self.hard_negative_range_km is None
+            else self.hard_negative_range_km
+        )
         false = (h <= rho_fn) & (q.residual > 0.0) & q.active
         hard = (
-            (h > q.range_km)
-            & (q.residual > self.hard_negative_margin)
-            & q.active
+            (h > rho_hard) & (q.residual > self.hard_negative_margin) & q.active
         )
         if self.mode == "thesis":
             false = ops.zeros_like(false)
@@ -403,6 +418,7 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
                 "false_negative_range_km": self.false_negative_range_km,
                 "use_false_negatives": self.use_false_negatives,
                 "use_hard_negatives": self.use_hard_negatives,
+                "hard_negative_range_km": self.hard_negative_range_km,
             }
         )
         return config

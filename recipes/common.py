@@ -182,7 +182,11 @@ def make_model(patch_size, seed, queue_size=1024, encoder="fourier"):
 
 
 def make_loss(method):
-    """The loss and callbacks of one method (a name, or a loss instance)."""
+    """The loss and callbacks of one method (a name, a loss instance, or a
+    `(loss, callbacks)` pair)."""
+    if isinstance(method, tuple):
+        loss, callbacks = method
+        return loss, list(callbacks)
     if isinstance(method, gv.losses.SemivariogramContrastiveLoss):
         return method, [gv.callbacks.SemivariogramCallback()]
     if isinstance(method, keras.losses.Loss):

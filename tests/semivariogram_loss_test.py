@@ -73,30 +73,42 @@ def _gamma(h):
     return 0.1 + 0.8 * (1 - np.exp(-h.astype("float64") / 500.0))
 
 
-def test_weighted_mode_matches_hand_computation():
+@pytest.mark.parametrize(
+    "false_range, hard_range",
+    [(None, None), (250.0, 250.0), (200.0, 2000.0), (5000.0, 100.0)],
+)
+def test_weighted_mode_matches_hand_computation(false_range, hard_range):
     fnw, beta, wmax = 0.2, 2.0, 5.0
     loss = gv.losses.SemivariogramContrastiveLoss(
         false_negative_weight=fnw,
         hard_negative_beta=beta,
         max_weight=wmax,
+        false_negative_range_km=false_range,
+        hard_negative_range_km=hard_range,
         reduction=None,
     )
     rho, sill = FIT.effective_range_km, 0.9
+    rho_fn = rho if false_range is None else false_range
+    rho_hard = rho if hard_range is None else hard_range
     expected = LOGITS.astype("float64").copy()
     for i in range(3):
         for j in range(5):
             if j == TARGETS[i]:
                 continue
             r = _gamma(H[i, j]) - D[i, j]
-            if H[i, j] <= rho and r > 0:
+            if H[i, j] <= rho_fn and r > 0:
                 expected[i, j] += np.log(fnw)
-            elif H[i, j] > rho and r > 0:
+            elif H[i, j] > rho_hard and r > 0:
                 expected[i, j] += np.log(min(np.exp(beta * r / sill), wmax))
     got = to_numpy(loss(TARGETS, _y_pred()))
     np.testing.assert_allclose(got, _ce(expected), rtol=1e-5)
-    # The example exercises both kinds.
     false, hard = (to_numpy(m) for m in loss.classify_negatives(_y_pred()))
-    assert false[1, 3] and false[0, 1] and hard[0, 4] and hard[0, 2]
+    if false_range is None and hard_range is None:
+        # The example exercises both kinds.
+        assert false[1, 3] and false[0, 1] and hard[0, 4] and hard[0, 2]
+    if hard_range == 250.0:
+        # 300 km and 800 km look-alikes: false by default, hard here.
+        assert hard[0, 1] and hard[1, 4] and not false[0, 1]
 
 
 def test_thesis_mode_matches_hand_computation():
@@ -187,6 +199,7 @@ def test_config_round_trip():
         max_weight=4.0,
         false_negative_range_km=300.0,
         use_hard_negatives=False,
+        hard_negative_range_km=600.0,
     )
     run_loss_test(loss, TARGETS, _y_pred(), fit_model=small_geoclip)
     weighted = gv.losses.SemivariogramContrastiveLoss()
@@ -198,6 +211,9 @@ def test_config_round_trip():
         gv.losses.SemivariogramContrastiveLoss(false_negative_weight=1.5)
     with pytest.raises(ValueError, match="mode"):
         gv.losses.SemivariogramContrastiveLoss(mode="soft")
+    for arg in ("false_negative_range_km", "hard_negative_range_km"):
+        with pytest.raises(ValueError, match=f"`{arg}` must be None or >= 0"):
+            gv.losses.SemivariogramContrastiveLoss(**{arg: -1.0})
 
 
 def test_callback_updates_state_in_compiled_fit_and_logs(tmp_path):
