@@ -28,6 +28,23 @@ METHODS = {
 # plain GeoCLIP at every scale on every seed, BENCHMARKS.md) only on request
 # (`--methods ... robinson`), which keeps the demo within 15 minutes.
 DEMO_METHODS = ("geoclip", "semivariogram", "sv_false_only", "sv_hard_only")
+# The demo's false-negative range for the semivariogram losses (km; None:
+# the fitted effective range, the package default). Chosen on validation
+# splits of the training set (benchmarks/loss_options.py, BENCHMARKS.md):
+# over six seeds in two sessions, 250 km gained 1 to 1.4 points more within
+# 200 km than the effective range (~1,000-1,500 km on this imagery), where
+# nearly every negative up to 1,000 km that looks alike was down-weighted.
+DEMO_FALSE_RANGE_KM = 250.0
+
+
+def false_range_km(value):
+    """`--false-range-km` values: a distance in km, or "fitted" (None)."""
+    if value == "fitted":
+        return None
+    km = float(value)
+    if not km >= 0:
+        raise ValueError(f"must be 'fitted' or a distance >= 0; got {value!r}")
+    return km
 
 
 def data_parallel_scope():
@@ -181,9 +198,10 @@ def make_model(patch_size, seed, queue_size=1024, encoder="fourier"):
     )
 
 
-def make_loss(method):
+def make_loss(method, false_range_km=None):
     """The loss and callbacks of one method (a name, a loss instance, or a
-    `(loss, callbacks)` pair)."""
+    `(loss, callbacks)` pair). `false_range_km`: the semivariogram methods'
+    `false_negative_range_km` (None: the fitted effective range)."""
     if isinstance(method, tuple):
         loss, callbacks = method
         return loss, list(callbacks)
@@ -200,6 +218,7 @@ def make_loss(method):
         "sv_false_only": {"use_hard_negatives": False},
         "sv_hard_only": {"use_false_negatives": False},
     }[method]
+    kwargs["false_negative_range_km"] = false_range_km
     callback = gv.callbacks.SemivariogramCallback()
     return gv.losses.SemivariogramContrastiveLoss(**kwargs), [callback]
 
@@ -213,11 +232,14 @@ def train(
     verbose=2,
     extra_callbacks=(),
     encoder="fourier",
+    false_range_km=None,
 ):
-    """Trains one model; returns `(model, history, seconds, callbacks)`."""
+    """Trains one model; returns `(model, history, seconds, callbacks)`.
+
+    `false_range_km`: as in `make_loss`."""
     patch = train_data["image"].shape[1]
     model = make_model(patch, seed, encoder=encoder)
-    loss, callbacks = make_loss(method)
+    loss, callbacks = make_loss(method, false_range_km)
     steps = max(1, len(train_data["gps"]) // batch_size) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)

@@ -27,8 +27,13 @@ generalisation). The first semivariogram model is exported for TF Serving
 [1] Robinson et al., "Contrastive Learning with Hard Negative Samples",
 ICLR 2021 (`gv.losses.HardNegativeContrastiveLoss`, beta = 1).
 
+The semivariogram losses use a false-negative range of 250 km
+(`--false-range-km`; `fitted` for the package default, the fitted effective
+range), chosen on validation splits of the training set (BENCHMARKS.md).
+
 Run: `make demo`, or `python recipes/compare.py [--full] [--seeds 0 1 2]
-[--epochs N]`. Backend: `KERAS_BACKEND` (`make demo` uses jax).
+[--epochs N] [--false-range-km 250]`. Backend: `KERAS_BACKEND` (`make
+demo` uses jax).
 """
 
 import argparse
@@ -65,6 +70,14 @@ parser.add_argument(
     choices=common.ENCODERS,
     help="location encoders: every one besides 'fourier' (GeoCLIP's, used by "
     "all methods) is trained with the plain and the semivariogram loss",
+)
+parser.add_argument(
+    "--false-range-km",
+    type=common.false_range_km,
+    default=common.DEMO_FALSE_RANGE_KM,
+    help="false-negative range of the semivariogram losses, km, or 'fitted' "
+    "(the fitted effective range, the package default); default: "
+    "%(default)s, chosen on validation (BENCHMARKS.md)",
 )
 parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
 parser.add_argument(
@@ -125,7 +138,12 @@ first_sv = None
 for seed in args.seeds:
     for method in args.methods:
         model, history, seconds, callbacks = common.train(
-            method, train, seed, EPOCHS, verbose=0
+            method,
+            train,
+            seed,
+            EPOCHS,
+            verbose=0,
+            false_range_km=args.false_range_km,
         )
         report, coords, _ = common.evaluate(model, test, gallery)
         report["train_s"] = seconds
@@ -149,7 +167,13 @@ for seed in args.seeds:
     for encoder in OTHER_ENCODERS:
         for method in AUGMENTED:
             model, history, seconds, _ = common.train(
-                method, train, seed, EPOCHS, verbose=0, encoder=encoder
+                method,
+                train,
+                seed,
+                EPOCHS,
+                verbose=0,
+                encoder=encoder,
+                false_range_km=args.false_range_km,
             )
             report, _, _ = common.evaluate(model, test, gallery)
             report["train_s"] = seconds
@@ -192,7 +216,13 @@ setting = (
     f"ground); {EPOCHS} epochs, batch 256, queue 1024, seeds {args.seeds}, "
     f"backend {keras.backend.backend()}. Accuracies in %, top-1; gallery: "
     f"{len(gallery)} GeoNames places; reference: the training patches; mean "
-    "± std over seeds."
+    "± std over seeds; semivariogram false-negative range: "
+    + (
+        "the fitted effective range"
+        if args.false_range_km is None
+        else f"{args.false_range_km:g} km"
+    )
+    + "."
 )
 # Seeds move every method a lot (the same seed gives the same
 # initialisation and data order), so compare seed by seed.
@@ -216,7 +246,13 @@ if args.blocks_seeds:
         for encoder in ["fourier"] + OTHER_ENCODERS:
             for method in AUGMENTED:
                 model, _, _, _ = common.train(
-                    method, b_train, seed, EPOCHS, verbose=0, encoder=encoder
+                    method,
+                    b_train,
+                    seed,
+                    EPOCHS,
+                    verbose=0,
+                    encoder=encoder,
+                    false_range_km=args.false_range_km,
                 )
                 r, _, _ = common.evaluate(model, b_test, b_gallery)
                 key = method if encoder == "fourier" else f"{method}@{encoder}"

@@ -6,7 +6,8 @@ plots (the fitted variogram, the error histogram, a world map of errors) →
 save the `.keras` file (and optionally a SavedModel for TF Serving).
 
 Run: `python recipes/train.py [--method semivariogram] [--epochs 8]
-[--seed 0] [--full] [--data-parallel]`; backend from `KERAS_BACKEND`.
+[--seed 0] [--full] [--data-parallel] [--false-range-km 250]`; backend
+from `KERAS_BACKEND`.
 `--data-parallel` trains on every local device (JAX: keras.distribution,
 TensorFlow: tf.distribute.MirroredStrategy) with global negatives.
 `recipes/evaluate.py` scores the saved model again; `recipes/compare.py`
@@ -33,6 +34,13 @@ parser.add_argument(
     "--method", default="semivariogram", choices=list(common.METHODS)
 )
 parser.add_argument("--epochs", type=int, default=8)
+parser.add_argument(
+    "--false-range-km",
+    type=common.false_range_km,
+    default=common.DEMO_FALSE_RANGE_KM,
+    help="false-negative range of the semivariogram losses, km, or 'fitted' "
+    "(the package default); default: %(default)s, as in compare.py",
+)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--full", action="store_true")
 parser.add_argument(
@@ -56,7 +64,12 @@ gallery = common.gallery_for(test["gps"])
 scope = common.data_parallel_scope() if args.data_parallel else None
 with scope or contextlib.nullcontext():
     model, history, seconds, callbacks = common.train(
-        args.method, train, args.seed, args.epochs, verbose=2
+        args.method,
+        train,
+        args.seed,
+        args.epochs,
+        verbose=2,
+        false_range_km=args.false_range_km,
     )
 print(f"trained in {seconds:.0f} s")
 
