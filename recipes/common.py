@@ -5,6 +5,7 @@ and score exactly the same way. Read the recipes first; come here for the
 details.
 """
 
+import argparse
 import contextlib
 import os
 import time
@@ -41,9 +42,14 @@ def false_range_km(value):
     """`--false-range-km` values: a distance in km, or "fitted" (None)."""
     if value == "fitted":
         return None
-    km = float(value)
+    try:
+        km = float(value)
+    except ValueError:
+        km = float("nan")
     if not km >= 0:
-        raise ValueError(f"must be 'fitted' or a distance >= 0; got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be 'fitted' or a distance >= 0 km; got {value!r}"
+        )
     return km
 
 
@@ -200,8 +206,9 @@ def make_model(patch_size, seed, queue_size=1024, encoder="fourier"):
 
 def make_loss(method, false_range_km=None):
     """The loss and callbacks of one method (a name, a loss instance, or a
-    `(loss, callbacks)` pair). `false_range_km`: the semivariogram methods'
-    `false_negative_range_km` (None: the fitted effective range)."""
+    `(loss, callbacks)` pair). `false_range_km`: the
+    `false_negative_range_km` of the *named* semivariogram methods (None:
+    the fitted effective range); a loss instance keeps its own."""
     if isinstance(method, tuple):
         loss, callbacks = method
         return loss, list(callbacks)
