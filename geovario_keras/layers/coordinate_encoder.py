@@ -7,6 +7,7 @@ from keras import ops
 
 from geovario_keras import backend
 from geovario_keras.api_export import register
+from geovario_keras.layers.initializers import dense_initializers
 from geovario_keras.utils import check_int
 from geovario_keras.utils import gps_input_shape
 
@@ -101,18 +102,23 @@ class MLPLocationEncoder(keras.layers.Layer):
         self.embed_dim = embed_dim
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        init = {
-            "kernel_initializer": self.kernel_initializer,
-            "bias_initializer": self.bias_initializer,
-            "dtype": self.dtype_policy,
-        }
+        # A fresh initializer per Dense layer (see `InitializerCopies`).
+        init = dense_initializers(
+            self.kernel_initializer, self.bias_initializer
+        )
         self.hidden = [
             keras.layers.Dense(
-                hidden_units, activation="relu", name=f"dense_{j}", **init
+                hidden_units,
+                activation="relu",
+                dtype=self.dtype_policy,
+                name=f"dense_{j}",
+                **init(),
             )
             for j in range(hidden_layers)
         ]
-        self.head = keras.layers.Dense(embed_dim, name="head", **init)
+        self.head = keras.layers.Dense(
+            embed_dim, dtype=self.dtype_policy, name="head", **init()
+        )
 
     @property
     def input_dtype(self):

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from geovario_keras.api_export import register
+from geovario_keras.layers.initializers import dense_initializers
 from geovario_keras.utils import check_int
 
 _POOLINGS = ("avg", "max", "cls")
@@ -83,19 +84,19 @@ class ImageEncoder(keras.layers.Layer):
             backbone.trainable = trainable_backbone
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        init = {
-            "kernel_initializer": self.kernel_initializer,
-            "bias_initializer": self.bias_initializer,
-        }
+        # A fresh initializer per Dense layer (see `InitializerCopies`).
+        init = dense_initializers(
+            self.kernel_initializer, self.bias_initializer
+        )
         self.hidden = keras.layers.Dense(
             hidden_units,
             activation="relu",
             dtype=self.dtype_policy,
             name="mlp_hidden",
-            **init,
+            **init(),
         )
         self.head = keras.layers.Dense(
-            embed_dim, dtype=self.dtype_policy, name="mlp_head", **init
+            embed_dim, dtype=self.dtype_policy, name="mlp_head", **init()
         )
 
     def _select(self, features):

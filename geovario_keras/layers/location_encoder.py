@@ -6,6 +6,7 @@ from geovario_keras import backend
 from geovario_keras.api_export import register
 from geovario_keras.layers.equal_earth import EqualEarthProjection
 from geovario_keras.layers.fourier import RandomFourierFeatures
+from geovario_keras.layers.initializers import dense_initializers
 from geovario_keras.utils import check_int
 from geovario_keras.utils import gps_input_shape
 
@@ -83,10 +84,10 @@ class LocationEncoder(keras.layers.Layer):
         self.seed = seed
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        init = {
-            "kernel_initializer": self.kernel_initializer,
-            "bias_initializer": self.bias_initializer,
-        }
+        # A fresh initializer per Dense layer (see `InitializerCopies`).
+        init = dense_initializers(
+            self.kernel_initializer, self.bias_initializer
+        )
         # The projected plane feeds phases of up to ~2 pi * 4 sigma radians:
         # it must reach the Fourier layers in float32 (a bfloat16 x carries
         # an error of ~4e-3, i.e. several radians at sigma = 256).
@@ -113,7 +114,7 @@ class LocationEncoder(keras.layers.Layer):
                         activation="relu",
                         dtype=self.dtype_policy,
                         name=f"branch_{i}_dense_{j}",
-                        **init,
+                        **init(),
                     )
                     for j in range(hidden_layers)
                 ]
@@ -123,7 +124,7 @@ class LocationEncoder(keras.layers.Layer):
                     embed_dim,
                     dtype=self.dtype_policy,
                     name=f"branch_{i}_head",
-                    **init,
+                    **init(),
                 )
             )
 

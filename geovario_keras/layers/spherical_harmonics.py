@@ -296,12 +296,17 @@ class SirenDense(keras.layers.Layer):
             bound = 1.0 / fan_in
         else:
             bound = math.sqrt(6.0 / fan_in) / self.w0
-        init = keras.initializers.RandomUniform(-bound, bound)
+        # One initializer each: an unseeded Keras initializer reuses the
+        # seed it drew when built, so a shared one would correlate them.
         self.kernel = self.add_weight(
-            name="kernel", shape=(fan_in, self.units), initializer=init
+            name="kernel",
+            shape=(fan_in, self.units),
+            initializer=keras.initializers.RandomUniform(-bound, bound),
         )
         self.bias = self.add_weight(
-            name="bias", shape=(self.units,), initializer=init
+            name="bias",
+            shape=(self.units,),
+            initializer=keras.initializers.RandomUniform(-bound, bound),
         )
 
     def call(self, inputs):
