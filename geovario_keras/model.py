@@ -254,13 +254,16 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         a = checked_arguments(super().fit, x, y, args, kwargs)
+        a = backend.fresh_order_arguments(a)
         backend.check_distribution()
         a["callbacks"] = variogram_first(a.get("callbacks"), self.loss)
-        return super().fit(**a)
+        with backend.state_kept_on_error(self):
+            return super().fit(**a)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         a = checked_arguments(super().evaluate, x, y, args, kwargs)
-        return super().evaluate(**a)
+        with backend.state_kept_on_error(self):
+            return super().evaluate(**a)
 
     def encode_image(self, x, batch_size=None, verbose=0):
         """Normalised image embeddings `(N, D)` as numpy.

@@ -139,7 +139,13 @@ def checked_features(x, name="x", batch_size=None):
 
 def checked_arguments(method, x, y, args, kwargs):
     """`method`'s arguments by name, with `x`, `y`, `batch_size` checked."""
-    a = inspect.signature(method).bind(x, y, *args, **kwargs).arguments
+    signature = inspect.signature(method)
+    a = dict(signature.bind(x, y, *args, **kwargs).arguments)
+    # Keywords the method takes through `**kwargs` (Keras's `fit` calls
+    # `evaluate(..., _use_cached_eval_dataset=True)`) stay keywords.
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            a.update(a.pop(name, {}))
     if a.get("batch_size") is not None:
         check_int("batch_size", a["batch_size"])
     a["x"] = checked_features(a["x"], "x", a.get("batch_size") or 32)

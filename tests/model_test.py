@@ -580,6 +580,39 @@ def test_non_finite_features_in_data_sets_stop_at_the_bad_batch():
         model.encode_image(tf.data.Dataset.from_tensor_slices(bad).batch(16))
 
 
+@pytest.mark.parametrize("bad_batch", [0, 2])
+def test_a_failed_fit_leaves_the_model_readable(bad_batch):
+    # JAX's trainer detaches the variables during an epoch: a bad batch
+    # at the first step (nothing trained yet) or later must leave them
+    # attached, holding the start or the steps that ran.
+    x, gps = _data(64)
+    bad = x.copy()
+    bad[bad_batch * 16 + 3, 0] = np.inf
+    model = small_geoclip(queue_size=8)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model(x[:1])
+    start = [to_numpy(w) for w in model.weights]
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return bad[i * 16 : (i + 1) * 16], gps[i * 16 : (i + 1) * 16]
+
+    with pytest.raises(Exception, match=f"of batch {bad_batch}"):
+        model.fit(Batches(), epochs=1, verbose=0, shuffle=False)
+    after = [to_numpy(w) for w in model.weights]
+    for w, a in zip(model.weights, after):
+        assert np.all(np.isfinite(a)), w.path
+    trained = any(np.any(a != b) for a, b in zip(after, start))
+    assert trained == (bad_batch > 0)
+    with pytest.raises(Exception, match=f"of batch {bad_batch}"):
+        model.evaluate(Batches(), verbose=0)
+    assert all(np.isfinite(to_numpy(w)).all() for w in model.weights)
+    model.fit(x, gps, batch_size=16, epochs=1, verbose=0)  # trains on
+
+
 def test_load_model_names_a_truncated_file(tmp_path):
     x, gps = _data(16)
     model = small_geoclip(queue_size=8)
