@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Test processes per backend (pytest-xdist); 2 matches CI's 2 cores.
 PYTEST_WORKERS ?= 2
 # GeoCLIP's released weights: the geoclip 1.3.0 wheel, downloaded (hash
-# pinned, not installed) for geovario_keras.pretrained and its tests.
+# pinned, not installed) for geovario_keras.pretrained.geoclip and its tests.
 GEOCLIP_WHEEL := .cache/geoclip/geoclip-1.3.0-py3-none-any.whl
 export GEOVARIO_GEOCLIP_WHEEL := $(CURDIR)/$(GEOCLIP_WHEEL)
 

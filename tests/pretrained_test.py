@@ -94,7 +94,7 @@ def test_wheel_files_equal_torch_load(geoclip_wheel, tmp_path):
         files = pretrained.GeoCLIPFiles(source)
         for key in ("location_encoder", "image_mlp"):
             ref = torch.load(
-                unpacked / pretrained._FILES[key], weights_only=True
+                unpacked / pretrained.geoclip._FILES[key], weights_only=True
             )
             ours = files.checkpoint(key)
             assert set(ours) == set(ref)
@@ -148,7 +148,7 @@ def test_location_encoder_matches_reference(geoclip_wheel, reference_encoder):
     assert cos >= 0.99999, cos
     # The frozen B is loaded, not re-drawn.
     state = torch.load(
-        _extract(geoclip_wheel, pretrained._FILES["location_encoder"]),
+        _extract(geoclip_wheel, pretrained.geoclip._FILES["location_encoder"]),
         weights_only=True,
     )
     for i in range(3):
@@ -173,11 +173,11 @@ def test_geoclip_model_matches_reference(geoclip_wheel, reference_encoder):
     coords, probs = model.predict_gps(feats, top_k=5)
 
     mlp = torch.load(
-        _extract(geoclip_wheel, pretrained._FILES["image_mlp"]),
+        _extract(geoclip_wheel, pretrained.geoclip._FILES["image_mlp"]),
         weights_only=True,
     )
     scale = torch.load(
-        _extract(geoclip_wheel, pretrained._FILES["logit_scale"]),
+        _extract(geoclip_wheel, pretrained.geoclip._FILES["logit_scale"]),
         weights_only=True,
     )
     with torch.no_grad():
