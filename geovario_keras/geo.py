@@ -135,6 +135,42 @@ def pairwise_haversine_km(a, b):
     return haversine_km(ops.expand_dims(a, 1), ops.expand_dims(b, 0))
 
 
+def unit_vectors(gps):
+    """Unit vectors `(..., 3)` of (latitude, longitude) degrees `(..., 2)`.
+
+    numpy, in the input's float precision (host-side work: nearest
+    neighbours with a k-d tree, mean shift on the sphere).
+
+    Example:
+
+    >>> np.round(unit_vectors(np.array([[0.0, 90.0]])), 6).tolist()
+    [[0.0, 1.0, 0.0]]
+    """
+    gps = np.asarray(gps)
+    lat, lon = np.radians(gps[..., 0]), np.radians(gps[..., 1])
+    return np.stack(
+        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
+        -1,
+    )
+
+
+def from_unit_vectors(xyz):
+    """(latitude, longitude) degrees `(..., 2)` of vectors `(..., 3)`.
+
+    The vectors are normalised first, so any non-zero vector (such as a
+    mean of unit vectors) maps to the point it points at.
+
+    Example:
+
+    >>> from_unit_vectors(np.array([[0.0, 0.0, 2.0]])).tolist()
+    [[90.0, 0.0]]
+    """
+    xyz = np.asarray(xyz)
+    xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+    lat = np.degrees(np.arcsin(np.clip(xyz[..., 2], -1.0, 1.0)))
+    return np.stack([lat, np.degrees(np.arctan2(xyz[..., 1], xyz[..., 0]))], -1)
+
+
 def destination_point(gps, distance_km, bearing_rad):
     """Point reached from `gps` along a great circle (spherical Earth).
 

@@ -40,7 +40,6 @@ import numpy as np
 from keras import ops
 
 from geovario_keras import geo
-from geovario_keras.data.imagery import _unit_vectors
 from geovario_keras.utils import check_positive
 
 MODES = ("gallery", "reference", "hybrid")
@@ -127,12 +126,6 @@ def neighbour_density(candidates, neighbours, weights, bandwidth_km):
     return np.einsum("nck,nk->nc", _kernel(d, bandwidth_km), weights)
 
 
-def _from_unit(xyz):
-    xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
-    lat = np.degrees(np.arcsin(np.clip(xyz[..., 2], -1.0, 1.0)))
-    return np.stack([lat, np.degrees(np.arctan2(xyz[..., 1], xyz[..., 0]))], -1)
-
-
 def density_modes(neighbours, weights, bandwidth_km, steps=10):
     """Modes of `neighbour_density`, by mean shift from each neighbour.
 
@@ -165,7 +158,7 @@ def density_modes(neighbours, weights, bandwidth_km, steps=10):
     [[0.0, 10.18], [0.0, 10.18], [30.0, 40.0]]
     """
     neighbours = np.asarray(neighbours, "float64")
-    unit = _unit_vectors(neighbours)
+    unit = geo.unit_vectors(neighbours)
     points = neighbours
     for _ in range(steps):
         d = geo.haversine_km(points[:, :, None, :], neighbours[:, None, :, :])
@@ -175,7 +168,9 @@ def density_modes(neighbours, weights, bandwidth_km, steps=10):
         # A point no weighted neighbour reaches (its own weight 0, the rest
         # far beyond the bandwidth) stays where it is, rather than NaN.
         moved = np.linalg.norm(mean, axis=-1, keepdims=True) > 1e-300
-        points = np.where(moved, _from_unit(np.where(moved, mean, 1.0)), points)
+        points = np.where(
+            moved, geo.from_unit_vectors(np.where(moved, mean, 1.0)), points
+        )
     # Merge: a mode within a tenth of the bandwidth of a neighbour, or of
     # an earlier mode, takes its exact coordinates.
     both = np.concatenate([neighbours, points], axis=1)

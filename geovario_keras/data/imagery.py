@@ -147,15 +147,6 @@ def cut_patches(image, gps, patch_size=24, spacing_km=None):
     return np.clip(np.rint(values), 0, 255).astype(np.uint8).reshape(shape)
 
 
-def _unit_vectors(gps):
-    """Unit vectors `(..., 3)` of latitude, longitude degrees `(..., 2)`."""
-    lat, lon = np.radians(gps[..., 0]), np.radians(gps[..., 1])
-    return np.stack(
-        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
-        -1,
-    )
-
-
 def nearest_distance_km(points, reference):
     """Great-circle distance (km) from each point to its nearest reference.
 
@@ -171,8 +162,8 @@ def nearest_distance_km(points, reference):
     """
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(_unit_vectors(np.asarray(reference, np.float64)))
-    chord = tree.query(_unit_vectors(np.asarray(points, np.float64)), k=1)[0]
+    tree = cKDTree(geo.unit_vectors(np.asarray(reference, np.float64)))
+    chord = tree.query(geo.unit_vectors(np.asarray(points, np.float64)), k=1)[0]
     return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.minimum(chord / 2.0, 1.0))
 
 
@@ -281,8 +272,8 @@ def shared_ground_fraction(
     test_gps = np.asarray(test_gps, np.float64)
     train_gps = np.asarray(train_gps, np.float64)
     k = min(neighbours, len(train_gps))
-    tree = cKDTree(_unit_vectors(train_gps))
-    index = tree.query(_unit_vectors(test_gps), k=k)[1]
+    tree = cKDTree(geo.unit_vectors(train_gps))
+    index = tree.query(geo.unit_vectors(test_gps), k=k)[1]
     index = index.reshape(len(test_gps), k)
     east, north = patch_offsets_km(patch_size, spacing_km)
     lat, lon = _destinations(test_gps, east, north)  # (N, P * P) pixels
