@@ -4,6 +4,7 @@ Keras 3; runs on TensorFlow, JAX and PyTorch (set `KERAS_BACKEND`).
 """
 
 from geovario_keras import callbacks
+from geovario_keras import candidates
 from geovario_keras import data
 from geovario_keras import export
 from geovario_keras import geo
@@ -22,6 +23,7 @@ __all__ = [
     "GeoCLIP",
     "__version__",
     "callbacks",
+    "candidates",
     "data",
     "export",
     "geo",

@@ -18,7 +18,19 @@ from keras import ops
 
 from geovario_keras import geo
 from geovario_keras.api_export import register
-from geovario_keras.losses import MASKED_LOGIT
+from geovario_keras.candidates import retrieved_gps
+
+__all__ = [
+    "ADMIN_LEVELS",
+    "GEOSCORE_SCALE_KM",
+    "THRESHOLDS_KM",
+    "GeoAccuracy",
+    "MeanGreatCircleError",
+    "geolocation_report",
+    "retrieved_gps",
+    "reverse_geocode",
+    "within_km",
+]
 
 THRESHOLDS_KM = (1.0, 25.0, 200.0, 750.0, 2500.0)
 GEOSCORE_SCALE_KM = 1492.7
@@ -155,21 +167,6 @@ def geolocation_report(
             )
         report.update(_admin_accuracy(reverse_geocode(pred), true_labels))
     return report
-
-
-def retrieved_gps(logits, candidate_mask, candidate_gps):
-    """Coordinates of each row's best-scoring real candidate (in-graph).
-
-    Args:
-        logits: `(B, C)` scores of images against candidate locations.
-        candidate_mask: bool `(C,)`: False for empty candidate slots.
-        candidate_gps: `(C, 2)` candidate coordinates.
-
-    Returns:
-        `(B, 2)` coordinates.
-    """
-    logits = ops.where(candidate_mask, ops.stop_gradient(logits), MASKED_LOGIT)
-    return ops.take(candidate_gps, ops.argmax(logits, axis=-1), axis=0)
 
 
 def within_km(y_true, y_pred, threshold_km):

@@ -9,10 +9,14 @@ from keras import ops
 from geovario_keras import backend
 from geovario_keras import geo
 from geovario_keras import inference
-from geovario_keras import metrics
 from geovario_keras import presets
 from geovario_keras.api_export import register
 from geovario_keras.callbacks import variogram_first
+from geovario_keras.candidates import CANDIDATE_GPS
+from geovario_keras.candidates import CANDIDATE_MASK
+from geovario_keras.candidates import LOGITS
+from geovario_keras.candidates import positives_and_negatives
+from geovario_keras.candidates import retrieved_gps
 from geovario_keras.layers.contrastive_head import ContrastiveHead
 from geovario_keras.layers.contrastive_head import normalize
 from geovario_keras.layers.geodesic_noise import GeodesicNoise
@@ -193,9 +197,9 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         noisy = ops.concatenate(noisy, 0)
         loc = self.location_encoder(noisy, training=training)
         return {
-            "logits": self.head(image_embeddings, loc),
-            "candidate_mask": ops.concatenate([m for _, m in parts], 0),
-            "candidate_gps": ops.concatenate([g for g, _ in parts], 0),
+            LOGITS: self.head(image_embeddings, loc),
+            CANDIDATE_MASK: ops.concatenate([m for _, m in parts], 0),
+            CANDIDATE_GPS: ops.concatenate([g for g, _ in parts], 0),
         }
 
     def compute_loss(
@@ -223,7 +227,11 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         loss = loss_fn(targets, scores, sample_weight=sample_weight)
         self._update_retrieval_metrics(gps, scores, sample_weight)
         if training and pairwise:
-            self.variogram.update(scores, targets, loss_fn)
+            _, negatives = positives_and_negatives(
+                targets, scores[LOGITS], scores[CANDIDATE_MASK]
+            )
+            classes = loss_fn.classify_negatives(scores)
+            self.variogram.update(scores, negatives, classes)
         if training and self.queue is not None:
             self.queue.enqueue(gps, ops.stop_gradient(img))
         if self.losses:  # summed over replicas, like the loss: scaled
@@ -235,8 +243,8 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         # queue]. Updated here rather than in `compute_metrics` because only
         # here are the encoder weights readable on every backend (JAX passes
         # them into `compute_loss` only).
-        retrieved = metrics.retrieved_gps(
-            scores["logits"], scores["candidate_mask"], scores["candidate_gps"]
+        retrieved = retrieved_gps(
+            scores[LOGITS], scores[CANDIDATE_MASK], scores[CANDIDATE_GPS]
         )
         self.retrieval_error.update_state(geo.haversine_km(gps, retrieved))
         if self._compile_metrics is not None:

@@ -479,7 +479,13 @@ def test_statistics_leave_out_pairs_at_identical_coordinates():
         "dissimilarity": np.full((3, 4), 0.5, "float32"),
         "variogram": FIT.packed(),
     }
-    state.update(y_pred, np.arange(3), gv.losses.SemivariogramContrastiveLoss())
+    _, negatives = gv.candidates.positives_and_negatives(
+        np.arange(3), y_pred["logits"], y_pred["candidate_mask"]
+    )
+    classes = gv.losses.SemivariogramContrastiveLoss().classify_negatives(
+        y_pred
+    )
+    state.update(y_pred, negatives, classes)
     count, mean, _ = state.statistics()
     # Negatives: 3 x 4 - 3 positives = 9; minus row 0's copy = 8 pairs.
     assert count.sum() == 8.0

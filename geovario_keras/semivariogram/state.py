@@ -6,6 +6,11 @@ from keras import ops
 
 from geovario_keras import geo
 from geovario_keras.api_export import register
+from geovario_keras.candidates import CANDIDATE_GPS
+from geovario_keras.candidates import DISSIMILARITY
+from geovario_keras.candidates import DISTANCE_KM
+from geovario_keras.candidates import QUEUE_FULL
+from geovario_keras.candidates import VARIOGRAM
 from geovario_keras.semivariogram import models
 from geovario_keras.semivariogram.empirical import batch_statistics
 from geovario_keras.semivariogram.empirical import check_bin_edges
@@ -77,19 +82,17 @@ class SemivariogramState(keras.layers.Layer):
             cand_feats = ops.concatenate([feats, queue_feats], axis=0)
             queue_full = ops.cast(queue.is_full(), "float32")
         return {
-            "distance_km": geo.pairwise_haversine_km(
-                gps, scores["candidate_gps"]
-            ),
-            "dissimilarity": 1.0 - ops.matmul(feats, ops.transpose(cand_feats)),
-            "variogram": ops.convert_to_tensor(self.params),
-            "queue_full": queue_full,
+            DISTANCE_KM: geo.pairwise_haversine_km(gps, scores[CANDIDATE_GPS]),
+            DISSIMILARITY: 1.0 - ops.matmul(feats, ops.transpose(cand_feats)),
+            VARIOGRAM: ops.convert_to_tensor(self.params),
+            QUEUE_FULL: queue_full,
         }
 
-    def update(self, y_pred, y_true, loss):
+    def update(self, y_pred, negative, classes):
         """Accumulates one training step (in-graph).
 
         The pair statistics of the negatives (real candidates other than the
-        row's positive) and the counts of those that `loss` classes as false
+        row's positive) and the counts of those the loss classes as false
         or hard. Pairs at identical coordinates are left out of the
         statistics: above all the image's own earlier copy in the queue,
         which would add a dissimilarity of ~0 at 0 km to every epoch and fake
@@ -97,22 +100,19 @@ class SemivariogramState(keras.layers.Layer):
 
         Args:
             y_pred: the loss's `y_pred` dict, with the `pair_entries`.
-            y_true: `(B,)` column of each row's positive.
-            loss: the `gv.losses.PairStatisticsLoss` being trained.
+            negative: bool `(B, C)`: the negatives (see
+                `gv.candidates.positives_and_negatives`).
+            classes: the loss's `NegativeClasses(false, hard)` masks.
         """
-        _, negative = loss.positives_and_negatives(
-            y_true, y_pred["logits"], y_pred.get("candidate_mask")
-        )
-        classes = loss.classify_negatives(y_pred)
         # Identical coordinates, compared as given (a distance computed in
         # float32 inside a compiled step need not be exactly 0 for them).
-        candidates = ops.convert_to_tensor(y_pred["candidate_gps"])
+        candidates = ops.convert_to_tensor(y_pred[CANDIDATE_GPS])
         rows = candidates[: ops.shape(negative)[0]]
         same = ops.all(
             ops.expand_dims(rows, 1) == ops.expand_dims(candidates, 0), -1
         )
         apart = ops.logical_and(negative, ops.logical_not(same))
-        self.accumulate(y_pred["distance_km"], y_pred["dissimilarity"], apart)
+        self.accumulate(y_pred[DISTANCE_KM], y_pred[DISSIMILARITY], apart)
         self.count_negatives(
             ops.sum(ops.cast(negative, "float32")),
             ops.sum(ops.cast(classes.false & negative, "float32")),
