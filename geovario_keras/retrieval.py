@@ -40,6 +40,11 @@ import numpy as np
 from keras import ops
 
 from geovario_keras import geo
+from geovario_keras.density import density_modes
+from geovario_keras.density import distinct_top_k
+from geovario_keras.density import neighbour_density
+from geovario_keras.density import repeats
+from geovario_keras.density import softmax
 from geovario_keras.utils import check_positive
 
 MODES = ("gallery", "reference", "hybrid")
@@ -104,124 +109,6 @@ class RetrievalOptions:
         check_positive("location_weight", self.location_weight, True)
 
 
-def _kernel(d_km, bandwidth_km):
-    return np.exp(-0.5 * np.square(d_km / bandwidth_km))
-
-
-def neighbour_density(candidates, neighbours, weights, bandwidth_km):
-    """Weighted Gaussian kernel density of `neighbours` at `candidates`.
-
-    Args:
-        candidates: `(N, C, 2)` degrees.
-        neighbours: `(N, K, 2)` degrees.
-        weights: `(N, K)`, rows summing to 1.
-        bandwidth_km: float. Kernel `exp(-d^2 / (2 bandwidth_km^2))`, `d`
-            the great-circle distance.
-
-    Returns:
-        `(N, C)` densities in [0, 1].
-    """
-    d = geo.haversine_km(candidates[:, :, None, :], neighbours[:, None, :, :])
-    d = ops.convert_to_numpy(d).astype("float64")
-    return np.einsum("nck,nk->nc", _kernel(d, bandwidth_km), weights)
-
-
-def density_modes(neighbours, weights, bandwidth_km, steps=10):
-    """Modes of `neighbour_density`, by mean shift from each neighbour.
-
-    Each step moves a point to the kernel-weighted mean of the neighbours
-    (as unit vectors, projected back onto the sphere): Comaniciu & Meer's
-    mean shift, which climbs the Gaussian kernel density to a mode (for
-    distances much smaller than the Earth's radius the sphere is locally
-    flat). A mode that ends within a tenth of the bandwidth of a neighbour
-    or of an earlier mode is merged into it (given its exact coordinates),
-    so one place is one candidate.
-
-    Args:
-        neighbours: `(N, K, 2)` degrees.
-        weights: `(N, K)`, rows summing to 1.
-        bandwidth_km: float. As in `neighbour_density`.
-        steps: int >= 1. Mean-shift iterations.
-
-    Returns:
-        `(N, K, 2)` degrees, float64: the mode reached from each neighbour.
-
-    Example:
-
-    Three neighbours of one query, two 40 km apart on the equator and one
-    far away with little weight: the climbs from the first two meet
-    halfway between them, the third stays on its own.
-
-    >>> near = np.array([[[0.0, 10.0], [0.0, 10.36], [30.0, 40.0]]])
-    >>> modes = density_modes(near, np.array([[0.45, 0.45, 0.1]]), 75.0)
-    >>> np.round(modes[0], 2).tolist()
-    [[0.0, 10.18], [0.0, 10.18], [30.0, 40.0]]
-    """
-    neighbours = np.asarray(neighbours, "float64")
-    unit = geo.unit_vectors(neighbours)
-    points = neighbours
-    for _ in range(steps):
-        d = geo.haversine_km(points[:, :, None, :], neighbours[:, None, :, :])
-        d = ops.convert_to_numpy(d).astype("float64")
-        k = _kernel(d, bandwidth_km) * weights[:, None, :]
-        mean = np.einsum("nck,nkd->ncd", k, unit)
-        # A point no weighted neighbour reaches (its own weight 0, the rest
-        # far beyond the bandwidth) stays where it is, rather than NaN.
-        moved = np.linalg.norm(mean, axis=-1, keepdims=True) > 1e-300
-        points = np.where(
-            moved, geo.from_unit_vectors(np.where(moved, mean, 1.0)), points
-        )
-    # Merge: a mode within a tenth of the bandwidth of a neighbour, or of
-    # an earlier mode, takes its exact coordinates.
-    both = np.concatenate([neighbours, points], axis=1)
-    d = geo.haversine_km(points[:, :, None, :], both[:, None, :, :])
-    k = points.shape[1]
-    close = ops.convert_to_numpy(d) <= 0.1 * bandwidth_km
-    close[:, :, k:] &= np.tri(k, dtype=bool)  # earlier modes and itself
-    first = close.argmax(-1)  # the first close point (itself at worst)
-    return np.take_along_axis(both, first[..., None], axis=1)
-
-
-def _repeats(coords):
-    """`(N, C)` True where a candidate equals an earlier one of its row.
-
-    Sorted per row by (lat, lon, position), so that equal candidates are
-    adjacent with the earliest first: O(C log C) per row, not the C x C
-    comparison (which took half of a hybrid prediction's time).
-    """
-    n, c = coords.shape[:2]
-    position = np.broadcast_to(np.arange(c), (n, c))
-    order = np.lexsort((position, coords[..., 1], coords[..., 0]), axis=-1)
-    ranked = np.take_along_axis(coords, order[..., None], axis=1)
-    same = (ranked[:, 1:] == ranked[:, :-1]).all(-1)
-    repeat = np.zeros((n, c), bool)
-    np.put_along_axis(repeat, order[:, 1:], same, axis=1)
-    return repeat
-
-
-def _softmax(x, axis=-1):
-    x = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def _distinct_top_k(coords, scores, top_k):
-    """The `top_k` best distinct coordinates of each row, best first.
-
-    A candidate equal to a better-scored one of its row is skipped; rows
-    with fewer than `top_k` distinct coordinates are padded with the
-    skipped repeats, so the output stays rectangular.
-    """
-    order = np.argsort(-scores, axis=1, kind="stable")
-    coords = np.take_along_axis(coords, order[..., None], axis=1)
-    scores = np.take_along_axis(scores, order, axis=1)
-    pick = np.argsort(_repeats(coords), axis=1, kind="stable")[:, :top_k]
-    return (
-        np.take_along_axis(coords, pick[..., None], axis=1).astype("float32"),
-        np.take_along_axis(scores, pick, axis=1),
-    )
-
-
 def _neighbour_candidates(near, weights, options):
     """The neighbours' locations, and their density's modes if enabled."""
     if not options.mean_shift_steps:
@@ -237,85 +124,102 @@ def _scale(model):
     return float(ops.convert_to_numpy(model.temperature()))
 
 
-def neighbours(model, image_embeddings, options, batch_size=None):
-    """Nearest reference images: coords `(N, K, 2)`, weights `(N, K)`."""
-    refs = model.reference
-    refs.check_top_k(options.neighbours, name="neighbours")
-    logits, index, _ = refs.search(
-        image_embeddings, _scale(model), options.neighbours, batch_size
+def nearest_references(
+    reference, image_embeddings, scale, options, batch_size=None
+):
+    """The `options.neighbours` reference images most similar to each
+    query: coords `(N, K, 2)` float64 and softmax weights `(N, K)`.
+
+    Args:
+        reference: the model's `ReferenceSet` (embeddings and coords).
+        image_embeddings: `(N, D)` normalised query embeddings.
+        scale: float. The logit scale, `exp(logit_scale)`.
+        options: `RetrievalOptions`.
+        batch_size: queries per search step (None: automatic).
+    """
+    reference.check_top_k(options.neighbours, name="neighbours")
+    logits, index, _ = reference.search(
+        image_embeddings, scale, options.neighbours, batch_size
     )
-    coords = ops.convert_to_numpy(refs.coords)[index].astype("float64")
-    return coords, _softmax(logits.astype("float64"))
+    coords = ops.convert_to_numpy(reference.coords)[index].astype("float64")
+    return coords, softmax(logits.astype("float64"))
 
 
-# Queries re-ranked at once by "reference" and "hybrid" (bounds the
-# candidate arrays: 4096 x 160 candidates x 16 neighbours).
-QUERY_BLOCK = 4096
+def neighbours(model, image_embeddings, options, batch_size=None):
+    """`nearest_references` over `model`'s reference set and logit scale."""
+    return nearest_references(
+        model.reference, image_embeddings, _scale(model), options, batch_size
+    )
 
 
-def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
-    """Top-k coordinates and probabilities under `mode` (see module doc)."""
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
-    if mode != "gallery" and len(image_embeddings) > QUERY_BLOCK:
-        parts = [
-            predict(
-                model,
-                image_embeddings[i : i + QUERY_BLOCK],
-                top_k,
-                mode,
-                options,
-                batch_size,
-            )
-            for i in range(0, len(image_embeddings), QUERY_BLOCK)
-        ]
-        return tuple(np.concatenate(p) for p in zip(*parts))
-    if mode == "gallery":
-        model.gallery.check_top_k(top_k)
-        return model.gallery.retrieve(
-            image_embeddings, model.temperature(), top_k, batch_size
-        )
-    if model.reference.size == 0:
+def _check_top_k(top_k, limit, what, mode):
+    if not 1 <= top_k <= limit:
         raise ValueError(
-            f"`mode={mode!r}` needs a reference set of geotagged images: "
-            "call `model.set_reference(x, gps)` first (or use "
-            "`mode='gallery'`)."
+            f"`top_k` must be an int in [1, {limit}] ({what}) with "
+            f"mode={mode!r}; got {top_k!r}."
         )
-    near, weights = neighbours(model, image_embeddings, options, batch_size)
+
+
+def predict_from_gallery(
+    gallery, image_embeddings, temperature, top_k, batch_size=None
+):
+    """GeoCLIP's prediction: the top-k gallery points by logit."""
+    gallery.check_top_k(top_k)
+    return gallery.retrieve(image_embeddings, temperature, top_k, batch_size)
+
+
+def predict_from_reference(
+    reference, image_embeddings, scale, top_k, options, batch_size=None
+):
+    """Voting over the nearest reference images: the top-k candidates
+    (neighbours and their density's modes) by kernel density."""
+    near, weights = nearest_references(
+        reference, image_embeddings, scale, options, batch_size
+    )
     candidates = _neighbour_candidates(near, weights, options)
-    if mode == "reference":
-        if not 1 <= top_k <= options.neighbours:
-            raise ValueError(
-                f"`top_k` must be an int in [1, {options.neighbours}] (the "
-                f"number of neighbours) with mode='reference'; got "
-                f"{top_k!r}."
-            )
-        density = neighbour_density(
-            candidates, near, weights, options.bandwidth_km
-        )
-        coords, score = _distinct_top_k(candidates, density, top_k)
-        total = np.where(_repeats(candidates), 0.0, density).sum(
-            axis=1, keepdims=True
-        )
-        return coords, (score / total).astype("float32")
-    g = min(options.gallery_candidates, model.gallery.size)
-    if not 1 <= top_k <= g + options.neighbours:
-        raise ValueError(
-            f"`top_k` must be an int in [1, {g + options.neighbours}] "
-            f"(gallery candidates + neighbours) with mode='hybrid'; got "
-            f"{top_k!r}."
-        )
+    _check_top_k(
+        top_k, options.neighbours, "the number of neighbours", "reference"
+    )
+    density = neighbour_density(candidates, near, weights, options.bandwidth_km)
+    coords, score = distinct_top_k(candidates, density, top_k)
+    total = np.where(repeats(candidates), 0.0, density).sum(
+        axis=1, keepdims=True
+    )
+    return coords, (score / total).astype("float32")
+
+
+def predict_hybrid(
+    gallery,
+    reference,
+    encode_location,
+    image_embeddings,
+    scale,
+    top_k,
+    options,
+    batch_size=None,
+):
+    """Gallery and reference candidates scored together: the location
+    encoder's logit (weighted by `options.location_weight`) plus the log of
+    the neighbours' kernel density."""
+    near, weights = nearest_references(
+        reference, image_embeddings, scale, options, batch_size
+    )
+    candidates = _neighbour_candidates(near, weights, options)
+    g = min(options.gallery_candidates, gallery.size)
+    _check_top_k(
+        top_k,
+        g + options.neighbours,
+        "gallery candidates + neighbours",
+        "hybrid",
+    )
     # Gallery candidates keep their scores from the cached gallery; only
     # the neighbours' locations and modes are encoded here.
-    scale = _scale(model)
-    gallery_logits, index, _ = model.gallery.search(
+    gallery_logits, index, _ = gallery.search(
         image_embeddings, scale, g, batch_size
     )
-    gallery_coords = ops.convert_to_numpy(model.gallery.coords)[index]
+    gallery_coords = ops.convert_to_numpy(gallery.coords)[index]
     n, k = candidates.shape[:2]
-    near_loc = model.encode_location(
-        candidates.reshape(-1, 2).astype("float32")
-    )
+    near_loc = encode_location(candidates.reshape(-1, 2).astype("float32"))
     near_logits = scale * np.einsum(
         "nkd,nd->nk",
         near_loc.reshape(n, k, -1),
@@ -329,9 +233,68 @@ def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
     score = options.location_weight * logits + np.log(density + options.floor)
     # A candidate repeated (a mode reached from several neighbours, a
     # neighbour at a gallery point) counts once in the softmax.
-    probs = _softmax(np.where(_repeats(candidates), -np.inf, score))
-    coords, p = _distinct_top_k(candidates, probs, top_k)
+    probs = softmax(np.where(repeats(candidates), -np.inf, score))
+    coords, p = distinct_top_k(candidates, probs, top_k)
     return coords, p.astype("float32")
+
+
+# Queries re-ranked at once by "reference" and "hybrid" (bounds the
+# candidate arrays: 4096 x 160 candidates x 16 neighbours).
+RERANK_QUERY_BLOCK = 4096
+
+
+def _in_query_blocks(predict_block, image_embeddings):
+    """`predict_block` over blocks of `RERANK_QUERY_BLOCK` queries."""
+    if len(image_embeddings) <= RERANK_QUERY_BLOCK:
+        return predict_block(image_embeddings)
+    parts = [
+        predict_block(image_embeddings[i : i + RERANK_QUERY_BLOCK])
+        for i in range(0, len(image_embeddings), RERANK_QUERY_BLOCK)
+    ]
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
+    """Top-k coordinates and probabilities under `mode` (see module doc)."""
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if mode == "gallery":
+        return predict_from_gallery(
+            model.gallery,
+            image_embeddings,
+            model.temperature(),
+            top_k,
+            batch_size,
+        )
+    if model.reference.size == 0:
+        raise ValueError(
+            f"`mode={mode!r}` needs a reference set of geotagged images: "
+            "call `model.set_reference(x, gps)` first (or use "
+            "`mode='gallery'`)."
+        )
+    scale = _scale(model)
+    if mode == "reference":
+
+        def predict_block(queries):
+            return predict_from_reference(
+                model.reference, queries, scale, top_k, options, batch_size
+            )
+
+    else:
+
+        def predict_block(queries):
+            return predict_hybrid(
+                model.gallery,
+                model.reference,
+                model.encode_location,
+                queries,
+                scale,
+                top_k,
+                options,
+                batch_size,
+            )
+
+    return _in_query_blocks(predict_block, image_embeddings)
 
 
 class RetrievalMixin:

@@ -11,6 +11,7 @@ import pytest
 from scipy.special import logsumexp
 
 import geovario_keras as gv
+from geovario_keras import density
 from geovario_keras import retrieval
 from tests.testing import random_gps
 from tests.testing import run_state_layer_test
@@ -137,7 +138,7 @@ def test_repeats_mark_every_later_copy_in_its_row():
         ]
     )
     assert expected.any() and not expected.all()
-    np.testing.assert_array_equal(retrieval._repeats(coords), expected)
+    np.testing.assert_array_equal(density.repeats(coords), expected)
 
 
 def test_density_modes_two_points_closed_form():

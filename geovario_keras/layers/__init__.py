@@ -12,7 +12,7 @@ from geovario_keras.layers.gps_gallery import ReferenceSet
 from geovario_keras.layers.gps_queue import GPSQueue
 from geovario_keras.layers.image_encoder import ImageEncoder
 from geovario_keras.layers.location_encoder import LocationEncoder
-from geovario_keras.layers.spherical_harmonics import SirenDense
+from geovario_keras.layers.siren import SirenDense
 from geovario_keras.layers.spherical_harmonics import SphericalHarmonics
 from geovario_keras.layers.spherical_harmonics import (
     SphericalHarmonicsLocationEncoder,

@@ -11,10 +11,11 @@ from geovario_keras.utils import check_int
 
 # `search` holds at most LOGITS_PER_CALL float32 logits (64 MB) per call.
 # Sets of up to 2**20 points are scored in place by blocks of queries;
-# larger ones in chunks sized for blocks of up to QUERY_BLOCK queries (one
-# query scores up to 16 M points in place, 256 queries chunks of 65,536).
+# larger ones in chunks sized for blocks of up to SEARCH_QUERY_BLOCK queries
+# (one query scores up to 16 M points in place, 256 queries chunks of
+# 65,536).
 LOGITS_PER_CALL = 1 << 24
-QUERY_BLOCK = 256
+SEARCH_QUERY_BLOCK = 256
 
 
 def _chunk_top_k(keys, query, scale, top_k, top_k_fn=None):
@@ -268,7 +269,7 @@ class GPSGallery(keras.layers.Layer):
             chunk_size = self.size  # in place, blocks of >= 16 queries
         if chunk_size is None:
             n = max(1, len(query_embeddings))
-            block = batch_size or min(n, QUERY_BLOCK)
+            block = batch_size or min(n, SEARCH_QUERY_BLOCK)
             block = check_int("batch_size", block)
             chunk = max(1, LOGITS_PER_CALL // block)
         else:

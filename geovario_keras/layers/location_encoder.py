@@ -94,39 +94,39 @@ class LocationEncoder(keras.layers.Layer):
         self.projection = EqualEarthProjection(
             dtype="float32", name="equal_earth"
         )
-        self.fourier = []
-        self.hidden = []
-        self.heads = []
+        self.fourier, self.hidden, self.heads = [], [], []
         for i, sigma in enumerate(sigmas):
-            self.fourier.append(
-                RandomFourierFeatures(
-                    sigma,
-                    num_features=num_features,
-                    seed=None if seed is None else seed + i,
-                    dtype=self.dtype_policy,
-                    name=f"rff_{i}",
-                )
+            rff, hidden, head = self._branch(i, sigma, init)
+            self.fourier.append(rff)
+            self.hidden.append(hidden)
+            self.heads.append(head)
+
+    def _branch(self, i, sigma, init):
+        """Branch `i`: its Fourier features, ReLU layers and linear head."""
+        rff = RandomFourierFeatures(
+            sigma,
+            num_features=self.num_features,
+            seed=None if self.seed is None else self.seed + i,
+            dtype=self.dtype_policy,
+            name=f"rff_{i}",
+        )
+        hidden = [
+            keras.layers.Dense(
+                self.hidden_units,
+                activation="relu",
+                dtype=self.dtype_policy,
+                name=f"branch_{i}_dense_{j}",
+                **init(),
             )
-            self.hidden.append(
-                [
-                    keras.layers.Dense(
-                        hidden_units,
-                        activation="relu",
-                        dtype=self.dtype_policy,
-                        name=f"branch_{i}_dense_{j}",
-                        **init(),
-                    )
-                    for j in range(hidden_layers)
-                ]
-            )
-            self.heads.append(
-                keras.layers.Dense(
-                    embed_dim,
-                    dtype=self.dtype_policy,
-                    name=f"branch_{i}_head",
-                    **init(),
-                )
-            )
+            for j in range(self.hidden_layers)
+        ]
+        head = keras.layers.Dense(
+            self.embed_dim,
+            dtype=self.dtype_policy,
+            name=f"branch_{i}_head",
+            **init(),
+        )
+        return rff, hidden, head
 
     @property
     def input_dtype(self):

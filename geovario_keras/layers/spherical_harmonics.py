@@ -11,6 +11,7 @@ import numpy as np
 from keras import ops
 
 from geovario_keras.api_export import register
+from geovario_keras.layers.siren import SirenDense
 from geovario_keras.utils import check_int
 from geovario_keras.utils import check_positive
 from geovario_keras.utils import gps_input_shape
@@ -175,6 +176,23 @@ class SphericalHarmonics(keras.layers.Layer):
         x = ops.reshape(x, (-1, 2))
         lat, lon = x[:, 0], x[:, 1]
         size = self.degree + 1
+        legendre = self._legendre(lat)  # (N, l, m), zero where m > l
+        cos, sin = self._phases(lon)  # (N, m) each, with their weights
+        parts = ops.concatenate(
+            [
+                ops.reshape(legendre * cos[:, None, :], (-1, size * size)),
+                ops.reshape(legendre * sin[:, None, :], (-1, size * size)),
+            ],
+            axis=1,
+        )
+        out = ops.take(parts, ops.convert_to_tensor(self._gather), axis=1)
+        out = ops.reshape(out, tuple(batch_shape) + (size * size,))
+        return ops.cast(out, self.compute_dtype)
+
+    def _legendre(self, lat):
+        """Normalised associated Legendre functions `(N, l, m)` of the
+        colatitude, by the three-term recurrence over the degree."""
+        size = self.degree + 1
         rad = math.pi / 180.0
         # The recurrence runs on the northern hemisphere, |latitude|, in
         # terms of u = 1 - cos(colatitude): near a pole u is tiny and exact
@@ -213,10 +231,15 @@ class SphericalHarmonics(keras.layers.Layer):
             current = current + diag * on_diagonal
             rows.append(current)
             prev2, prev = prev, current
-        legendre = ops.stack(rows, axis=1)  # (N, l, m), zero where m > l
+        legendre = ops.stack(rows, axis=1)
         odd = ops.convert_to_tensor(self._odd)
         south = ops.cast(lat < 0.0, "float32")[:, None, None]
-        legendre = legendre * (1.0 - 2.0 * south * odd[None])
+        return legendre * (1.0 - 2.0 * south * odd[None])
+
+    def _phases(self, lon):
+        """`cos(m phi)` and `sin(m phi)` `(N, m)`, with their weights, from
+        a phase reduced modulo 360 degrees before the radians."""
+        orders = ops.convert_to_tensor(self._orders)
         # m * phi in degrees, reduced modulo 360 before the radians: the
         # whole degrees of the longitude times m are exact integers, so the
         # seam at +-180 is exact and the phase error stays ~1e-7 rad at any
@@ -224,20 +247,11 @@ class SphericalHarmonics(keras.layers.Layer):
         whole = ops.round(lon)
         phase = ops.mod(whole[:, None] * orders[None, :], 360.0)
         phase = phase + (lon - whole)[:, None] * orders[None, :]
-        phase = ops.mod(phase, 360.0) * rad
+        phase = ops.mod(phase, 360.0) * (math.pi / 180.0)
         cos_weights = ops.convert_to_tensor(self._cos_weights)
         cos = ops.cos(phase) * cos_weights[None, :]
         sin = ops.sin(phase) * math.sqrt(2.0)
-        parts = ops.concatenate(
-            [
-                ops.reshape(legendre * cos[:, None, :], (-1, size * size)),
-                ops.reshape(legendre * sin[:, None, :], (-1, size * size)),
-            ],
-            axis=1,
-        )
-        out = ops.take(parts, ops.convert_to_tensor(self._gather), axis=1)
-        out = ops.reshape(out, tuple(batch_shape) + (size * size,))
-        return ops.cast(out, self.compute_dtype)
+        return cos, sin
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + ((self.degree + 1) ** 2,)
@@ -245,87 +259,6 @@ class SphericalHarmonics(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"degree": self.degree})
-        return config
-
-
-@register
-class SirenDense(keras.layers.Layer):
-    """A Dense layer of a SIREN: `sin(w0 * (x W + b))` (Sitzmann et al. 2020).
-
-    SIREN's initialisation keeps the pre-activations of every layer spread
-    over a few periods of the sine whatever the depth: `W` and `b` are
-    uniform in `+-1 / fan_in` for the first layer of a network
-    (`is_first=True`) and in `+-sqrt(6 / fan_in) / w0` otherwise.
-
-    Sitzmann, Martel, Bergman, Lindell & Wetzstein, "Implicit Neural
-    Representations with Periodic Activation Functions", NeurIPS 2020.
-
-    Args:
-        units: int. Output width.
-        w0: float > 0. Frequency factor of the sine (SIREN: 30 for the first
-            layer, 1 after it in the spherical-harmonic encoder).
-        is_first: bool. Use the first layer's initialisation.
-        sine: bool. Apply the sine; `False` gives the network's linear last
-            layer, with the same initialisation.
-        **kwargs: base `keras.layers.Layer` arguments.
-
-    Example:
-
-    >>> layer = SirenDense(8, w0=30.0, is_first=True)
-    >>> y = layer(np.ones((2, 4), "float32"))
-    >>> tuple(y.shape), bool(np.abs(keras.ops.convert_to_numpy(y)).max() <= 1)
-    ((2, 8), True)
-    """
-
-    def __init__(self, units, w0=1.0, is_first=False, sine=True, **kwargs):
-        super().__init__(**kwargs)
-        check_int("units", units)
-        self.units = units
-        self.w0 = check_positive("w0", w0)
-        self.is_first = bool(is_first)
-        self.sine = bool(sine)
-
-    def build(self, input_shape):
-        fan_in = input_shape[-1]
-        if fan_in is None:
-            raise ValueError(
-                "SirenDense needs a known last input dimension; got input "
-                f"shape {input_shape}."
-            )
-        if self.is_first:
-            bound = 1.0 / fan_in
-        else:
-            bound = math.sqrt(6.0 / fan_in) / self.w0
-        # One initializer each: an unseeded Keras initializer reuses the
-        # seed it drew when built, so a shared one would correlate them.
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(fan_in, self.units),
-            initializer=keras.initializers.RandomUniform(-bound, bound),
-        )
-        self.bias = self.add_weight(
-            name="bias",
-            shape=(self.units,),
-            initializer=keras.initializers.RandomUniform(-bound, bound),
-        )
-
-    def call(self, inputs):
-        y = ops.matmul(inputs, self.kernel) + self.bias
-        return ops.sin(self.w0 * y) if self.sine else y
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.units,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "units": self.units,
-                "w0": self.w0,
-                "is_first": self.is_first,
-                "sine": self.sine,
-            }
-        )
         return config
 
 
