@@ -219,6 +219,44 @@ def _start_and_bounds(h, g, h_max, free_alpha):
     return np.clip(p0, lower, upper), lower, upper
 
 
+def _least_squares(h, g, n, family, weighting, f_scale, h_max, amplitude):
+    """The robust weighted least-squares fit of `fit_variogram`.
+
+    Returns `((nugget, psill, length_scale, alpha), message)`, or
+    `(None, reason)` when the optimiser fails.
+    """
+    w = np.sqrt(n / n.mean())
+    free_alpha = family == "stable"
+    alpha0 = models.fixed_alpha(family) or 1.0
+
+    def unpack(p):
+        return p[0], p[1], p[2], (p[3] if free_alpha else alpha0)
+
+    def residual(p):
+        curve = models.evaluate(h, family, *unpack(p))
+        if weighting == "cressie":
+            return w * (g / np.maximum(curve, 1e-6 * amplitude) - 1.0)
+        return w * (curve - g)
+
+    if not f_scale:
+        f_scale = 0.1 if weighting == "cressie" else 0.1 * amplitude
+
+    p0, lower, upper = _start_and_bounds(h, g, h_max, free_alpha)
+    try:
+        result = optimize.least_squares(
+            residual,
+            p0,
+            bounds=(lower, upper),
+            loss="soft_l1",
+            f_scale=f_scale,
+        )
+    except Exception as e:  # pragma: no cover - scipy internal failure
+        return None, f"optimiser error: {e}"
+    if not (result.success and np.all(np.isfinite(result.x))):
+        return None, f"optimiser failed: {result.message}"
+    return tuple(float(v) for v in unpack(result.x)), str(result.message)
+
+
 def fit_variogram(
     centers_km,
     gamma,
@@ -297,40 +335,14 @@ def fit_variogram(
     if reason is not None:
         return _fallback(family, reason, h.size, warn)
 
-    w = np.sqrt(n / n.mean())
     amplitude = float(g.max() - g.min())
     h_max = max_length_scale_km or 4.0 * float(h.max())
-    free_alpha = family == "stable"
-    alpha0 = models.fixed_alpha(family) or 1.0
-
-    def unpack(p):
-        return p[0], p[1], p[2], (p[3] if free_alpha else alpha0)
-
-    def residual(p):
-        curve = models.evaluate(h, family, *unpack(p))
-        if weighting == "cressie":
-            return w * (g / np.maximum(curve, 1e-6 * amplitude) - 1.0)
-        return w * (curve - g)
-
-    if not f_scale:
-        f_scale = 0.1 if weighting == "cressie" else 0.1 * amplitude
-
-    p0, lower, upper = _start_and_bounds(h, g, h_max, free_alpha)
-    try:
-        result = optimize.least_squares(
-            residual,
-            p0,
-            bounds=(lower, upper),
-            loss="soft_l1",
-            f_scale=f_scale,
-        )
-    except Exception as e:  # pragma: no cover - scipy internal failure
-        return _fallback(family, f"optimiser error: {e}", h.size, warn)
-    if not (result.success and np.all(np.isfinite(result.x))):
-        return _fallback(
-            family, f"optimiser failed: {result.message}", h.size, warn
-        )
-    nugget, psill, length, alpha = (float(v) for v in unpack(result.x))
+    params, message = _least_squares(
+        h, g, n, family, weighting, f_scale, h_max, amplitude
+    )
+    if params is None:
+        return _fallback(family, message, h.size, warn)
+    nugget, psill, length, alpha = params
     if psill <= 1e-9 * max(amplitude, 1e-12):
         return _fallback(
             family,
@@ -351,6 +363,6 @@ def fit_variogram(
         alpha=alpha,
         rmse=float(np.sqrt(np.sum(n * (fitted - g) ** 2) / np.sum(n))),
         converged=True,
-        message=str(result.message),
+        message=message,
         num_bins=int(h.size),
     )
