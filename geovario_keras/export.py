@@ -47,6 +47,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from geovario_keras.model import GeoCLIP
 from geovario_keras.retrieval import RetrievalOptions
 
 SIGNATURES = ("predict_gps", "encode_image", "encode_location")
@@ -125,8 +126,6 @@ def _input_spec(model, input_signature):
 
 
 def _check_exportable(model, top_k):
-    from geovario_keras.model import GeoCLIP
-
     if not isinstance(model, GeoCLIP):
         raise ValueError(
             f"`model` must be a `gv.GeoCLIP`; got {type(model).__name__}."
@@ -319,7 +318,9 @@ def _main(argv=None):
     args = parser.parse_args(argv)
     if keras.backend.backend() not in ("tensorflow", "jax"):
         parser.error("run with KERAS_BACKEND=tensorflow or jax")
-    import geovario_keras  # noqa: F401  (registers the classes)
+    # Registers every serializable class (the model imports most; the
+    # location encoders other than GeoCLIP's live in `layers`).
+    import geovario_keras.layers  # noqa: F401
 
     model = keras.saving.load_model(args.model, compile=False)
     spec = _input_spec(

@@ -157,7 +157,7 @@ def test_raw_and_sincos_have_their_documented_discontinuities():
     # The baselines' known defects, so the docs stay true: raw coordinates
     # have a seam at the antimeridian; sin/cos and raw see a pole as many
     # points.
-    features = gv.layers.coordinate_encoder.coordinate_features
+    features = gv.layers.mlp_location_encoder.coordinate_features
     seam = np.array([[10.0, 180.0], [10.0, -180.0]], "float32")
     raw = to_numpy(features(seam, "raw"))
     assert abs(raw[0, 1] - raw[1, 1]) == pytest.approx(2.0)
@@ -169,7 +169,7 @@ def test_raw_and_sincos_have_their_documented_discontinuities():
 def test_coordinate_features_closed_form():
     gps = random_gps(50, seed=3)
     lat, lon = np.radians(gps[:, 0]), np.radians(gps[:, 1])
-    features = gv.layers.coordinate_encoder.coordinate_features
+    features = gv.layers.mlp_location_encoder.coordinate_features
     expected = {
         "raw": np.stack([gps[:, 0] / 90.0, gps[:, 1] / 180.0], 1),
         "sincos": np.stack(
