@@ -54,7 +54,8 @@ class RecordOrder(keras.callbacks.Callback):
         self.epochs[-1] += [(code // ROWS**j) % ROWS for j in range(BATCH)]
 
 
-def _orders(seed, **fit_kwargs):
+def _rows_and_model(seed, metric):
+    """Row `i` at latitude `i`, random features; a model recording `metric`."""
     keras.utils.set_random_seed(seed)
     gps = np.stack([np.arange(ROWS), np.zeros(ROWS)], 1).astype("float32")
     x = np.random.default_rng(0).normal(size=(ROWS, 8)).astype("float32")
@@ -62,8 +63,13 @@ def _orders(seed, **fit_kwargs):
     model.compile(
         optimizer="adam",
         loss=gv.losses.GeoContrastiveLoss(),
-        metrics=[BatchRows()],
+        metrics=[metric],
     )
+    return x, gps, model
+
+
+def _orders(seed, **fit_kwargs):
+    x, gps, model = _rows_and_model(seed, BatchRows())
     record = RecordOrder()
     model.fit(
         x,
@@ -119,15 +125,7 @@ class WeightMismatch(keras.metrics.Metric):
 
 
 def test_sample_weights_move_with_their_rows():
-    keras.utils.set_random_seed(3)
-    gps = np.stack([np.arange(ROWS), np.zeros(ROWS)], 1).astype("float32")
-    x = np.random.default_rng(0).normal(size=(ROWS, 8)).astype("float32")
-    model = small_geoclip(queue_size=8)
-    model.compile(
-        optimizer="adam",
-        loss=gv.losses.GeoContrastiveLoss(),
-        metrics=[WeightMismatch()],
-    )
+    x, gps, model = _rows_and_model(3, WeightMismatch())
     weights = np.arange(1, ROWS + 1, dtype="float32")
     history = model.fit(
         x, gps, sample_weight=weights, batch_size=BATCH, epochs=2, verbose=0
