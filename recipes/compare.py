@@ -281,18 +281,28 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-for ax, key in zip(axes, ("acc_750km", "acc_2500km", "median_km")):
-    names = [m for m in results if "/" not in m] + [
-        m for m in results if "/" in m
-    ]
+# Every threshold and the median: the method's story is at 25 and 200 km.
+PANELS = [
+    ("acc_25km", "within 25 km (%)"),
+    ("acc_200km", "within 200 km (%)"),
+    ("acc_750km", "within 750 km (%)"),
+    ("acc_2500km", "within 2,500 km (%)"),
+    ("median_km", "median error (km, log scale; lower is better)"),
+]
+fig, axes = plt.subplots(1, len(PANELS), figsize=(22, 5), sharey=True)
+names = [m for m in results if "/" not in m] + [m for m in results if "/" in m]
+for ax, (key, title) in zip(axes, PANELS):
     means = [np.mean([r[key] for r in results[m]]) for m in names]
     stds = [np.std([r[key] for r in results[m]]) for m in names]
     ax.barh(range(len(names)), means, xerr=stds, color="tab:blue")
     ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names if ax is axes[0] else [])
-    ax.set_title(key)
-    ax.invert_yaxis()
+    ax.set_yticklabels([NAMES.get(m, m) for m in names])
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    if key == "median_km":  # from ~70 to ~5,000 km
+        ax.set_xscale("log")
+axes[0].invert_yaxis()
+fig.suptitle("Test accuracy, mean and spread over seeds")
 fig.tight_layout()
 png = os.path.join(args.out, "results.png")
 fig.savefig(png, dpi=100)
