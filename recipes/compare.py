@@ -287,7 +287,7 @@ PANELS = [
     ("acc_200km", "within 200 km (%)"),
     ("acc_750km", "within 750 km (%)"),
     ("acc_2500km", "within 2,500 km (%)"),
-    ("median_km", "median error (km, log scale; lower is better)"),
+    ("median_km", "median error (km, log scale)"),
 ]
 fig, axes = plt.subplots(1, len(PANELS), figsize=(22, 5), sharey=True)
 names = [m for m in results if "/" not in m] + [m for m in results if "/" in m]
