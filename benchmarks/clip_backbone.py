@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 
-import common
+import harness
 import keras
 import numpy as np
 
@@ -99,7 +99,7 @@ def main():
         return getattr(out, "pooler_output", out).numpy()
 
     # Warm-ups (compilation) apart, then the two take turns.
-    median, warm = common.taking_turns(
+    median, warm = harness.taking_turns(
         {"ours": ours, "transformers": theirs}, args.repeats
     )
     a = ours()
@@ -117,7 +117,7 @@ def main():
         "load_s": load_s,
         "max_abs_diff_normalised": float(np.abs(a - b).max()),
         "torch_threads": torch.get_num_threads(),
-        "machine": common.machine(),
+        "machine": harness.machine(),
     }
     print(
         f"{args.size} on {result['backend']}: ours "
@@ -127,7 +127,7 @@ def main():
         f"{warm['ours']:.1f} s / {warm['transformers']:.1f} s; load "
         f"{load_s:.1f} s; max |diff| {result['max_abs_diff_normalised']:.1e}"
     )
-    common.emit(result, args.json)
+    harness.emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ Run: `KERAS_BACKEND=jax python benchmarks/encoder.py --impl keras`.
 import os
 import time
 
-import common
+import harness
 import numpy as np
 
 
@@ -49,7 +49,7 @@ def bench_reference(args, gallery):
 
     from geovario_keras.testing import reference_geoclip as geoclip_ref
 
-    device = common.torch_device()
+    device = harness.torch_device()
     model = geoclip_ref.reference_geoclip(args.wheel).to(device).eval()
     encoder = model.location_encoder
     n = len(gallery)
@@ -61,9 +61,9 @@ def bench_reference(args, gallery):
                 encoder(x[i : i + args.batch]) for i in range(0, n, args.batch)
             ]
 
-    common.reset_peak_memory()
-    seconds, warmup = common.timed(encode, args.repeats, common.torch_sync)
-    encode_memory = common.peak_memory_mib()
+    harness.reset_peak_memory()
+    seconds, warmup = harness.timed(encode, args.repeats, harness.torch_sync)
+    encode_memory = harness.peak_memory_mib()
 
     # The reference `predict`, from the features on: forward over the whole
     # gallery buffer, softmax, top-k (GeoCLIP.predict's own lines).
@@ -77,15 +77,15 @@ def bench_reference(args, gallery):
             top = torch.topk(probs, 5, dim=1)
             return model.gps_gallery.index_select(0, top.indices[0]).cpu()
 
-    common.reset_peak_memory()
-    query_s, query_warmup = common.timed(predict, args.repeats)
+    harness.reset_peak_memory()
+    query_s, query_warmup = harness.timed(predict, args.repeats)
     return {
         "encode_s": seconds,
         "encode_warmup_s": warmup,
         "encode_memory_mib": encode_memory,
         "query_s": query_s,
         "query_warmup_s": query_warmup,
-        "query_memory_mib": common.peak_memory_mib(),
+        "query_memory_mib": harness.peak_memory_mib(),
     }
 
 
@@ -122,12 +122,12 @@ def bench_keras(args, gallery):
         )
         return embeddings["gallery"]
 
-    common.reset_peak_memory()
-    seconds, warmup = common.timed(encode, args.repeats)
+    harness.reset_peak_memory()
+    seconds, warmup = harness.timed(encode, args.repeats)
     result.update(
         encode_s=seconds,
         encode_warmup_s=warmup,
-        encode_memory_mib=common.peak_memory_mib(),
+        encode_memory_mib=harness.peak_memory_mib(),
         points=len(gallery),
     )
 
@@ -145,20 +145,20 @@ def bench_keras(args, gallery):
     # Per-query latency over the cached gallery (the embeddings just made).
     model.gallery.set(gallery, embeddings["gallery"])
     features = np.random.default_rng(0).normal(size=(1, 768)).astype("float32")
-    common.reset_peak_memory()
-    query_s, query_warmup = common.timed(
+    harness.reset_peak_memory()
+    query_s, query_warmup = harness.timed(
         lambda: model.predict_gps(features, top_k=5), max(args.repeats, 10)
     )
     result.update(
         query_s=query_s,
         query_warmup_s=query_warmup,
-        query_memory_mib=common.peak_memory_mib(),
+        query_memory_mib=harness.peak_memory_mib(),
     )
     return result
 
 
 def main():
-    parser = common.implementation_parser(__doc__)
+    parser = harness.implementation_parser(__doc__)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--queries", type=int, default=2000)
@@ -188,11 +188,11 @@ def main():
         repeats=args.repeats,
         points_per_s=result["points"] / result["encode_s"],
         gflops=result["points"]
-        * common.FLOP_PER_POINT
+        * harness.FLOP_PER_POINT
         / result["encode_s"]
         / 1e9,
     )
-    common.emit(result, args.json)
+    harness.emit(result, args.json)
 
 
 def gv_backend():

@@ -12,14 +12,14 @@ Run: `KERAS_BACKEND=jax python benchmarks/interleaved.py`.
 
 import argparse
 
-import common
+import harness
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--points", type=int, default=16384)
     parser.add_argument("--batch", type=int, default=4096)
-    args = common.add_common_args(parser).parse_args()
+    args = harness.add_standard_args(parser).parse_args()
     args.repeats = max(args.repeats, 3)
 
     import keras
@@ -29,7 +29,7 @@ def main():
     from geovario_keras.testing import reference_geoclip as geoclip_ref
 
     gallery = gv.pretrained.load_geoclip_gallery(args.wheel)[: args.points]
-    device = common.torch_device()
+    device = harness.torch_device()
     ref = geoclip_ref.reference_location_encoder(args.wheel).to(device)
     x = torch.from_numpy(gallery).to(device)
     model = gv.pretrained.geoclip_model(args.wheel, gallery=False, queue_size=0)
@@ -39,16 +39,16 @@ def main():
             out = [
                 ref(x[i : i + args.batch]) for i in range(0, len(x), args.batch)
             ]
-        return common.torch_sync(out)
+        return harness.torch_sync(out)
 
     def ours():
         return model.encode_location(gallery, batch_size=args.batch)
 
-    median, _ = common.taking_turns(
+    median, _ = harness.taking_turns(
         {"reference": reference, "ours": ours}, args.repeats
     )
     ref_s, ours_s = median["reference"], median["ours"]
-    common.emit(
+    harness.emit(
         {
             "benchmark": "interleaved",
             "backend": keras.backend.backend(),

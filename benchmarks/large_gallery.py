@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-import common
+import harness
 
 GIB = 2**30
 
@@ -60,13 +60,13 @@ def measure(points, dim, queries, repeats):
         "gallery_mib": round(stored_mib),
     }
 
-    common.reset_peak_memory()
-    before = common.current_rss_mib()
+    harness.reset_peak_memory()
+    before = harness.current_rss_mib()
     start = time.perf_counter()
     model.set_gallery(gps, verbose=0)
     result["set_gallery_s"] = round(time.perf_counter() - start, 1)
     result["set_gallery_peak_mib"] = round(
-        common.peak_memory_mib()["host_rss"] - before
+        harness.peak_memory_mib()["host_rss"] - before
     )
     del gps
 
@@ -80,12 +80,12 @@ def measure(points, dim, queries, repeats):
         last["ours"] = model.gallery.search(q, scale, top_k=5)  # default
         return last["ours"]
 
-    common.reset_peak_memory()
-    before = common.current_rss_mib()
-    one, _ = common.timed(lambda: search(img[:1]), repeats)
-    batch, _ = common.timed(lambda: search(img), repeats)
+    harness.reset_peak_memory()
+    before = harness.current_rss_mib()
+    one, _ = harness.timed(lambda: search(img[:1]), repeats)
+    batch, _ = harness.timed(lambda: search(img), repeats)
     result["search_peak_mib"] = round(
-        common.peak_memory_mib()["host_rss"] - before
+        harness.peak_memory_mib()["host_rss"] - before
     )
     result["one_query_ms"] = round(one * 1e3, 1)
     result["queries_per_s"] = round(queries / batch)
@@ -111,8 +111,8 @@ def measure(points, dim, queries, repeats):
         last["numpy"] = best_v, best_i
         return best_v, best_i
 
-    one_np, _ = common.timed(lambda: numpy_search(img[:1]), repeats)
-    batch_np, _ = common.timed(lambda: numpy_search(img), repeats)
+    one_np, _ = harness.timed(lambda: numpy_search(img[:1]), repeats)
+    batch_np, _ = harness.timed(lambda: numpy_search(img), repeats)
     result["numpy_one_query_ms"] = round(one_np * 1e3, 1)
     result["numpy_queries_per_s"] = round(queries / batch_np)
     index, want = last["ours"][1], last["numpy"][1]  # the batch's top-5
@@ -149,15 +149,15 @@ def main():
     parser.add_argument("--queries", type=int, default=256)
     parser.add_argument("--backends", nargs="*", default=None)
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
-    common.add_common_args(parser)
+    harness.add_standard_args(parser)
     args = parser.parse_args()
     if args.single:  # one size, this process
         result = measure(args.points[0], args.dim, args.queries, args.repeats)
-        common.emit(result, args.json)
+        harness.emit(result, args.json)
         return
     backends = args.backends or [os.environ.get("KERAS_BACKEND", "jax")]
     rows = []
-    print(common.machine())
+    print(harness.machine())
     for backend in backends:
         for points in args.points or (1_000_000, 10_000_000):
             cmd = [

@@ -1,7 +1,7 @@
 """Location encoders side by side: throughput, training step, accuracy.
 
 On the backend named by `KERAS_BACKEND`, in one process, for each encoder
-at the demo's size (`recipes/common.location_encoder`: width 256, depth 2,
+at the demo's size (`recipes/harness.location_encoder`: width 256, depth 2,
 128-d output) and for GeoCLIP's full-size Fourier encoder:
 
 - **encode**: points per second of `inference.embed` (what
@@ -24,25 +24,21 @@ Run: `KERAS_BACKEND=jax python benchmarks/location_encoders.py --accuracy`.
 import argparse
 import json
 import os
+import sys
 
-import common
+import harness
 import keras
 import numpy as np
 
-from geovario_keras import inference
+sys.path.insert(0, os.path.join(harness.ROOT, "recipes"))
+import experiment  # noqa: E402
+
+from geovario_keras import inference  # noqa: E402
 
 
 def _recipe_encoder(name, seed=0):
-    # recipes/common.py is a different module named `common`: load it by
-    # path so the demo's exact encoder configurations are measured.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "recipes_common", os.path.join(common.ROOT, "recipes", "common.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.location_encoder(name, seed), module.ENCODERS
+    # The demo's exact encoder configurations are measured.
+    return experiment.location_encoder(name, seed), experiment.ENCODERS
 
 
 def uniform_points(n, seed=0):
@@ -55,7 +51,7 @@ def uniform_points(n, seed=0):
 def measure(encoder, points, batch, repeats):
     encoder.build((None, 2))
     dim = encoder.embed_dim
-    encode_s, encode_warm = common.timed(
+    encode_s, encode_warm = harness.timed(
         lambda: inference.embed(encoder, points, dim, 4096), repeats
     )
     inputs = keras.Input((2,))
@@ -63,7 +59,7 @@ def measure(encoder, points, batch, repeats):
     model.compile(optimizer="adam", loss="mse")
     x = points[:batch]
     y = np.zeros((batch, dim), "float32")
-    step_s, step_warm = common.timed(
+    step_s, step_warm = harness.timed(
         lambda: model.train_on_batch(x, y), repeats * 5
     )
     return {
@@ -127,7 +123,7 @@ def main():
     args = parser.parse_args()
     import geovario_keras as gv
 
-    print(f"backend {keras.backend.backend()}; {common.machine()}")
+    print(f"backend {keras.backend.backend()}; {harness.machine()}")
     points = uniform_points(args.points)
     rows = []
     for name in args.encoders:

@@ -15,7 +15,7 @@ import argparse
 import os
 import time
 
-import common
+import harness
 
 SHAPE = (4096, 1024, 1024)
 
@@ -26,10 +26,10 @@ def kernel(backend, dtype, rows):
     if backend == "torch":
         import torch
 
-        device = common.torch_device()
+        device = harness.torch_device()
         a = torch.randn(n, k, device=device).to(getattr(torch, dtype))
         b = torch.randn(k, m, device=device).to(getattr(torch, dtype))
-        return lambda: common.torch_sync(a @ b)
+        return lambda: harness.torch_sync(a @ b)
     if backend == "jax":
         import jax
         import jax.numpy as jnp
@@ -53,7 +53,7 @@ def main():
         "--dtypes", nargs="+", default=["float32", "bfloat16", "float16"]
     )
     parser.add_argument("--max-seconds", type=float, default=1.0)
-    args = common.add_common_args(parser).parse_args()
+    args = harness.add_standard_args(parser).parse_args()
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     _, k, m = SHAPE
     for dtype in args.dtypes:
@@ -67,8 +67,8 @@ def main():
         if per_row * rows > args.max_seconds:
             rows = max(64, int(args.max_seconds / per_row) // 64 * 64)
         fn = kernel(backend, dtype, rows)
-        seconds, _ = common.timed(fn, max(args.repeats, 5))
-        common.emit(
+        seconds, _ = harness.timed(fn, max(args.repeats, 5))
+        harness.emit(
             {
                 "benchmark": "matmul",
                 "backend": backend,

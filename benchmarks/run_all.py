@@ -31,7 +31,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import common  # noqa: E402
+import harness  # noqa: E402
 
 GOALS = {
     "fp32": 0.95,
@@ -337,9 +337,9 @@ def main():
     if args.quick:
         args.points, args.repeats, args.steps = 20_000, 2, 1
         args.policies = ["float32"]
-    if not os.path.exists(common.DEFAULT_WHEEL):
+    if not os.path.exists(harness.DEFAULT_WHEEL):
         sys.exit(
-            f"The geoclip wheel is missing ({common.DEFAULT_WHEEL}); run "
+            f"The geoclip wheel is missing ({harness.DEFAULT_WHEEL}); run "
             "`make install` (it downloads it, hash pinned) or set "
             "GEOVARIO_GEOCLIP_WHEEL."
         )
@@ -352,7 +352,7 @@ def main():
     common_args = ["--repeats", str(args.repeats)]
     failures = []
     start = time.perf_counter()
-    print(f"[run_all] {common.machine()}", flush=True)
+    print(f"[run_all] {harness.machine()}", flush=True)
     with open(os.path.join(out, "log.txt"), "w") as log:
 
         def job(script, backend, extra):
@@ -390,7 +390,7 @@ def main():
             results = [json.loads(line) for line in f if line.strip()]
     text = tables(results, save, failures)
     header = (
-        f"Machine: {common.machine()}\n"
+        f"Machine: {harness.machine()}\n"
         f"Settings: points {args.points}, repeats {args.repeats} (median), "
         f"train steps per repeat {args.steps}; total "
         f"{time.perf_counter() - start:.0f} s\n"

@@ -27,7 +27,7 @@ import io
 import statistics
 import time
 
-import common
+import harness
 import numpy as np
 
 BATCH = 512
@@ -48,7 +48,7 @@ def bench_reference(args, gallery):
 
     from geovario_keras.testing import reference_geoclip as geoclip_ref
 
-    device = common.torch_device()
+    device = harness.torch_device()
     model = geoclip_ref.reference_geoclip(args.wheel, queue_size=QUEUE)
     model = model.to(device).train()
     train = geoclip_ref.reference_train_function(args.wheel)
@@ -65,9 +65,9 @@ def bench_reference(args, gallery):
             with contextlib.redirect_stderr(io.StringIO()):
                 train(loader, model, optimizer, 0, BATCH, device)
 
-    common.reset_peak_memory()
-    seconds, warmup = common.timed(epoch, args.repeats, common.torch_sync)
-    return seconds / args.steps, warmup, common.peak_memory_mib()
+    harness.reset_peak_memory()
+    seconds, warmup = harness.timed(epoch, args.repeats, harness.torch_sync)
+    return seconds / args.steps, warmup, harness.peak_memory_mib()
 
 
 def keras_model(args, gallery, loss_name):
@@ -135,8 +135,8 @@ def bench_keras(args, gallery):
     models, memory = {}, {}
     for name in args.loss:
         times[name] = []
-        common.reset_peak_memory()
-        before = common.current_rss_mib()
+        harness.reset_peak_memory()
+        before = harness.current_rss_mib()
         models[name] = keras_model(args, gallery, name)
         models[name].fit(  # warm-up: compilation
             x,
@@ -147,7 +147,7 @@ def bench_keras(args, gallery):
             verbose=0,
             callbacks=[EpochTimer(name)],
         )
-        memory[name] = common.peak_memory_mib()
+        memory[name] = harness.peak_memory_mib()
         memory[name]["host_increase"] = memory[name]["host_rss"] - before
     for _ in range(args.repeats):
         for name, model in models.items():
@@ -175,7 +175,7 @@ def bench_keras(args, gallery):
 
 
 def main():
-    parser = common.implementation_parser(__doc__)
+    parser = harness.implementation_parser(__doc__)
     parser.add_argument(
         "--loss",
         nargs="+",
@@ -205,7 +205,7 @@ def main():
     }
     if args.impl == "reference":
         step, warmup, memory = bench_reference(args, gallery)
-        common.emit(
+        harness.emit(
             dict(
                 base,
                 name="reference PyTorch",
@@ -222,7 +222,7 @@ def main():
     import keras
 
     for loss, (step, warmup, memory, jit) in bench_keras(args, gallery).items():
-        common.emit(
+        harness.emit(
             dict(
                 base,
                 name="geovario-keras",

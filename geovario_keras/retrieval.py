@@ -55,11 +55,11 @@ class RetrievalOptions:
     """Settings of `"reference"` and `"hybrid"` prediction.
 
     The defaults were chosen on validation splits of the default Blue
-    Marble training set (`benchmarks/retrieval_options.py`; the test split
-    was not used; BENCHMARKS.md). 10 mean-shift steps take `"reference"`
-    from 0 % to 8-10 % within 25 km; a bandwidth of 100 km placed more
-    images within 25 km than 50, 75 or 150 km, with no loss at
-    200-2500 km; 128 gallery candidates did better than 32. The hybrid's
+    Marble training set (`benchmarks/studies/retrieval_options.py`; the
+    test split was not used; BENCHMARKS.md). 10 mean-shift steps take
+    `"reference"` from 0 % to 8-10 % within 25 km; a bandwidth of 100 km
+    placed more images within 25 km than 50, 75 or 150 km, with no loss
+    at 200-2500 km; 128 gallery candidates did better than 32. The hybrid's
     `location_weight`: over two splits and both losses, every weight from
     0.02 to 1 cost accuracy within 25 km (1: 2-3 points fewer than the
     density alone; the location encoder's scores differ more between

@@ -43,10 +43,11 @@ import sys
 import time
 
 import keras
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import baselines  # noqa: E402
+import experiment  # noqa: E402
+import reporting  # noqa: E402
 
 import geovario_keras as gv  # noqa: E402
 
@@ -59,27 +60,27 @@ parser.add_argument("--epochs", type=int, default=None)
 parser.add_argument(
     "--methods",
     nargs="+",
-    default=list(common.DEMO_METHODS),
-    choices=common.METHODS,
+    default=list(experiment.DEMO_METHODS),
+    choices=experiment.METHODS,
     help="losses to train (default: %(default)s; 'robinson' on request)",
 )
 parser.add_argument(
     "--encoders",
     nargs="+",
     default=["fourier"],
-    choices=common.ENCODERS,
+    choices=experiment.ENCODERS,
     help="location encoders: every one besides 'fourier' (GeoCLIP's, used by "
     "all methods) is trained with the plain and the semivariogram loss",
 )
 parser.add_argument(
     "--false-range-km",
-    type=common.false_range_km,
-    default=common.DEMO_FALSE_RANGE_KM,
+    type=experiment.false_range_km,
+    default=experiment.DEMO_FALSE_RANGE_KM,
     help="false-negative range of the semivariogram losses, km, or 'fitted' "
     "(the fitted effective range, the package default); default: "
     "%(default)s, chosen on validation (BENCHMARKS.md)",
 )
-parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+parser.add_argument("--data-dir", default=experiment.DEFAULT_DATA_DIR)
 parser.add_argument(
     "--num-places", type=int, default=None, help="smaller data (smoke runs)"
 )
@@ -115,7 +116,7 @@ builder = gv.data.blue_marble(
 train = gv.data.as_arrays(builder, "train")
 test = gv.data.as_arrays(builder, "test")
 meta = dict(builder.info.metadata)
-gallery = common.gallery_for(test["gps"])
+gallery = experiment.gallery_for(test["gps"])
 print(
     f"train {len(train['gps'])}, test {len(test['gps'])} "
     f"(>= {meta['min_train_test_distance_km']:.0f} km from train), patches "
@@ -125,8 +126,8 @@ print(
 
 # ## 2. Baselines that need no training
 results = {
-    "constant": [common.constant_baseline(train, test)],
-    "nearest_neighbour": [common.nearest_neighbour_baseline(train, test)[0]],
+    "constant": [baselines.constant_baseline(train, test)],
+    "nearest_neighbour": [baselines.nearest_neighbour_baseline(train, test)[0]],
 }
 
 # ## 3. The losses, same model and budget, several seeds; plain
@@ -137,7 +138,7 @@ OTHER_ENCODERS = [e for e in args.encoders if e != "fourier"]
 first_sv = None
 for seed in args.seeds:
     for method in args.methods:
-        model, history, seconds, callbacks = common.train(
+        model, history, seconds, callbacks = experiment.train(
             method,
             train,
             seed,
@@ -145,7 +146,7 @@ for seed in args.seeds:
             verbose=0,
             false_range_km=args.false_range_km,
         )
-        report, coords, _ = common.evaluate(model, test, gallery)
+        report, coords, _ = experiment.evaluate(model, test, gallery)
         report["train_s"] = seconds
         if callbacks:
             fit = callbacks[0].last_fit
@@ -153,11 +154,11 @@ for seed in args.seeds:
             for key in ("false_negative_frac", "hard_negative_frac"):
                 report[key] = history.history[key][-1]
         results.setdefault(method, []).append(report)
-        line = f"seed {seed} {method:>14}: " + common.summary(report)
+        line = f"seed {seed} {method:>14}: " + reporting.summary(report)
         if method in AUGMENTED:
             model.set_reference(train["image"], train["gps"], verbose=0)
             for mode in ("reference", "hybrid"):
-                r, _, _ = common.evaluate(model, test, mode=mode)
+                r, _, _ = experiment.evaluate(model, test, mode=mode)
                 results.setdefault(f"{method}/{mode}", []).append(r)
                 line += f" | {mode} acc@25 {r['acc_25km']:.1f}"
         print(line + f" ({seconds:.0f} s)")
@@ -166,7 +167,7 @@ for seed in args.seeds:
     # Other location encoders: same image tower, data, budget and seed.
     for encoder in OTHER_ENCODERS:
         for method in AUGMENTED:
-            model, history, seconds, _ = common.train(
+            model, history, seconds, _ = experiment.train(
                 method,
                 train,
                 seed,
@@ -175,12 +176,12 @@ for seed in args.seeds:
                 encoder=encoder,
                 false_range_km=args.false_range_km,
             )
-            report, _, _ = common.evaluate(model, test, gallery)
+            report, _, _ = experiment.evaluate(model, test, gallery)
             report["train_s"] = seconds
             results.setdefault(f"{method}@{encoder}", []).append(report)
             print(
                 f"seed {seed} {method}@{encoder}: "
-                + common.summary(report)
+                + reporting.summary(report)
                 + f" ({seconds:.0f} s)"
             )
 
@@ -195,17 +196,17 @@ KEYS = [
     ("acc_country", "country"),
     ("acc_region", "region"),
 ]
-NAMES = dict(common.METHODS)
+NAMES = dict(experiment.METHODS)
 NAMES["nearest_neighbour"] = "1-NN raw pixels (no training)"
 NAMES["constant"] = "constant: the train medoid"
 for method in AUGMENTED:
     for mode in ("reference", "hybrid"):
         NAMES[f"{method}/{mode}"] = f"{NAMES[method]}, {mode} prediction"
-    for encoder in common.ENCODERS:
+    for encoder in experiment.ENCODERS:
         NAMES[f"{method}@{encoder}"] = (
-            f"{NAMES[method]}, location encoder: {common.ENCODERS[encoder]}"
+            f"{NAMES[method]}, location encoder: {experiment.ENCODERS[encoder]}"
         )
-table = common.markdown_table(results, KEYS, NAMES)
+table = reporting.markdown_table(results, KEYS, NAMES)
 setting = (
     f"Blue Marble `{builder.builder_config.name}`: {len(train['gps'])} train /"
     f" {len(test['gps'])} test patches of {meta['patch_size']} px at "
@@ -226,26 +227,26 @@ setting = (
 )
 # Seeds move every method a lot (the same seed gives the same
 # initialisation and data order), so compare seed by seed.
-paired = common.paired_lines(results, args.methods, NAMES)
+paired = reporting.paired_lines(results, args.methods, NAMES)
 print("\n" + table + "\n\n" + setting + "\n\n" + paired)
 
 blocks_table = ""
 if args.blocks_seeds:
-    b_builder, b_train, b_test = common.load_blue_marble(
+    b_builder, b_train, b_test = experiment.load_blue_marble(
         data_dir=args.data_dir, config="blocks"
     )
     b_meta = dict(b_builder.info.metadata)
-    b_gallery = common.gallery_for(b_test["gps"])
+    b_gallery = experiment.gallery_for(b_test["gps"])
     b_results = {
-        "constant": [common.constant_baseline(b_train, b_test)],
+        "constant": [baselines.constant_baseline(b_train, b_test)],
         "nearest_neighbour": [
-            common.nearest_neighbour_baseline(b_train, b_test)[0]
+            baselines.nearest_neighbour_baseline(b_train, b_test)[0]
         ],
     }
     for seed in args.blocks_seeds:
         for encoder in ["fourier"] + OTHER_ENCODERS:
             for method in AUGMENTED:
-                model, _, _, _ = common.train(
+                model, _, _, _ = experiment.train(
                     method,
                     b_train,
                     seed,
@@ -254,12 +255,12 @@ if args.blocks_seeds:
                     encoder=encoder,
                     false_range_km=args.false_range_km,
                 )
-                r, _, _ = common.evaluate(model, b_test, b_gallery)
+                r, _, _ = experiment.evaluate(model, b_test, b_gallery)
                 key = method if encoder == "fourier" else f"{method}@{encoder}"
                 b_results.setdefault(key, []).append(r)
-                print(f"blocks seed {seed} {key:>14}: " + common.summary(r))
+                print(f"blocks seed {seed} {key:>14}: " + reporting.summary(r))
     blocks_table = (
-        common.markdown_table(b_results, KEYS, NAMES)
+        reporting.markdown_table(b_results, KEYS, NAMES)
         + f"\n\nBlue Marble `blocks` (spatial generalisation): "
         f"{len(b_train['gps'])} train / {len(b_test['gps'])} test patches of "
         f"{b_meta['patch_size']} px at {b_meta['spacing_km']:.0f} km/px; "
@@ -276,43 +277,15 @@ with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump({"setting": setting, "results": results}, f, indent=1)
 
 # ## 5. Plots: the metrics with their spread, and the fitted variogram
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-# Every threshold and the median: the method's story is at 25 and 200 km.
-PANELS = [
-    ("acc_25km", "within 25 km (%)"),
-    ("acc_200km", "within 200 km (%)"),
-    ("acc_750km", "within 750 km (%)"),
-    ("acc_2500km", "within 2,500 km (%)"),
-    ("median_km", "median error (km, log scale)"),
-]
-fig, axes = plt.subplots(1, len(PANELS), figsize=(22, 5), sharey=True)
-names = [m for m in results if "/" not in m] + [m for m in results if "/" in m]
-for ax, (key, title) in zip(axes, PANELS):
-    means = [np.mean([r[key] for r in results[m]]) for m in names]
-    stds = [np.std([r[key] for r in results[m]]) for m in names]
-    ax.barh(range(len(names)), means, xerr=stds, color="tab:blue")
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels([NAMES.get(m, m) for m in names])
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
-    if key == "median_km":  # from ~70 to ~5,000 km
-        ax.set_xscale("log")
-axes[0].invert_yaxis()
-fig.suptitle("Test accuracy, mean and spread over seeds")
-fig.tight_layout()
-png = os.path.join(args.out, "results.png")
-fig.savefig(png, dpi=100)
-plt.close(fig)
+png = reporting.results_figure(
+    results, NAMES, os.path.join(args.out, "results.png")
+)
 outputs = [os.path.join(args.out, "results.md"), png]
 if first_sv is not None:
     model, callback, coords = first_sv
     errors = gv.geo.haversine_km(coords[:, 0], test["gps"])
     outputs.append(
-        common.error_map(
+        reporting.error_map(
             test["gps"],
             keras.ops.convert_to_numpy(errors),
             os.path.join(args.out, "error_map.png"),

@@ -17,7 +17,7 @@ import sys
 import keras
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import experiment  # noqa: E402
 
 import geovario_keras as gv  # noqa: E402
 
@@ -32,13 +32,13 @@ parser.add_argument(
     help="use the gallery saved in the model instead of the GeoNames one",
 )
 parser.add_argument("--full", action="store_true")
-parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+parser.add_argument("--data-dir", default=experiment.DEFAULT_DATA_DIR)
 args = parser.parse_args()
 
 model = keras.saving.load_model(args.model, compile=False)
-_, _, test = common.load_blue_marble(args.full, args.data_dir)
+_, _, test = experiment.load_blue_marble(args.full, args.data_dir)
 if not args.keep_gallery:
-    model.set_gallery(common.gallery_for(test["gps"]), verbose=0)
+    model.set_gallery(experiment.gallery_for(test["gps"]), verbose=0)
 coords, probs = model.predict_gps(test["image"], top_k=args.top_k)
 report = gv.metrics.geolocation_report(
     coords[:, 0],

@@ -38,7 +38,8 @@ import keras
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import experiment  # noqa: E402
+import reporting  # noqa: E402
 
 import geovario_keras as gv  # noqa: E402
 
@@ -81,7 +82,7 @@ parser.add_argument(
     metavar=("N_TRAIN", "N_TEST"),
     help="first write a Blue Marble corpus of this size into --corpus",
 )
-parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+parser.add_argument("--data-dir", default=experiment.DEFAULT_DATA_DIR)
 parser.add_argument("--out", default=os.path.join("artifacts", "finetune"))
 parser.add_argument("--export", default="", help="SavedModel base folder")
 parser.add_argument(
@@ -172,7 +173,7 @@ def score(name, mode="gallery"):
         admin_levels=True,
         true_labels={k: test[k] for k in gv.metrics.ADMIN_LEVELS},
     )
-    print(f"{name:<32} {common.summary(report)}")
+    print(f"{name:<32} {reporting.summary(report)}")
     return report
 
 
@@ -207,7 +208,7 @@ model.set_reference(train["image"], train["gps"], verbose=0)
 results["fine-tuned, hybrid"] = [score("fine-tuned, hybrid", mode="hybrid")]
 keys = [(f"acc_{t}km", f"{t} km %") for t in (25, 200, 750, 2500)]
 keys += [("median_km", "median km"), ("acc_country", "country %")]
-print(common.markdown_table(results, keys, {k: k for k in results}))
+print(reporting.markdown_table(results, keys, {k: k for k in results}))
 
 # ## 5. Save (never over an earlier run unless --overwrite)
 os.makedirs(args.out, exist_ok=True)

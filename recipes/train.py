@@ -23,7 +23,8 @@ import keras
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import experiment  # noqa: E402
+import reporting  # noqa: E402
 
 import geovario_keras as gv  # noqa: E402
 
@@ -31,13 +32,13 @@ sys.stdout.reconfigure(line_buffering=True)  # progress shows in logs too
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument(
-    "--method", default="semivariogram", choices=list(common.METHODS)
+    "--method", default="semivariogram", choices=list(experiment.METHODS)
 )
 parser.add_argument("--epochs", type=int, default=8)
 parser.add_argument(
     "--false-range-km",
-    type=common.false_range_km,
-    default=common.DEMO_FALSE_RANGE_KM,
+    type=experiment.false_range_km,
+    default=experiment.DEMO_FALSE_RANGE_KM,
     help="false-negative range of the semivariogram losses, km, or 'fitted' "
     "(the package default); default: %(default)s, as in compare.py",
 )
@@ -48,7 +49,7 @@ parser.add_argument(
     action="store_true",
     help="train on every local device (JAX or TensorFlow)",
 )
-parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+parser.add_argument("--data-dir", default=experiment.DEFAULT_DATA_DIR)
 parser.add_argument("--out", default=os.path.join("artifacts", "train"))
 parser.add_argument("--export", default="", help="SavedModel base folder")
 args = parser.parse_args()
@@ -56,14 +57,14 @@ os.makedirs(args.out, exist_ok=True)
 print(f"backend: {keras.backend.backend()}, method: {args.method}")
 
 # ## 1. Data (built on first use; prints its build time, size and split)
-builder, train, test = common.load_blue_marble(args.full, args.data_dir)
-gallery = common.gallery_for(test["gps"])
+builder, train, test = experiment.load_blue_marble(args.full, args.data_dir)
+gallery = experiment.gallery_for(test["gps"])
 
-# ## 2. Model and loss (recipes/common.py: a small CNN on the patch, a
+# ## 2. Model and loss (recipes/experiment.py: a small CNN on the patch, a
 # GeoCLIP location encoder with sigmas 1, 16, 256, a queue of 1024)
-scope = common.data_parallel_scope() if args.data_parallel else None
+scope = experiment.data_parallel_scope() if args.data_parallel else None
 with scope or contextlib.nullcontext():
-    model, history, seconds, callbacks = common.train(
+    model, history, seconds, callbacks = experiment.train(
         args.method,
         train,
         args.seed,
@@ -74,7 +75,7 @@ with scope or contextlib.nullcontext():
 print(f"trained in {seconds:.0f} s")
 
 # ## 3. Evaluate: top-1 over the GeoNames gallery
-report, coords, probs = common.evaluate(model, test, gallery)
+report, coords, probs = experiment.evaluate(model, test, gallery)
 for key, value in report.items():
     print(
         f"  {key:>12}: {value:.2f}"
@@ -110,7 +111,7 @@ plt.close(fig)
 saved.append(path)
 
 path = os.path.join(args.out, "error_map.png")
-common.error_map(test["gps"], errors, path, f"{args.method}: test errors")
+reporting.error_map(test["gps"], errors, path, f"{args.method}: test errors")
 saved.append(path)
 
 # ## 5. Save (the gallery is part of the model state) and export

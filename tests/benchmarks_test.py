@@ -3,8 +3,8 @@
 The figures themselves are measured by `python benchmarks/run_all.py`
 (BENCHMARKS.md); here only the ratios, the top-1 agreement and the goal
 verdicts it derives from them are checked against hand-computed values,
-and the plain-PyTorch semivariogram weighting of `independent.py` against
-the package's loss (two codes of one specification).
+and the plain-PyTorch reference of `studies/torch_reference.py` against
+the package (two codes of one specification).
 """
 
 import os
@@ -14,9 +14,11 @@ import keras
 import numpy as np
 import pytest
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
+BENCHMARKS = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "benchmarks"
 )
+sys.path.insert(0, BENCHMARKS)
+sys.path.insert(0, os.path.join(BENCHMARKS, "studies"))
 
 import run_all  # noqa: E402
 
@@ -110,11 +112,12 @@ def test_tables_ratios_and_goals(tmp_path):
 
 
 def test_independent_semivariogram_weights_equal_the_loss():
-    # benchmarks/independent.py writes the semivariogram weighting again in
-    # plain torch, to compare training with geovario-keras. Both must be the
-    # same specification: same fit, same pairs -> same adjusted logits.
+    # benchmarks/studies/torch_reference.py writes the semivariogram
+    # weighting again in plain torch, to compare training with
+    # geovario-keras. Both must be the same specification: same fit, same
+    # pairs -> same adjusted logits.
     torch = pytest.importorskip("torch")
-    import independent
+    import torch_reference
 
     import geovario_keras as gv
 
@@ -145,7 +148,7 @@ def test_independent_semivariogram_weights_equal_the_loss():
     want = keras.ops.convert_to_numpy(
         loss.adjust_negative_logits(keras.ops.convert_to_tensor(logits), y_pred)
     )
-    sv = independent.SemivariogramTorch(queue=4, dim=8)
+    sv = torch_reference.SemivariogramTorch(queue=4, dim=8)
     sv.fit = (nugget, psill, length, alpha, rho)
     negative = torch.ones(6, 10, dtype=torch.bool)
     negative[torch.arange(6), torch.arange(6)] = False
@@ -163,11 +166,11 @@ def test_independent_semivariogram_weights_equal_the_loss():
 def test_independent_variogram_fit_agrees_with_scipy_closed_form():
     # Bins sampled from a stable variogram: the plain fit recovers its range.
     pytest.importorskip("torch")
-    import independent
+    import torch_reference
 
     import geovario_keras as gv
 
-    sv = independent.SemivariogramTorch(queue=4, dim=8)
+    sv = torch_reference.SemivariogramTorch(queue=4, dim=8)
     centers = 0.5 * (sv.edges[:-1] + sv.edges[1:])
     gamma = 0.05 + 0.9 * (1 - np.exp(-((centers / 600.0) ** 1.3)))
     sv.sums[:] = gamma * 100
@@ -193,11 +196,12 @@ def test_independent_variogram_fit_agrees_with_scipy_closed_form():
 
 
 def test_torch_keras_style_adam_equals_keras_adam():
-    # independent.py --torch-adam keras: three steps of the torch optimizer
-    # and of keras.optimizers.Adam(epsilon=1e-7) on the same parameters and
-    # gradients (tiny ones too, where the epsilon's placement matters).
+    # studies/independent.py --torch-adam keras: three steps of the torch
+    # optimizer and of keras.optimizers.Adam(epsilon=1e-7) on the same
+    # parameters and gradients (tiny ones too, where the epsilon's
+    # placement matters).
     torch = pytest.importorskip("torch")
-    import independent
+    import torch_reference
 
     rng = np.random.default_rng(0)
     start = rng.normal(size=(4, 5)).astype("float32")
@@ -208,7 +212,7 @@ def test_torch_keras_style_adam_equals_keras_adam():
         for _ in range(3)
     ]
     p = torch.nn.Parameter(torch.from_numpy(start.copy()))
-    opt = independent.keras_style_adam([p], 1e-3, 1e-7)
+    opt = torch_reference.keras_style_adam([p], 1e-3, 1e-7)
     var = keras.Variable(start.copy())
     ref = keras.optimizers.Adam(1e-3, epsilon=1e-7)
     ref.build([var])

@@ -12,9 +12,9 @@ for a grid of `bandwidth_km`, `gallery_candidates` and `mean_shift_steps`
 Laplacian kernel, in BENCHMARKS.md), and of the hybrid's `location_weight`
 (`--grid location_weight`).
 
-Run: `KERAS_BACKEND=jax python benchmarks/retrieval_options.py [--seed 0]
-[--epochs 8] [--grid all|candidates|location_weight]`. The results are in
-BENCHMARKS.md.
+Run: `KERAS_BACKEND=jax python benchmarks/studies/retrieval_options.py
+[--seed 0] [--epochs 8] [--grid all|candidates|location_weight]`. The results
+are in BENCHMARKS.md.
 """
 
 import argparse
@@ -24,7 +24,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(__file__), "..", "..", "recipes")
+)
 
 
 def main():
@@ -55,16 +57,18 @@ def main():
     )
     args = parser.parse_args()
 
-    import common
+    import experiment
 
     import geovario_keras as gv
 
-    fit, val = common.validation_split(args.data_dir, args.num_val, args.seed)
-    model, _, seconds, _ = common.train(
+    fit, val = experiment.validation_split(
+        args.data_dir, args.num_val, args.seed
+    )
+    model, _, seconds, _ = experiment.train(
         args.method, fit, args.seed, args.epochs, verbose=0
     )
     print(f"trained in {seconds:.0f} s")
-    model.set_gallery(common.gallery_for(val["gps"]), verbose=0)
+    model.set_gallery(experiment.gallery_for(val["gps"]), verbose=0)
     model.set_reference(fit["image"], fit["gps"], verbose=0)
 
     def score(mode, **options):

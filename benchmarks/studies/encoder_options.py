@@ -9,7 +9,7 @@ trained with GeoCLIP's Fourier encoder and with
 output size (degree `L`, first-layer frequency `w0_initial`), and scored
 with gallery prediction on the held-out queries.
 
-Run: `KERAS_BACKEND=jax python benchmarks/encoder_options.py [--seed 0]
+Run: `KERAS_BACKEND=jax python benchmarks/studies/encoder_options.py [--seed 0]
 [--epochs 8]`. The result is in BENCHMARKS.md.
 """
 
@@ -19,7 +19,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(__file__), "..", "..", "recipes")
+)
 
 VARIANTS = {  # name: (degree, w0_initial)
     "L10 w0=30": (10, 30.0),
@@ -47,12 +49,14 @@ def main():
     )
     args = parser.parse_args()
 
-    import common
+    import experiment
 
     import geovario_keras as gv
 
-    fit, val = common.validation_split(args.data_dir, args.num_val, args.seed)
-    gallery = common.gallery_for(val["gps"])
+    fit, val = experiment.validation_split(
+        args.data_dir, args.num_val, args.seed
+    )
+    gallery = experiment.gallery_for(val["gps"])
     print(
         "| encoder | 25 km | 200 km | 750 km | 2500 km | median km | train s "
         "|\n|---|---|---|---|---|---|---|"
@@ -69,7 +73,7 @@ def main():
                 hidden_layers=2,
                 embed_dim=128,
             )
-        model, _, seconds, _ = common.train(
+        model, _, seconds, _ = experiment.train(
             "geoclip", fit, args.seed, args.epochs, verbose=0, encoder=encoder
         )
         model.set_gallery(gallery, verbose=0)

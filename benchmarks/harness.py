@@ -207,16 +207,16 @@ POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def implementation_parser(doc):
-    """A parser with `--impl`, `--policy` and the common arguments."""
+    """A parser with `--impl`, `--policy` and the standard arguments."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--impl", choices=("reference", "keras"), required=True)
     parser.add_argument("--policy", default="float32", choices=POLICIES)
-    return add_common_args(parser)
+    return add_standard_args(parser)
 
 
-def add_common_args(parser):
+def add_standard_args(parser):
     parser.add_argument("--wheel", default=DEFAULT_WHEEL)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="append results here")

@@ -1,8 +1,10 @@
-"""Shared pieces of the recipes: data, model, methods, evaluation.
+"""The demo's experiment: data, model, losses, training and evaluation.
 
-Kept in one place so that `train.py`, `evaluate.py` and `compare.py` train
-and score exactly the same way. Read the recipes first; come here for the
-details.
+The recipes (`train.py`, `evaluate.py`, `compare.py`) and the accuracy
+studies under `benchmarks/studies/` build, train and score through these
+functions, so that they all train and score exactly the same way. The
+tables and plots are in `reporting.py`, the baselines that need no
+training in `baselines.py`.
 """
 
 import argparse
@@ -11,11 +13,11 @@ import os
 import time
 
 import keras
-import numpy as np
 
 import geovario_keras as gv
 
 DEFAULT_DATA_DIR = os.path.join("artifacts", "tensorflow_datasets")
+
 
 # The methods compared (same model, data, budget; only the loss differs).
 METHODS = {
@@ -25,16 +27,21 @@ METHODS = {
     "sv_hard_only": "+ semivariogram, hard-negative part only",
     "robinson": "+ hard negatives, Robinson et al. 2021 (no variogram)",
 }
+
+
 # Those `make demo` trains by default: Robinson et al.'s loss (worse than
 # plain GeoCLIP at every scale on every seed, BENCHMARKS.md) only on request
 # (`--methods ... robinson`), which keeps the demo within 15 minutes.
 DEMO_METHODS = ("geoclip", "semivariogram", "sv_false_only", "sv_hard_only")
+
+
 # The demo's false-negative range for the semivariogram losses (km; None:
 # the fitted effective range, the package default). Chosen on validation
-# splits of the training set (benchmarks/loss_options.py, BENCHMARKS.md):
-# over six seeds in two sessions, 250 km gained 1 to 1.4 points more within
-# 200 km than the effective range (~1,000-1,500 km on this imagery), where
-# nearly every negative up to 1,000 km that looks alike was down-weighted.
+# splits of the training set (benchmarks/studies/loss_options.py,
+# BENCHMARKS.md): over six seeds in two sessions, 250 km gained 1 to 1.4
+# points more within 200 km than the effective range (~1,000-1,500 km on
+# this imagery), where nearly every negative up to 1,000 km that looks alike
+# was down-weighted.
 DEMO_FALSE_RANGE_KM = 250.0
 
 
@@ -109,8 +116,8 @@ def validation_split(
     `num_val` training places are held out as queries; the training places
     at least `min_distance_km` from every one of them (by default 25 km,
     the test split's own rule) are the training data. The test split is
-    never read. Used to choose defaults (`benchmarks/retrieval_options.py`,
-    `encoder_options.py`, `loss_options.py`).
+    never read. Used to choose defaults (`benchmarks/studies/`:
+    `retrieval_options.py`, `encoder_options.py`, `loss_options.py`).
     """
     _, train, _ = load_blue_marble(data_dir=data_dir)
     fit_idx, val_idx, _ = gv.data.imagery.random_split(
@@ -284,152 +291,3 @@ def evaluate(model, test_data, gallery=None, top_k=5, mode="gallery"):
         true_labels={k: test_data[k] for k in gv.metrics.ADMIN_LEVELS},
     )
     return report, coords, probs
-
-
-def nearest_neighbour_baseline(train_data, test_data):
-    """Non-learned 1-NN retrieval (Im2GPS, Hays & Efros 2008).
-
-    Each test patch takes the location of the most similar training patch:
-    cosine similarity of the raw pixels, per-channel standardised with the
-    training statistics. No training, no gallery.
-    """
-
-    def features(images, mean=None, std=None):
-        x = images.astype("float32").reshape(len(images), -1, 3)
-        if mean is None:
-            mean, std = x.mean((0, 1)), x.std((0, 1)) + 1e-6
-        x = ((x - mean) / std).reshape(len(images), -1)
-        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-6), mean, std
-
-    train_x, mean, std = features(train_data["image"])
-    test_x, _, _ = features(test_data["image"], mean, std)
-    best = np.argmax(test_x @ train_x.T, axis=1)
-    pred = train_data["gps"][best]
-    return gv.metrics.geolocation_report(
-        pred,
-        test_data["gps"],
-        admin_levels=True,
-        true_labels={k: test_data[k] for k in gv.metrics.ADMIN_LEVELS},
-    ), pred
-
-
-def error_map(gps, errors, path, title, background=None):
-    """Test locations coloured by their error (km), on the Blue Marble."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 5))
-    if background is None:
-        background = gv.data.imagery.load_blue_marble()
-    ax.imshow(background[::4, ::4], extent=(-180, 180, -90, 90), alpha=0.6)
-    points = ax.scatter(
-        gps[:, 1],
-        gps[:, 0],
-        c=np.log10(np.asarray(errors) + 1.0),
-        s=7,
-        cmap="plasma",
-        vmin=0,
-        vmax=np.log10(20000),
-        edgecolors="none",
-    )
-    bar = fig.colorbar(points, ticks=np.log10([2, 11, 101, 1001, 10001]))
-    bar.ax.set_yticklabels(["1", "10", "100", "1,000", "10,000"])
-    bar.set_label("error (km)")
-    ax.set_xlim(-180, 180)
-    ax.set_ylim(-90, 90)
-    ax.set_xlabel("longitude")
-    ax.set_ylabel("latitude")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def summary(report):
-    """One line: accuracies within 25 / 200 / 750 / 2500 km and median."""
-    return (
-        "acc "
-        + " / ".join(
-            f"{report[f'acc_{t}km']:.1f}" for t in (25, 200, 750, 2500)
-        )
-        + f" %, median {report['median_km']:.0f} km"
-    )
-
-
-def constant_baseline(train_data, test_data):
-    """Always answer the training medoid (of every 10th training place)."""
-    sub = train_data["gps"][::10]
-    dist = np.asarray(gv.geo.pairwise_haversine_km(sub, sub))
-    medoid = sub[np.argmin(dist.sum(1))]
-    return gv.metrics.geolocation_report(
-        np.repeat(medoid[None], len(test_data["gps"]), 0),
-        test_data["gps"],
-        admin_levels=True,
-        true_labels={k: test_data[k] for k in gv.metrics.ADMIN_LEVELS},
-    )
-
-
-def markdown_table(results, keys, names):
-    """Mean ± std over runs, one row per entry of `results`."""
-
-    def cell(values, key):
-        v = np.array([r[key] for r in values], float)
-        fmt = ".0f" if key in ("median_km", "mean_km", "geoscore") else ".1f"
-        if len(v) == 1:
-            return f"{v[0]:{fmt}}"
-        return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
-
-    lines = [
-        "| method | runs | " + " | ".join(label for _, label in keys) + " |",
-        "|---|---|" + "---|" * len(keys),
-    ]
-    for method, reports in results.items():
-        lines.append(
-            f"| {names[method]} | {len(reports)} | "
-            + " | ".join(cell(reports, key) for key, _ in keys)
-            + " |"
-        )
-    return "\n".join(lines)
-
-
-def paired_lines(results, methods, names):
-    """Seed-by-seed differences: each loss against plain GeoCLIP, and the
-    retrieval-augmented predictions against gallery prediction."""
-    pairs = [(m, "geoclip") for m in methods if m != "geoclip"]
-    for method in ("geoclip", "semivariogram"):
-        for mode in ("reference", "hybrid"):
-            pairs.append((f"{method}/{mode}", method))
-    for encoder in ENCODERS:  # each encoder against Fourier; the loss's gain
-        for method in ("geoclip", "semivariogram"):
-            pairs.append((f"{method}@{encoder}", method))
-        pairs.append((f"semivariogram@{encoder}", f"geoclip@{encoder}"))
-    lines = ["Paired, seed by seed (points of accuracy; + = better):"]
-    for new, base in pairs:
-        if new not in results or base not in results:
-            continue
-        if len(results[base]) < 2:
-            continue
-        deltas = {
-            t: np.array(
-                [
-                    r[f"acc_{t}km"] - b[f"acc_{t}km"]
-                    for r, b in zip(results[new], results[base])
-                ]
-            )
-            for t in (25, 200, 750, 2500)
-        }
-        wins = int(np.sum(deltas[750] > 0))
-        lines.append(
-            f"- {names[new]} vs {names[base]}: "
-            + ", ".join(
-                f"{t} km {d.mean():+.1f} ("
-                + " ".join(f"{x:+.1f}" for x in d)
-                + ")"
-                for t, d in deltas.items()
-            )
-            + f"; better at 750 km on {wins}/{len(deltas[750])} seeds"
-        )
-    return "\n".join(lines)

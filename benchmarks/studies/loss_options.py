@@ -10,7 +10,7 @@ with the demo's recipe and budget, scored with gallery prediction on the
 held-out queries, and each variant is compared with plain GeoCLIP seed by
 seed.
 
-Run: `KERAS_BACKEND=jax python benchmarks/loss_options.py [--seeds 0 1]
+Run: `KERAS_BACKEND=jax python benchmarks/studies/loss_options.py [--seeds 0 1]
 [--epochs 8] [--variants ...] [--min-distance-km 25]`. The result is in
 BENCHMARKS.md.
 """
@@ -21,7 +21,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(__file__), "..", "..", "recipes")
+)
 
 # name: keyword arguments of SemivariogramContrastiveLoss (None: plain);
 # a "callback" entry holds those of SemivariogramCallback.
@@ -72,17 +74,18 @@ def main():
     )
     args = parser.parse_args()
 
-    import common
+    import baselines
+    import experiment
 
     import geovario_keras as gv
 
     acc = {}  # (variant, seed) -> accuracies
     for seed in args.seeds:
-        fit, val = common.validation_split(
+        fit, val = experiment.validation_split(
             args.data_dir, args.num_val, seed, args.min_distance_km
         )
-        gallery = common.gallery_for(val["gps"])
-        nn = common.nearest_neighbour_baseline(fit, val)[0]
+        gallery = experiment.gallery_for(val["gps"])
+        nn = baselines.nearest_neighbour_baseline(fit, val)[0]
         acc[NN, seed] = [nn[f"acc_{t}km"] for t in THRESHOLDS]
         acc[NN, seed].append(nn["median_km"])
         for name in args.variants:
@@ -96,7 +99,7 @@ def main():
                 )
                 loss = gv.losses.SemivariogramContrastiveLoss(**kwargs)
                 method = (loss, [callback])
-            model, _, seconds, _ = common.train(
+            model, _, seconds, _ = experiment.train(
                 method, fit, seed, args.epochs, verbose=0
             )
             model.set_gallery(gallery, verbose=0)
