@@ -13,7 +13,6 @@ from geovario_keras.semivariogram.fit import check_weighting
 from geovario_keras.semivariogram.fit import fit_variogram
 from geovario_keras.semivariogram.models import check_family
 from geovario_keras.utils import check_int
-from geovario_keras.utils import renamed_argument
 
 
 def variogram_first(callbacks, loss=None):
@@ -95,7 +94,6 @@ class SemivariogramCallback(keras.callbacks.Callback):
             fit.
         seed: int. Seed of the `data` subsample.
         verbose: 0 or 1. Print one line per fit.
-        model: deprecated name of `family`.
 
     Example:
 
@@ -133,11 +131,10 @@ class SemivariogramCallback(keras.callbacks.Callback):
         plot_path=None,
         seed=0,
         verbose=0,
-        model=None,
         weighting="counts",
     ):
         super().__init__()
-        family = renamed_argument("family", family, "model", model, "stable")
+        family = "stable" if family is None else family
         check_family(family)
         check_int("refit_every", refit_every, 1)
         check_int("warmup_epochs", warmup_epochs, 0)

@@ -16,18 +16,18 @@ import numpy as np
 from keras import ops
 
 from geovario_keras import backend
-from geovario_keras.layers.contrastive_head import normalize
+from geovario_keras.layers.contrastive_head import normalise
 from geovario_keras.utils import check_int
 
 _CACHE = "_geovario_inference_functions"
 
 
-def _normalized_output(layer, x):
-    return normalize(layer(x, training=False))
+def _normalised_output(layer, x):
+    return normalise(layer(x, training=False))
 
 
 def embedding_function(layer, jit_compile=None):
-    """Cached compiled `x -> normalize(layer(x, training=False))`.
+    """Cached compiled `x -> normalise(layer(x, training=False))`.
 
     The function reads the layer's current weights on every call; it is
     cached on the layer (untracked, so the layer's weights are unchanged).
@@ -41,7 +41,7 @@ def embedding_function(layer, jit_compile=None):
     key = jit_compile is True
     if key not in cache:
         cache[key] = backend.inference_function(
-            layer, _normalized_output, jit_compile
+            layer, _normalised_output, jit_compile
         )
     return cache[key]
 

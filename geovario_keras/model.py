@@ -18,7 +18,7 @@ from geovario_keras.candidates import LOGITS
 from geovario_keras.candidates import positives_and_negatives
 from geovario_keras.candidates import retrieved_gps
 from geovario_keras.layers.contrastive_head import ContrastiveHead
-from geovario_keras.layers.contrastive_head import normalize
+from geovario_keras.layers.contrastive_head import normalise
 from geovario_keras.layers.geodesic_noise import GeodesicNoise
 from geovario_keras.layers.gps_gallery import GPSGallery
 from geovario_keras.layers.gps_gallery import ReferenceSet
@@ -159,11 +159,11 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        return normalize(self.image_encoder(inputs, training=training))
+        return normalise(self.image_encoder(inputs, training=training))
 
     def location_embeddings(self, gps, training=False):
         """Normalised location embeddings of `gps` `(N, 2)`, as a tensor."""
-        return normalize(self.location_encoder(gps, training=training))
+        return normalise(self.location_encoder(gps, training=training))
 
     def _contrastive_loss(self):
         loss = GeoContrastiveLoss() if self.loss is None else self.loss

@@ -1,7 +1,6 @@
 """Small shared helpers: argument checks and non-trainable state."""
 
 import math
-import warnings
 
 import numpy as np
 
@@ -60,27 +59,6 @@ def add_state(layer, name, shape, dtype="float32", value=None):
         trainable=False,
         autocast=False,
     )
-
-
-def renamed_argument(new_name, new_value, old_name, old_value, default):
-    """Resolves a renamed keyword argument, warning on the old name.
-
-    Returns `old_value` (with a `DeprecationWarning`) when only the old
-    keyword was given, `new_value` otherwise, and `default` when neither.
-    Raises a `ValueError` when both are given.
-    """
-    if old_value is None:
-        return default if new_value is None else new_value
-    if new_value is not None:
-        raise ValueError(
-            f"Pass `{new_name}` only; `{old_name}` is its deprecated name."
-        )
-    warnings.warn(
-        f"`{old_name}=` is deprecated; use `{new_name}=`.",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return old_value
 
 
 def check_noise_pair(gps_noise_m):

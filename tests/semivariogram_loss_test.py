@@ -111,8 +111,10 @@ def test_weighted_mode_matches_hand_computation(false_range, hard_range):
         assert hard[0, 1] and hard[1, 4] and not false[0, 1]
 
 
-def test_thesis_mode_matches_hand_computation():
-    loss = gv.losses.SemivariogramContrastiveLoss(mode="thesis", reduction=None)
+def test_near_scaling_mode_matches_hand_computation():
+    loss = gv.losses.SemivariogramContrastiveLoss(
+        mode="near_scaling", reduction=None
+    )
     rho = FIT.effective_range_km
     expected = LOGITS.astype("float64").copy()
     for i in range(3):
@@ -133,7 +135,7 @@ def test_equals_plain_loss_without_fit_or_with_unit_weights():
         gv.losses.GeoContrastiveLoss(reduction=None)(TARGETS, LOGITS)
     )
     no_fit = gv.semivariogram.VariogramFit(family="stable")  # inactive
-    for mode in ("weighted", "thesis"):
+    for mode in ("weighted", "near_scaling"):
         loss = gv.losses.SemivariogramContrastiveLoss(mode=mode, reduction=None)
         np.testing.assert_array_equal(
             to_numpy(loss(TARGETS, _y_pred(no_fit))), plain
@@ -154,9 +156,12 @@ def test_weight_clipping_and_zero_weight():
     loss = gv.losses.SemivariogramContrastiveLoss(
         hard_negative_beta=50.0, max_weight=3.0
     )
-    w = to_numpy(loss.negative_weights(_y_pred()))
-    assert w.max() == pytest.approx(3.0)
-    assert np.all(w >= 0.2 - 1e-7)
+    # The weights as the loss applies them: logits + log w on negatives.
+    adjusted = loss.adjust_negative_logits(LOGITS, _y_pred())
+    w = np.exp(to_numpy(adjusted) - LOGITS)
+    w = w[np.arange(5)[None] != TARGETS[:, None]]
+    assert w.max() == pytest.approx(3.0, rel=1e-5)
+    assert np.all(w >= 0.2 - 1e-6) and np.any(w < 0.2 + 1e-6)
     # Weight 0 removes false negatives from the denominator, finitely.
     zero = gv.losses.SemivariogramContrastiveLoss(
         false_negative_weight=0.0, reduction=None
@@ -192,7 +197,7 @@ def test_gradients_are_finite():
 
 def test_config_round_trip():
     loss = gv.losses.SemivariogramContrastiveLoss(
-        mode="thesis",
+        mode="near_scaling",
         false_negative_weight=0.5,
         hard_negative_beta=1.0,
         hard_negative_margin=0.01,

@@ -251,23 +251,20 @@ def test_fit_rejects_bad_arguments():
         gv.semivariogram.EmpiricalSemivariogram([0, 10, 5])
 
 
-def test_model_keyword_is_a_deprecated_alias_of_family():
-    # "model" also names Keras models; the variogram family is `family`.
+def test_the_removed_model_keyword_is_refused():
+    # "model" also names Keras models; the variogram family is `family`
+    # (the pre-release alias `model=` is gone).
     h = np.linspace(50.0, 5000.0, 30)
     args = (h, 0.5 * (1 - np.exp(-h / 900.0)), np.full(30, 10.0))
-    new = gv.semivariogram.fit_variogram(*args, family="exponential")
-    with pytest.warns(DeprecationWarning, match="`model=` is deprecated"):
-        old = gv.semivariogram.fit_variogram(*args, model="exponential")
-    assert old.family == new.family == "exponential"
-    assert old.length_scale == new.length_scale
-    with pytest.warns(DeprecationWarning):
-        fit = gv.semivariogram.VariogramFit(model="spherical")
-    assert fit.family == fit.model == "spherical"
-    with pytest.warns(DeprecationWarning):
-        callback = gv.callbacks.SemivariogramCallback(model="gaussian")
-    assert callback.family == "gaussian"
-    with pytest.raises(ValueError, match="Pass `family` only"):
-        gv.semivariogram.fit_variogram(*args, family="stable", model="stable")
+    with pytest.raises(TypeError, match="model"):
+        gv.semivariogram.fit_variogram(*args, model="exponential")
+    with pytest.raises(TypeError, match="model"):
+        gv.semivariogram.VariogramFit(model="spherical")
+    with pytest.raises(TypeError, match="model"):
+        gv.callbacks.SemivariogramCallback(model="gaussian")
+    assert not hasattr(gv.semivariogram, "MODELS")
+    with pytest.raises(ValueError, match="is now `\"near_scaling\"`"):
+        gv.losses.SemivariogramContrastiveLoss(mode="thesis")
 
 
 def test_packed_params_names_the_packed_vector():

@@ -8,7 +8,7 @@ from keras import ops
 from geovario_keras.api_export import register
 
 
-def normalize(embeddings):
+def normalise(embeddings):
     """L2-normalised float32 embeddings (GeoCLIP's output convention)."""
     return ops.normalize(ops.cast(embeddings, "float32"), axis=-1)
 
@@ -81,8 +81,8 @@ class ContrastiveHead(keras.layers.Layer):
         return ops.exp(ops.minimum(self.logit_scale, self.max_logit_scale))
 
     def call(self, image_embeddings, location_embeddings):
-        img = normalize(image_embeddings)
-        loc = normalize(location_embeddings)
+        img = normalise(image_embeddings)
+        loc = normalise(location_embeddings)
         return self.temperature() * ops.matmul(img, ops.transpose(loc))
 
     def compute_output_shape(

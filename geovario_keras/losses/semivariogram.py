@@ -31,7 +31,7 @@ class PairQuantities(NamedTuple):
     active: object
 
 
-_MODES = ("weighted", "thesis")
+_MODES = ("weighted", "near_scaling")
 
 
 @register
@@ -59,10 +59,11 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
     - weights act on the softmax denominator as `logits + log w` for
       negatives; positives are untouched.
 
-    `mode="thesis"` reproduces the first author's earlier code:
-    `p_ij = max(0, d_ij - gamma(h_ij))` for `h_ij <= rho` (else 0), negative
-    logits multiplied by `exp(p_ij)`, applied only once the queue has been
-    filled once.
+    `mode="near_scaling"` scales the logits of near negatives that look
+    *less* alike than expected, as the first author's earlier public
+    thesis code did: `p_ij = max(0, d_ij - gamma(h_ij))` for `h_ij <= rho`
+    (else 0), negative logits multiplied by `exp(p_ij)`, applied only once
+    the queue has been filled once.
 
     With no fitted variogram (`active = 0`, e.g. before
     `gv.callbacks.SemivariogramCallback` has fitted one, or after a fallback
@@ -74,7 +75,7 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
     image patches, where both halves of the weighting helped and added up.
 
     Args:
-        mode: `"weighted"` or `"thesis"`.
+        mode: `"weighted"` or `"near_scaling"`.
         false_negative_weight: float in [0, 1].
         hard_negative_beta: float >= 0.
         hard_negative_margin: float. Minimum residual for a hard negative.
@@ -122,7 +123,12 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
     ):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
         if mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {_MODES}; got {mode!r}.")
+            renamed = ' (`"thesis"` is now `"near_scaling"`)'
+            raise ValueError(
+                f"`mode` must be one of {_MODES}; got {mode!r}"
+                + (renamed if mode == "thesis" else "")
+                + "."
+            )
         if not 0.0 <= false_negative_weight <= 1.0:
             raise ValueError(
                 "`false_negative_weight` must be in [0, 1]; got "
@@ -189,8 +195,8 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
         """`NegativeClasses(false, hard)` of the weighted mode's rules.
 
         Masks `(B, C)`; positives and masked candidates must be excluded by
-        the caller. In `thesis` mode `hard` marks the near pairs that the
-        thesis rule up-weights and `false` is empty.
+        the caller. In `near_scaling` mode `hard` marks the near pairs whose
+        logits it scales up and `false` is empty.
         """
         return self._classify(self._quantities(y_pred))
 
@@ -210,7 +216,7 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
         hard = (
             (h > rho_hard) & (q.residual > self.hard_negative_margin) & q.active
         )
-        if self.mode == "thesis":
+        if self.mode == "near_scaling":
             false = ops.zeros_like(false)
             hard = (h <= q.range_km) & (q.residual < 0.0) & q.active
         if not self.use_false_negatives:
@@ -219,22 +225,11 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
             hard = ops.zeros_like(hard)
         return NegativeClasses(false=false, hard=hard)
 
-    def negative_weights(self, y_pred):
-        """Multiplicative weights `w_ij` of negatives (weighted mode)."""
-        q = self._quantities(y_pred)
-        false, hard = self._classify(q)
-        w_hard = ops.minimum(
-            ops.exp(self.hard_negative_beta * q.residual / q.sill),
-            self.max_weight,
-        )
-        w = ops.where(hard, w_hard, 1.0)
-        return ops.where(false, self.false_negative_weight, w)
-
     def adjust_negative_logits(self, logits, y_pred, negative_mask=None):
         # The variogram is evaluated once per call on the (B, B + Q) pairs.
         q = self._quantities(y_pred)
-        if self.mode == "thesis":
-            return self._thesis_logits(logits, y_pred, q)
+        if self.mode == "near_scaling":
+            return self._near_scaling_logits(logits, y_pred, q)
         false, hard = self._classify(q)
         log_hard = ops.minimum(
             self.hard_negative_beta * q.residual / q.sill,
@@ -246,7 +241,7 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
             return ops.where(false, logits + log_false, out)
         return ops.where(false, MASKED_LOGIT, out)
 
-    def _thesis_logits(self, logits, y_pred, q):
+    def _near_scaling_logits(self, logits, y_pred, q):
         near = (q.distance_km <= q.range_km) & q.active
         p = ops.where(near, ops.maximum(-q.residual, 0.0), 0.0)
         if not self.use_hard_negatives:

@@ -12,12 +12,10 @@ from geovario_keras.semivariogram.empirical import EmpiricalSemivariogram
 from geovario_keras.semivariogram.empirical import default_bin_edges_km
 from geovario_keras.semivariogram.fit import VariogramFit
 from geovario_keras.semivariogram.fit import fit_variogram
-from geovario_keras.semivariogram.models import MODELS
 from geovario_keras.semivariogram.state import SemivariogramState
 
 __all__ = [
     "EmpiricalSemivariogram",
-    "MODELS",
     "SemivariogramState",
     "VariogramFit",
     "default_bin_edges_km",

@@ -8,7 +8,6 @@ from scipy import optimize
 from scipy import stats
 
 from geovario_keras.semivariogram import models
-from geovario_keras.utils import renamed_argument
 
 
 @dataclasses.dataclass(init=False)
@@ -61,9 +60,7 @@ class VariogramFit:
         converged=False,
         message="",
         num_bins=0,
-        model=None,
     ):
-        family = renamed_argument("family", family, "model", model, None)
         self.family = models.check_family(family)
         self.nugget = float(nugget)
         self.psill = float(psill)
@@ -79,11 +76,6 @@ class VariogramFit:
         self.converged = bool(converged)
         self.message = message
         self.num_bins = int(num_bins)
-
-    @property
-    def model(self):
-        """Deprecated name of `family`."""
-        return self.family
 
     def __call__(self, h_km):
         """Evaluates the fitted curve at `h_km` (numpy)."""
@@ -269,7 +261,6 @@ def fit_variogram(
     min_r2=0.5,
     warn=True,
     weighting="counts",
-    model=None,
 ):
     """Fits a variogram `family` to an empirical semivariogram.
 
@@ -314,7 +305,6 @@ def fit_variogram(
             determination of the fit against a constant.
         warn: whether a fallback emits a `RuntimeWarning`.
         weighting: `"counts"` or `"cressie"` (see above).
-        model: deprecated name of `family`.
 
     Returns:
         A `VariogramFit`.
@@ -327,7 +317,7 @@ def fit_variogram(
     >>> fit.converged, round(fit.length_scale)
     (True, 700)
     """
-    family = renamed_argument("family", family, "model", model, "stable")
+    family = "stable" if family is None else family
     models.check_family(family)
     check_weighting(weighting)
     h, g, n = _usable_bins(centers_km, gamma, counts, min_count)

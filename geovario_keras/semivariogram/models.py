@@ -29,8 +29,6 @@ from keras import ops
 
 FAMILIES = ("stable", "exponential", "gaussian", "spherical")
 FAMILY_CODES = {name: float(i) for i, name in enumerate(FAMILIES)}
-# Deprecated name of `FAMILIES`.
-MODELS = FAMILIES
 _FIXED_ALPHA = {"exponential": 1.0, "gaussian": 2.0}
 # Root of 1.5 u - 0.5 u^3 = 0.95 on [0, 1].
 _SPHERICAL_U95 = 0.8114013518995559

@@ -54,10 +54,6 @@ class SemivariogramState(keras.layers.Layer):
         self.negatives = var("negatives", (3,))
         self.built = True
 
-    @property
-    def num_bins(self):
-        return len(self.bin_edges_km) - 1
-
     def pair_entries(self, image_embeddings, gps, scores, queue=None):
         """The pair entries of a `gv.losses.PairStatisticsLoss`'s `y_pred`.
 
