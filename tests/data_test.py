@@ -383,12 +383,12 @@ def test_geotagged_images_csv_without_header(tmp_path):
 def test_geotagged_images_reads_the_csv_once_when_images_are_in_place(
     tmp_path, monkeypatch
 ):
-    from geovario_keras.data import builders
+    from geovario_keras.data import corpus_reader
 
     def second_read(*args):
         raise AssertionError("the CSV was read a second time")
 
-    monkeypatch.setattr(builders.GeotaggedImages, "_named_paths", second_read)
+    monkeypatch.setattr(corpus_reader.CorpusReader, "_named_paths", second_read)
     corpus = tmp_path / "corpus"
     _osv5m_corpus(
         corpus,

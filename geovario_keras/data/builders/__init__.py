@@ -12,14 +12,14 @@ Importing this package imports `tensorflow_datasets`.
 from geovario_keras.data.builders.blue_marble import BlueMarble
 from geovario_keras.data.builders.blue_marble import BlueMarbleConfig
 from geovario_keras.data.builders.blue_marble import blue_marble
-from geovario_keras.data.builders.geotagged_images import PRESETS
 from geovario_keras.data.builders.geotagged_images import GeotaggedImages
 from geovario_keras.data.builders.geotagged_images import GeotaggedImagesConfig
-from geovario_keras.data.builders.geotagged_images import Preset
-from geovario_keras.data.builders.geotagged_images import corpus_fingerprint
 from geovario_keras.data.builders.geotagged_images import geotagged_images
 from geovario_keras.data.builders.tfds_utils import as_arrays
 from geovario_keras.data.builders.tfds_utils import prepare
+from geovario_keras.data.corpus_reader import PRESETS
+from geovario_keras.data.corpus_reader import Preset
+from geovario_keras.data.corpus_reader import corpus_fingerprint
 
 __all__ = [
     "PRESETS",

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
-LABELS = ("country", "region", "sub_region", "city")
+from geovario_keras.data.corpus_reader import LABELS
 
 
 def features(image_shape):
