@@ -15,6 +15,7 @@ from geovario_keras import presets
 from geovario_keras import pretrained
 from geovario_keras import retrieval
 from geovario_keras import semivariogram
+from geovario_keras import training
 from geovario_keras.model import GeoCLIP
 from geovario_keras.saving import load_model
 from geovario_keras.version import __version__
@@ -35,4 +36,5 @@ __all__ = [
     "pretrained",
     "retrieval",
     "semivariogram",
+    "training",
 ]

@@ -218,15 +218,26 @@ class CorpusReader:
         """The number of CSV rows (usable or not) of `split`."""
         return sum(1 for _ in self.csv_rows(split))
 
-    def examples(self, split, start=0, stop=None, skipped=None):
-        """`(n, example)` of the usable rows `start <= n < stop`.
+    def examples(self, split, skipped=None):
+        """`(n, example)` of the usable rows of `split` (`n`: CSV row).
 
         `example`: `image` (uint8), `gps` (float32 latitude, longitude),
         `id` and the `LABELS` (str). Skipped rows are counted by reason in
         the `collections.Counter` `skipped`.
         """
-        preset = self.preset
         skipped = collections.Counter() if skipped is None else skipped
+        for n, example, reason in self.rows(split):
+            if reason:
+                skipped[reason] += 1
+            else:
+                yield n, example
+
+    def rows(self, split, include=None):
+        """`(n, example, None)` or `(n, None, reason)` for every CSV row.
+
+        Rows `n` for which `include(n)` is False are passed over unread
+        (no image is opened). See `examples` for `example`.
+        """
         named_paths = []  # read on the first row whose image is elsewhere
 
         def named():
@@ -235,40 +246,36 @@ class CorpusReader:
             return named_paths[0]
 
         for n, row in self.csv_rows(split):
-            if n < start:
+            if include is not None and not include(n):
                 continue
-            if stop is not None and n >= stop:
-                break
-            try:
-                lat, lon = float(row[preset.lat]), float(row[preset.lon])
-            except (KeyError, TypeError, ValueError):
-                skipped["bad_coordinate"] += 1
-                continue
-            if not (abs(lat) <= 90 and abs(lon) <= 180):  # NaN too
-                skipped["out_of_range_coordinate"] += 1
-                continue
-            image_id = row.get(preset.id)
-            if not image_id:
-                skipped["missing_image"] += 1
-                continue
-            image_path, reason = self.find_image(split, image_id, named)
-            if reason:
-                skipped[reason] += 1
-                continue
-            try:
-                image = self.read_image(image_path)
-            except Exception:  # PIL raises many types on bad files
-                skipped["unreadable_image"] += 1
-                continue
-            yield (
-                n,
-                {
-                    "image": image,
-                    "gps": np.array([lat, lon], np.float32),
-                    "id": str(image_id),
-                    **{
-                        k: str(row.get(preset.labels.get(k, ""), "") or "")
-                        for k in LABELS
-                    },
-                },
-            )
+            example, reason = self._example(split, row, named)
+            yield n, example, reason
+
+    def _example(self, split, row, named):
+        """`(example, None)` for a usable row, else `(None, reason)`."""
+        preset = self.preset
+        try:
+            lat, lon = float(row[preset.lat]), float(row[preset.lon])
+        except (KeyError, TypeError, ValueError):
+            return None, "bad_coordinate"
+        if not (abs(lat) <= 90 and abs(lon) <= 180):  # NaN too
+            return None, "out_of_range_coordinate"
+        image_id = row.get(preset.id)
+        if not image_id:
+            return None, "missing_image"
+        image_path, reason = self.find_image(split, image_id, named)
+        if reason:
+            return None, reason
+        try:
+            image = self.read_image(image_path)
+        except Exception:  # PIL raises many types on bad files
+            return None, "unreadable_image"
+        return {
+            "image": image,
+            "gps": np.array([lat, lon], np.float32),
+            "id": str(image_id),
+            **{
+                k: str(row.get(preset.labels.get(k, ""), "") or "")
+                for k in LABELS
+            },
+        }, None

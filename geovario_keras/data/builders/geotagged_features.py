@@ -1,0 +1,136 @@
+"""The `geotagged_features` builder: stored image features of a corpus.
+
+Reads a folder written by `gv.data.features.extract_features` (the
+features of every usable photo, its coordinates, labels and id) into a
+tfds data set, for streamed training (`gv.data.streams`).
+`geotagged_features(folder)` builds it if needed.
+"""
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from geovario_keras.data import features as features_lib
+from geovario_keras.data.builders.tfds_utils import prepare
+from geovario_keras.data.corpus_reader import LABELS
+
+
+@dataclasses.dataclass
+class GeotaggedFeaturesConfig(tfds.core.BuilderConfig):
+    """`feature_dim` and `dtype`: those of the features folder."""
+
+    feature_dim: int = 768
+    dtype: str = "float16"
+
+
+class GeotaggedFeatures(tfds.core.GeneratorBasedBuilder):
+    """Image features of a geotagged corpus, one example per photo.
+
+    Build from a finished features folder (`manual_dir`, written by
+    `gv.data.features.extract_features`). Example keys: `features`
+    (`(feature_dim,)`, the folder's dtype), `gps` (float32 latitude,
+    longitude), `id`, `row` (the photo's CSV row) and the admin labels.
+    tfds stores the examples in a random order fixed by their keys (the
+    CSV rows), so that a stream with a small shuffle buffer still mixes
+    the whole corpus; every shard is checked whole while building, so a
+    damaged shard is an error that names its file, never fewer rows.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Pass the folder written by gv.data.features.extract_features as "
+        "manual_dir."
+    )
+
+    def _info(self):
+        config = self.builder_config
+        feats = {
+            "features": tfds.features.Tensor(
+                shape=(config.feature_dim,), dtype=np.dtype(config.dtype)
+            ),
+            "gps": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+            "row": tfds.features.Scalar(dtype=np.int64),
+            "id": tfds.features.Text(),
+        }
+        feats.update({k: tfds.features.Text() for k in LABELS})
+        return self.dataset_info_from_configs(
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict(feats),
+            supervised_keys=("features", "gps"),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        folder = os.fspath(dl_manager.manual_dir)
+        manifest = features_lib.read_manifest(folder)
+        if manifest is None or not manifest.get("complete"):
+            raise ValueError(
+                f"{folder!r} holds no finished features: run "
+                "`gv.data.features.extract_features` (again, to finish it)."
+            )
+        self.info.metadata["manifest"] = manifest
+        return {
+            split: self._generate_examples(folder, split)
+            for split in manifest["splits"]
+        }
+
+    def _generate_examples(self, folder, split):
+        for path, rows in features_lib.shard_paths(folder, split):
+            shard = features_lib.read_shard(path, rows)
+            for i, row in enumerate(shard["row"]):
+                yield (
+                    int(row),
+                    {
+                        "features": shard["features"][i],
+                        "gps": shard["gps"][i],
+                        "row": int(row),
+                        **{k: shard[k][i] for k in ("id",) + LABELS},
+                    },
+                )
+
+
+def geotagged_features(folder, data_dir=None, verbose=True):
+    """The `geotagged_features` builder over a features folder, built if
+    needed.
+
+    Args:
+        folder: a finished folder of `gv.data.features.extract_features`.
+        data_dir: tfds data folder.
+        verbose: bool. Print the build time and size.
+
+    The data set is cached in `data_dir` under a name that includes a
+    fingerprint of the folder's manifest (corpus, backbone, dtype, rows),
+    so features of another corpus or backbone are built anew.
+
+    Example:
+
+    ```python
+    builder = gv.data.geotagged_features("~/osv5m_features")
+    train = gv.data.streams.features_stream(builder, "train", 512)
+    ```
+    """
+    folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+    manifest = features_lib.read_manifest(folder)
+    if manifest is None or not manifest.get("complete"):
+        raise ValueError(
+            f"`folder` {folder!r} holds no finished features: run "
+            "`gv.data.features.extract_features` (again, to finish it)."
+        )
+    digest = hashlib.sha1(
+        repr(sorted((k, str(v)) for k, v in manifest.items())).encode()
+    ).hexdigest()[:10]
+    config = GeotaggedFeaturesConfig(
+        name=f"{manifest['preset']}_{digest}",
+        feature_dim=int(manifest["feature_dim"]),
+        dtype=manifest["dtype"],
+    )
+    builder = GeotaggedFeatures(config=config, data_dir=data_dir)
+    return prepare(
+        builder,
+        download_config=tfds.download.DownloadConfig(manual_dir=folder),
+        verbose=verbose,
+    )

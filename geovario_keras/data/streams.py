@@ -1,0 +1,146 @@
+"""Streamed input from stored features: bounded memory, exact resumption.
+
+A `geotagged_features` data set (millions of rows) is read from disk as a
+`tf.data` pipeline, which Keras feeds to `model.fit` on every backend
+(TensorFlow natively, JAX and PyTorch through its data adapter). Memory
+is bounded by the shuffle buffer and a few batches, whatever the data size.
+
+The order is a pure function of `(seed, epoch)`: epoch `e` reads the
+files in an order drawn from `seed` and `e` and shuffles rows within a
+buffer of `shuffle_buffer` rows seeded the same way, and every epoch has
+`steps_per_epoch = num_examples // batch_size` full batches (the last
+partial batch is left out; the rows left out differ from epoch to epoch).
+So a stream can start at any global step and continue exactly where a
+killed run stopped (`gv.training.fit_resumable`).
+"""
+
+from geovario_keras.utils import check_int
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def steps_per_epoch(builder, split, batch_size):
+    """Full batches of `batch_size` per epoch of `split`."""
+    check_int("batch_size", batch_size)
+    rows = builder.info.splits[split].num_examples
+    if rows < batch_size:
+        raise ValueError(
+            f"`batch_size` must be at most the {rows} rows of split "
+            f"{split!r}; got {batch_size}."
+        )
+    return rows // batch_size
+
+
+def epoch_stream(
+    builder,
+    split,
+    batch_size,
+    epoch=0,
+    seed=0,
+    shuffle_buffer=16384,
+    steps=None,
+):
+    """One epoch of `(features float32, gps)` batches, in the order of
+    `(seed, epoch)`.
+
+    Args:
+        builder: a built `geotagged_features` builder.
+        split: its split, e.g. `"train"`.
+        batch_size: int >= 1.
+        epoch: int >= 0. Epochs of the same seed are shuffled differently.
+        seed: int. Seed of the file order and of the row shuffle.
+        shuffle_buffer: int >= 0. Rows in the shuffle buffer (0: files and
+            rows in stored order, e.g. for evaluation). tfds stored the rows
+            in a random order already, so a buffer of a few thousand rows
+            mixes the whole corpus from epoch to epoch.
+        steps: int or None. Batches of the epoch (default and at most
+            `steps_per_epoch(...)`).
+
+    Returns:
+        A `tf.data.Dataset` of `steps` batches.
+    """
+    import tensorflow_datasets as tfds
+
+    tf = _tf()
+    check_int("epoch", epoch, 0)
+    check_int("shuffle_buffer", shuffle_buffer, 0)
+    full = steps_per_epoch(builder, split, batch_size)
+    steps = full if steps is None else min(int(steps), full)
+    epoch_seed = (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
+    options = tf.data.Options()
+    options.deterministic = True
+    read_config = tfds.ReadConfig(
+        shuffle_seed=epoch_seed, options=options, try_autocache=False
+    )
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle_buffer > 0,
+        read_config=read_config,
+    )
+    if shuffle_buffer > 0:
+        ds = ds.shuffle(
+            shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False
+        )
+    ds = ds.batch(batch_size, drop_remainder=True).take(steps)
+    return ds.map(
+        lambda ex: (tf.cast(ex["features"], "float32"), ex["gps"]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def schedule(builder, split, batch_size, checkpoints_per_epoch=1):
+    """`(steps per epoch, steps per checkpoint)` of `training_stream`."""
+    check_int("checkpoints_per_epoch", checkpoints_per_epoch)
+    full = steps_per_epoch(builder, split, batch_size)
+    per_epoch = min(checkpoints_per_epoch, full)
+    chunk = full // per_epoch
+    return chunk * per_epoch, chunk
+
+
+def training_stream(
+    builder,
+    split,
+    batch_size,
+    epochs,
+    seed=0,
+    shuffle_buffer=16384,
+    start_step=0,
+    checkpoints_per_epoch=1,
+):
+    """Epochs `0..epochs-1` of `epoch_stream` as one stream, from a step.
+
+    Each epoch has `chunk * checkpoints_per_epoch` batches, `chunk` the
+    whole number of steps between checkpoints: fewer than
+    `checkpoints_per_epoch` full batches more than with one checkpoint per
+    epoch are left out (other rows in every epoch). `start_step` batches,
+    counted from the first epoch's first batch, are left out: the epoch
+    they fall in is read from its start and its first batches skipped
+    (reading them costs I/O, not training); earlier epochs are not read.
+
+    Returns:
+        `(dataset, steps_per_epoch, chunk)`; the dataset has
+        `epochs * steps_per_epoch - start_step` batches.
+    """
+    check_int("epochs", epochs)
+    check_int("start_step", start_step, 0)
+    steps, chunk = schedule(builder, split, batch_size, checkpoints_per_epoch)
+    if start_step > epochs * steps:
+        raise ValueError(
+            f"`start_step` must be at most {epochs * steps} "
+            f"({epochs} epochs of {steps} steps); got {start_step}."
+        )
+    first = min(start_step // steps, epochs - 1)
+    stream = None
+    for epoch in range(first, epochs):
+        ds = epoch_stream(
+            builder, split, batch_size, epoch, seed, shuffle_buffer, steps
+        )
+        if epoch == first:
+            ds = ds.skip(start_step - first * steps)
+        stream = ds if stream is None else stream.concatenate(ds)
+    return stream, steps, chunk
