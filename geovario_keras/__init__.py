@@ -6,6 +6,7 @@ Keras 3; runs on TensorFlow, JAX and PyTorch (set `KERAS_BACKEND`).
 from geovario_keras import callbacks
 from geovario_keras import candidates
 from geovario_keras import data
+from geovario_keras import evaluation
 from geovario_keras import export
 from geovario_keras import geo
 from geovario_keras import layers
@@ -26,6 +27,7 @@ __all__ = [
     "callbacks",
     "candidates",
     "data",
+    "evaluation",
     "export",
     "geo",
     "layers",

@@ -177,6 +177,14 @@ def _prefetched(iterator, size):
         yield item
 
 
+def _preprocessed(rows, preprocess):
+    """`rows` with each image through the backbone's `preprocess`."""
+    for n, example, reason in rows:
+        if example is not None:
+            example["image"] = preprocess([example["image"]])[0]
+        yield n, example, reason
+
+
 def _apply(layer, x):
     return layer(x, training=False)
 
@@ -213,9 +221,12 @@ class _Extractor:
         from geovario_keras import backend
 
         self.fn = backend.inference_function(backbone, _apply)
+        # CLIPImageFeatures: CLIP's own resize and centre crop, per photo.
+        self.preprocess = getattr(backbone, "preprocess", None)
         self.batch_size = batch_size
         self.images, self.owners = [], []
-        blank = np.zeros((batch_size, image_size, image_size, 3), "uint8")
+        dtype = "float32" if self.preprocess is not None else "uint8"
+        blank = np.zeros((batch_size, image_size, image_size, 3), dtype)
         self.dim = int(self._run(blank).shape[-1])  # also compiles
 
     def _run(self, images):
@@ -233,7 +244,9 @@ class _Extractor:
             return
         batch = np.stack(self.images)
         if n < self.batch_size:
-            pad = np.zeros((self.batch_size - n,) + batch.shape[1:], "uint8")
+            pad = np.zeros(
+                (self.batch_size - n,) + batch.shape[1:], batch.dtype
+            )
             batch = np.concatenate([batch, pad])
         features = self._run(batch)[:n]
         for shard, row in zip(self.owners, features):
@@ -290,10 +303,12 @@ def extract_features(
     gv.data.features.extract_features(reader, clip, "~/osv5m_features")
     ```
     """
-    if not isinstance(reader, CorpusReader) or not reader.image_size:
+    image_size = getattr(backbone, "image_size", None) or reader.image_size
+    if not isinstance(reader, CorpusReader) or not image_size:
         raise ValueError(
-            "`reader` must be a `CorpusReader` with an `image_size` (the "
-            f"backbone's input size); got {reader!r}."
+            "`reader` must be a `CorpusReader`, with an `image_size` (the "
+            "backbone's input size) unless the backbone preprocesses "
+            f"photos itself (`gv.layers.CLIPImageFeatures`); got {reader!r}."
         )
     check_int("shard_size", shard_size)
     check_int("batch_size", batch_size)
@@ -301,11 +316,11 @@ def extract_features(
         raise ValueError(f"`dtype` must be one of {DTYPES}; got {dtype!r}.")
     folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
     splits = list(splits or reader.splits())
-    extractor = _Extractor(backbone, batch_size, reader.image_size)
+    extractor = _Extractor(backbone, batch_size, image_size)
     manifest = {
         "preset": reader.name,
         "corpus": os.path.realpath(reader.root),
-        "image_size": reader.image_size,
+        "image_size": image_size,
         "backbone": backbone_fingerprint(backbone),
         "dtype": dtype,
         "feature_dim": extractor.dim,
@@ -367,6 +382,8 @@ def _extract_split(reader, split, extractor, folder, manifest, verbose):
         progress.update(shards[k][1])
 
     rows = reader.rows(split, include=lambda n: n // size in todo)
+    if extractor.preprocess is not None:
+        rows = _preprocessed(rows, extractor.preprocess)
     for n, example, reason in _prefetched(rows, 2 * extractor.batch_size):
         k = n // size
         for old in [j for j in open_shards if j < k]:

@@ -1,0 +1,152 @@
+"""Reference sets and evaluation streamed from stored features.
+
+For data sets of millions of rows (a `geotagged_features` builder):
+`set_reference_from_features` encodes a split block by block into the
+model's reference set (memory: the reference embeddings themselves, which
+are model state, plus one block), and `evaluate_features` predicts a split
+block by block in any retrieval mode and scores it with
+`gv.metrics.geolocation_report` (memory: one block of features and the
+predicted coordinates). Both print progress with rows/s and an ETA.
+"""
+
+import time
+
+import numpy as np
+
+from geovario_keras import geo
+from geovario_keras import metrics
+from geovario_keras.data.corpus_reader import LABELS
+from geovario_keras.utils import check_int
+
+
+def _blocks(builder, split, block_size):
+    """Numpy dicts of `block_size` rows of `split`, in stored order."""
+    import tensorflow_datasets as tfds
+
+    check_int("block_size", block_size)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    for block in tfds.as_numpy(ds.batch(block_size)):
+        yield block
+
+
+class _Rate:
+    def __init__(self, what, total, verbose, every_s=10.0):
+        self.what, self.total, self.verbose = what, total, verbose
+        self.done, self.start, self.last, self.every_s = (
+            0,
+            time.time(),
+            0,
+            every_s,
+        )
+
+    def update(self, n):
+        self.done += n
+        now = time.time()
+        if not self.verbose:
+            return
+        if now - self.last < self.every_s and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / max(rate, 1e-9)
+        print(
+            f"{self.what}: {self.done:,}/{self.total:,} rows, "
+            f"{rate:,.0f} rows/s, ETA {eta:,.0f} s",
+            flush=True,
+        )
+
+
+def set_reference_from_features(
+    model, builder, split="train", block_size=65536, verbose=1
+):
+    """Encodes a stored-features split as the model's reference set.
+
+    Args:
+        model: a `GeoCLIP` whose image encoder takes the stored features.
+        builder: a built `gv.data.geotagged_features` builder.
+        split: the split (typically the training split).
+        block_size: int >= 1. Rows read and encoded per block.
+        verbose: 0 or 1. Progress lines.
+
+    Returns:
+        The number of reference rows.
+    """
+    total = builder.info.splits[split].num_examples
+    dim = model.image_encoder.embed_dim
+    emb = np.empty((total, dim), "float32")
+    gps = np.empty((total, 2), "float32")
+    rate, at = _Rate(f"reference {split}", total, verbose), 0
+    for block in _blocks(builder, split, block_size):
+        n = len(block["gps"])
+        emb[at : at + n] = model.encode_image(
+            block["features"].astype("float32"), batch_size=min(n, 4096)
+        )
+        gps[at : at + n] = block["gps"]
+        at += n
+        rate.update(n)
+    if at != total:
+        raise ValueError(
+            f"Split {split!r} yielded {at} rows, its info says {total}: the "
+            "data set is damaged; rebuild it."
+        )
+    model.reference.set(geo.check_gps(gps, name="gps"), emb, copy=False)
+    return total
+
+
+def evaluate_features(
+    model,
+    builder,
+    split="test",
+    mode="gallery",
+    block_size=8192,
+    admin_levels=True,
+    verbose=1,
+    **options,
+):
+    """`gv.metrics.geolocation_report` of the top-1 predictions of a split.
+
+    Args:
+        model: a `GeoCLIP` over the stored features, with its gallery set
+            (and its reference for `"reference"` / `"hybrid"`).
+        builder: a built `gv.data.geotagged_features` builder.
+        split: the split to score.
+        mode: `"gallery"`, `"reference"` or `"hybrid"` (`predict_gps`).
+        block_size: int >= 1. Queries per block.
+        admin_levels: bool. Also score country / region / sub-region /
+            city against the stored labels (rows without one are left out
+            of that level).
+        verbose: 0 or 1. Progress lines with queries/s and ETA.
+        **options: `gv.retrieval.RetrievalOptions` fields.
+
+    Returns:
+        `(report, predictions (N, 2))`.
+    """
+    total = builder.info.splits[split].num_examples
+    pred = np.empty((total, 2), "float32")
+    true = np.empty((total, 2), "float32")
+    labels = {k: [] for k in LABELS}
+    rate, at = _Rate(f"evaluate {split} ({mode})", total, verbose), 0
+    for block in _blocks(builder, split, block_size):
+        n = len(block["gps"])
+        coords, _ = model.predict_gps(
+            block["features"].astype("float32"),
+            top_k=1,
+            mode=mode,
+            batch_size=min(n, 4096),
+            **options,
+        )
+        pred[at : at + n] = coords[:, 0]
+        true[at : at + n] = block["gps"]
+        for k in LABELS:
+            labels[k].extend(v.decode("utf-8") for v in block[k])
+        at += n
+        rate.update(n)
+    report = metrics.geolocation_report(
+        pred,
+        true,
+        admin_levels=admin_levels,
+        true_labels={k: np.array(v) for k, v in labels.items()}
+        if admin_levels
+        else None,
+    )
+    return report, pred

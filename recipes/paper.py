@@ -1,0 +1,309 @@
+"""The paper's experiment at any scale: corpus -> features -> train -> table.
+
+For corpora of millions of photos (OSV5M: 4.9 M training photos; MP-16:
+4.7 M), with bounded memory and every step resumable. Each step writes
+into one run folder, skips work already done and never replaces a
+finished output without `--overwrite`:
+
+1. `features`: the frozen CLIP image tower runs once over the corpus
+   (`gv.data.features.extract_features`, shards resumable after a kill),
+   then the shards become a tfds data set (`gv.data.geotagged_features`).
+2. `train --method geoclip|semivariogram`: GeoCLIP's heads over the stored
+   features, streamed from disk (`gv.training.fit_resumable`: checkpoints
+   several times per epoch, exact resumption), then `model.keras`.
+3. `evaluate --method ...`: gallery, reference and hybrid prediction over
+   the test split in blocks (`gv.evaluation`), OSV5M's metrics (accuracy
+   at 1 / 25 / 200 / 750 / 2,500 km, GeoScore, country / region /
+   sub-region / city), one JSON per mode, and `results.md` (every method).
+4. `export --method ...`: a TF SavedModel that takes features.
+
+`all` runs every step for both methods. Commands (README, "The paper's
+experiment"):
+
+    python recipes/paper.py all --preset osv5m --corpus ~/osv5m \\
+        --clip ~/clip-vit-l14 --run ~/runs/osv5m
+
+For the small embedded data, `compare.py` is the demo; `finetune.py`
+trains end to end from pixels on corpora that fit in memory.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+import geovario_keras as gv
+
+METHODS = ("geoclip", "semivariogram")
+MODES = ("gallery", "reference", "hybrid")
+KEYS = (
+    ("acc_1km", "1 km"),
+    ("acc_25km", "25 km"),
+    ("acc_200km", "200 km"),
+    ("acc_750km", "750 km"),
+    ("acc_2500km", "2500 km"),
+    ("median_km", "median km"),
+    ("geoscore", "GeoScore"),
+    ("acc_country", "country"),
+    ("acc_region", "region"),
+    ("acc_sub_region", "sub-region"),
+    ("acc_city", "city"),
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "step", choices=("features", "train", "evaluate", "export", "all")
+    )
+    parser.add_argument("--run", required=True, help="the run folder")
+    parser.add_argument(
+        "--preset", default="osv5m", choices=sorted(gv.data.PRESETS)
+    )
+    parser.add_argument("--corpus", help="the corpus folder (features)")
+    parser.add_argument("--clip", help="CLIP checkpoint folder (features)")
+    parser.add_argument("--shard-size", type=int, default=4096)
+    parser.add_argument("--extract-batch", type=int, default=128)
+    parser.add_argument(
+        "--dtype", default="float16", choices=gv.data.features.DTYPES
+    )
+    parser.add_argument(
+        "--method", nargs="+", default=list(METHODS), choices=METHODS
+    )
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--learning-rate", type=float, default=3e-5)
+    parser.add_argument("--queue-size", type=int, default=4096)
+    parser.add_argument("--embed-dim", type=int, default=512)
+    parser.add_argument(
+        "--location-hidden",
+        type=int,
+        default=1024,
+        help="units of the location MLPs (GeoCLIP: 1024)",
+    )
+    parser.add_argument("--location-layers", type=int, default=3)
+    parser.add_argument("--location-features", type=int, default=256)
+    parser.add_argument("--checkpoints-per-epoch", type=int, default=10)
+    parser.add_argument("--shuffle-buffer", type=int, default=65536)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument(
+        "--gallery-size",
+        type=int,
+        default=100_000,
+        help="gallery: this many training coordinates",
+    )
+    parser.add_argument(
+        "--modes", nargs="+", default=list(MODES), choices=MODES
+    )
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--verbose", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def features_builder(args):
+    """Step 1: the features folder (resumable), then its tfds data set."""
+    folder = os.path.join(args.run, "features")
+    manifest = gv.data.features.read_manifest(folder)
+    if manifest is None or not manifest.get("complete") or args.overwrite:
+        if not (args.corpus and args.clip):
+            raise SystemExit("`features` needs --corpus and --clip.")
+        reader = gv.data.corpus_reader.CorpusReader(args.preset, args.corpus)
+        backbone = gv.pretrained.clip_image_backbone(args.clip)
+        gv.data.features.extract_features(
+            reader,
+            backbone,
+            folder,
+            shard_size=args.shard_size,
+            batch_size=args.extract_batch,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            verbose=args.verbose,
+        )
+    return gv.data.geotagged_features(
+        folder, data_dir=os.path.join(args.run, "tfds"), verbose=True
+    )
+
+
+def make_model(args, builder, method):
+    """GeoCLIP's heads over the stored features, compiled for `method`."""
+    feature_dim = builder.info.features["features"].shape[0]
+    keras.utils.set_random_seed(args.seed)
+    model = gv.GeoCLIP(
+        image_encoder=gv.layers.ImageEncoder(
+            None, embed_dim=args.embed_dim, hidden_units=feature_dim
+        ),
+        location_encoder=gv.layers.LocationEncoder(
+            num_features=args.location_features,
+            hidden_units=args.location_hidden,
+            hidden_layers=args.location_layers,
+            embed_dim=args.embed_dim,
+            seed=args.seed,
+        ),
+        queue_size=args.queue_size,
+        seed=args.seed,
+    )
+    loss = (
+        gv.losses.SemivariogramContrastiveLoss()
+        if method == "semivariogram"
+        else gv.losses.GeoContrastiveLoss()
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss
+    )
+    model.build((None, feature_dim))
+    return model
+
+
+def train(args, builder, method):
+    """Step 2: resumable streamed training; `model.keras` at the end."""
+    folder = os.path.join(args.run, method)
+    final = os.path.join(folder, "model.keras")
+    if os.path.exists(final) and not args.overwrite:
+        print(f"{final} exists: training of {method} is done (--overwrite).")
+        return gv.load_model(final)
+    model = make_model(args, builder, method)
+    callbacks = []
+    if method == "semivariogram":
+        callbacks.append(
+            gv.training.semivariogram_callback(
+                args.checkpoints_per_epoch, verbose=args.verbose
+            )
+        )
+    start = time.time()
+    gv.training.fit_resumable(
+        model,
+        builder,
+        os.path.join(folder, "checkpoints"),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        split=args.train_split,
+        checkpoints_per_epoch=args.checkpoints_per_epoch,
+        seed=args.seed,
+        shuffle_buffer=args.shuffle_buffer,
+        callbacks=callbacks,
+        verbose=2 if args.verbose else 0,
+    )
+    print(f"trained {method} in {time.time() - start:.0f} s (this run)")
+    model.save(final, overwrite=args.overwrite)
+    return model
+
+
+def gallery(args, builder):
+    """Up to `--gallery-size` training coordinates (seeded draw)."""
+    import tensorflow_datasets as tfds
+
+    ds = builder.as_dataset(split=args.train_split, shuffle_files=False)
+    gps = np.concatenate(
+        [
+            b["gps"]
+            for b in tfds.as_numpy(
+                ds.map(lambda e: {"gps": e["gps"]}).batch(65536)
+            )
+        ]
+    )
+    rng = np.random.default_rng(args.seed)
+    pick = rng.choice(len(gps), min(args.gallery_size, len(gps)), False)
+    return gps[np.sort(pick)]
+
+
+def evaluate(args, builder, method, model):
+    """Step 3: one JSON report per mode; done modes are skipped."""
+    folder = os.path.join(args.run, method)
+    reports, todo = {}, []
+    for mode in args.modes:
+        path = os.path.join(folder, f"results-{mode}.json")
+        if os.path.exists(path) and not args.overwrite:
+            with open(path) as f:
+                reports[mode] = json.load(f)
+        else:
+            todo.append(mode)
+    if not todo:
+        return reports
+    model.set_gallery(gallery(args, builder), verbose=0)
+    if set(todo) & {"reference", "hybrid"}:
+        gv.evaluation.set_reference_from_features(
+            model, builder, args.train_split, verbose=args.verbose
+        )
+    for mode in todo:
+        start = time.time()
+        report, _ = gv.evaluation.evaluate_features(
+            model, builder, args.test_split, mode, verbose=args.verbose
+        )
+        report["seconds"] = time.time() - start
+        path = os.path.join(folder, f"results-{mode}.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, path)
+        reports[mode] = report
+        print(
+            f"{method} {mode}: "
+            + ", ".join(
+                f"{label} {report[key]:.1f}"
+                for key, label in KEYS
+                if key in report
+            )
+        )
+    return reports
+
+
+def export(args, method, model):
+    """Step 4: a SavedModel over features (skipped when it exists)."""
+    path = os.path.join(args.run, method, "saved_model")
+    if os.path.exists(path) and not args.overwrite:
+        print(f"{path} exists (--overwrite to replace it).")
+        return path
+    return gv.export.export_saved_model(model, path, top_k=5)
+
+
+def table(results):
+    """Markdown: one row per method and mode."""
+    lines = [
+        "| method | mode | " + " | ".join(label for _, label in KEYS) + " |",
+        "|---|---|" + "---|" * len(KEYS),
+    ]
+    for (method, mode), r in results.items():
+        cells = [
+            f"{r[k]:.0f}" if k in ("median_km", "geoscore") else f"{r[k]:.1f}"
+            for k, _ in KEYS
+        ]
+        lines.append(f"| {method} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.run, exist_ok=True)
+    print(
+        f"backend: {keras.backend.backend()} | geovario-keras "
+        f"{gv.__version__} | run {args.run}"
+    )
+    builder = features_builder(args)
+    if args.step == "features":
+        return
+    results = {}
+    for method in args.method:
+        model = train(args, builder, method)
+        if args.step == "train":
+            continue
+        if args.step in ("evaluate", "all"):
+            for mode, r in evaluate(args, builder, method, model).items():
+                results[(method, mode)] = r
+        if args.step in ("export", "all"):
+            print(f"exported {export(args, method, model)}")
+    if results:
+        text = table(results)
+        with open(os.path.join(args.run, "results.md"), "w") as f:
+            f.write(text + "\n")
+        print("\n" + text)
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)
+    main()

@@ -1,0 +1,359 @@
+"""Features computed once, stored, streamed into training and evaluation.
+
+`extract_features` against the backbone run on photos read independently
+(PIL, the CSV's order), its resumption against an uninterrupted run, the
+`geotagged_features` data set and its streams, `fit_resumable` against an
+uninterrupted fit, and streamed evaluation against the in-memory path.
+The SIGKILL versions of the resumption tests are in
+`tests/kill_resume_test.py` (slow).
+"""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import geovario_keras as gv
+from geovario_keras.data import features as features_lib
+from geovario_keras.data.corpus_reader import CorpusReader
+
+SIZE = 32
+
+
+def tiny_backbone(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(16),
+        ],
+        name="tiny_backbone",
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return gv.data.write_blue_marble_corpus(
+        root / "c", num_train=300, num_test=60, image_size=SIZE
+    )
+
+
+@pytest.fixture(scope="module")
+def extracted(corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("features") / "f"
+    reader = CorpusReader("osv5m", corpus, SIZE)
+    backbone = tiny_backbone()
+    features_lib.extract_features(
+        reader, backbone, folder, shard_size=64, batch_size=16, verbose=0
+    )
+    return folder, backbone
+
+
+def _rows(folder, split):
+    shards = [
+        features_lib.read_shard(path, rows)
+        for path, rows in features_lib.shard_paths(folder, split)
+    ]
+    keys = [k for k in shards[0] if k != "skipped"]
+    return {k: np.concatenate([s[k] for s in shards]) for k in keys}
+
+
+def test_features_equal_the_backbone_on_photos_read_independently(
+    corpus, extracted
+):
+    from PIL import Image
+
+    folder, backbone = extracted
+    with open(os.path.join(corpus, "train.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    images = np.stack(
+        [
+            np.asarray(
+                Image.open(
+                    os.path.join(corpus, "images", "train", r["id"] + ".jpg")
+                ).convert("RGB")
+            )
+            for r in rows
+        ]
+    )
+    want = keras.ops.convert_to_numpy(backbone(images))
+    got = _rows(folder, "train")
+    assert got["features"].dtype == np.float16
+    assert list(got["id"]) == [r["id"] for r in rows]
+    np.testing.assert_array_equal(got["row"], np.arange(len(rows)))
+    np.testing.assert_allclose(
+        got["gps"],
+        [[float(r["latitude"]), float(r["longitude"])] for r in rows],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        got["features"].astype("float32"), want, rtol=2e-3, atol=2e-3
+    )
+    manifest = features_lib.read_manifest(folder)
+    assert manifest["complete"] and manifest["splits"]["train"]["kept"] == 300
+    assert manifest["splits"]["train"]["shards"] == 5  # 300 rows / 64
+
+
+def test_an_interrupted_extraction_resumes_with_the_same_rows(
+    corpus, extracted, tmp_path, monkeypatch
+):
+    folder, backbone = extracted
+    reads = {"n": 0, "stop_at": 150}
+    original = CorpusReader.read_image
+
+    def read_image(self, path):
+        reads["n"] += 1
+        if reads["n"] == reads["stop_at"]:
+            raise KeyboardInterrupt("killed")
+        return original(self, path)
+
+    monkeypatch.setattr(CorpusReader, "read_image", read_image)
+    reader = CorpusReader("osv5m", corpus, SIZE)
+    again = tmp_path / "again"
+    with pytest.raises(KeyboardInterrupt):
+        features_lib.extract_features(
+            reader, backbone, again, shard_size=64, batch_size=16, verbose=0
+        )
+    assert not features_lib.read_manifest(again)["complete"]
+    finished = len(list(again.glob("train-*.npz")))
+    assert 0 < finished < 5 and not list(again.glob("*.tmp*"))
+    reads.update(n=0, stop_at=-1)
+    features_lib.extract_features(
+        reader, backbone, again, shard_size=64, batch_size=16, verbose=0
+    )
+    # Finished shards were not recomputed: fewer photos read than 360.
+    assert reads["n"] == 360 - 64 * finished
+    for split in ("train", "test"):
+        want, got = _rows(folder, split), _rows(again, split)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_skips_are_counted_and_other_settings_refused(corpus, tmp_path):
+    import shutil
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy)
+    with open(copy / "train.csv") as f:
+        lines = f.read().splitlines()
+    lines[3] = lines[3].replace(lines[3].split(",")[1], "nan", 1)
+    with open(copy / "train.csv", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    first = lines[1].split(",")[0]
+    (copy / "images" / "train" / f"{first}.jpg").write_bytes(b"not a jpeg")
+    reader = CorpusReader("osv5m", copy, SIZE)
+    folder = tmp_path / "f"
+    manifest = features_lib.extract_features(
+        reader, tiny_backbone(), folder, shard_size=64, verbose=0
+    )
+    assert manifest["splits"]["train"]["skipped"] == {
+        "out_of_range_coordinate": 1,
+        "unreadable_image": 1,
+    }
+    assert manifest["splits"]["train"]["kept"] == 298
+    with pytest.raises(FileExistsError, match="shard_size"):
+        features_lib.extract_features(
+            reader, tiny_backbone(), folder, shard_size=32, verbose=0
+        )
+    with pytest.raises(FileExistsError, match="backbone"):
+        features_lib.extract_features(
+            reader, tiny_backbone(seed=1), folder, shard_size=64, verbose=0
+        )
+    with pytest.raises(ValueError, match="`dtype` must be one of"):
+        features_lib.extract_features(
+            reader, tiny_backbone(), folder, dtype="int8", verbose=0
+        )
+
+
+def test_a_damaged_shard_is_an_error_that_names_it(extracted, tmp_path):
+    import shutil
+
+    folder, _ = extracted
+    copy = tmp_path / "f"
+    shutil.copytree(folder, copy)
+    path, _ = features_lib.shard_paths(copy, "train")[2]
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match="corrupt or truncated") as info:
+        gv.data.geotagged_features(copy, data_dir=str(tmp_path / "tfds"))
+    assert os.path.basename(path) in str(info.value)
+    # A shard with rows missing (not truncated) is an error too.
+    path, rows = features_lib.shard_paths(copy, "train")[1]
+    data = features_lib.read_shard(path, rows)
+    skipped = json.dumps(data.pop("skipped"))
+    np.savez(path, skipped=skipped, **{k: v[1:] for k, v in data.items()})
+    with pytest.raises(ValueError, match="inconsistent"):
+        features_lib.read_shard(path, rows)
+
+
+@pytest.fixture(scope="module")
+def builder(extracted, tmp_path_factory):
+    folder, _ = extracted
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return gv.data.geotagged_features(folder, data_dir=str(data_dir))
+
+
+def _batches(ds):
+    return [tuple(np.asarray(t) for t in batch) for batch in ds]
+
+
+def test_the_stream_is_a_function_of_seed_and_epoch(builder):
+    streams = gv.data.streams
+    one = _batches(streams.epoch_stream(builder, "train", 32, 0, 7, 100))
+    assert len(one) == 300 // 32
+    same = _batches(streams.epoch_stream(builder, "train", 32, 0, 7, 100))
+    for a, b in zip(one, same):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    other = _batches(streams.epoch_stream(builder, "train", 32, 1, 7, 100))
+    assert not np.array_equal(one[0][1], other[0][1])
+    rows = np.concatenate([b[1] for b in one])
+    assert len(np.unique(rows, axis=0)) == len(rows)  # no row twice
+    # A stream started at step 13 is the whole stream without 13 batches.
+    whole, steps, chunk = streams.training_stream(
+        builder, "train", 32, 3, 7, 100, checkpoints_per_epoch=4
+    )
+    assert (steps, chunk) == (8, 2)  # 9 full batches -> 4 chunks of 2
+    late, _, _ = streams.training_stream(
+        builder, "train", 32, 3, 7, 100, start_step=13, checkpoints_per_epoch=4
+    )
+    whole, late = _batches(whole), _batches(late)
+    assert len(whole) == 24 and len(late) == 11
+    for a, b in zip(whole[13:], late):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="`batch_size` must be at most"):
+        streams.steps_per_epoch(builder, "test", 61)
+
+
+def _feature_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = gv.GeoCLIP(
+        gv.layers.ImageEncoder(None, embed_dim=16, hidden_units=32),
+        gv.layers.LocationEncoder(
+            sigmas=(1, 16),
+            num_features=16,
+            hidden_units=32,
+            hidden_layers=1,
+            embed_dim=16,
+            seed=seed,
+        ),
+        queue_size=64,
+        seed=seed,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=gv.losses.SemivariogramContrastiveLoss(),
+    )
+    model.build((None, 16))
+    # A trusted fit from the start, so that the first epoch's steps (where
+    # the runs are interrupted) re-weight negatives.
+    model.variogram.set_fit(
+        gv.semivariogram.VariogramFit(
+            "exponential",
+            nugget=0.1,
+            psill=0.5,
+            length_scale=500.0,
+            converged=True,
+        )
+    )
+    return model
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.seen = at, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.at:
+            raise KeyboardInterrupt("killed")
+
+
+def _fit(model, builder, directory, interrupt_at=None):
+    callbacks = [gv.training.semivariogram_callback(3, min_pairs=1)]
+    if interrupt_at:
+        callbacks.append(_Interrupt(interrupt_at))
+    return gv.training.fit_resumable(
+        model,
+        builder,
+        directory,
+        epochs=3,
+        batch_size=32,
+        checkpoints_per_epoch=3,
+        shuffle_buffer=100,
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def test_fit_resumable_continues_exactly_after_interruptions(builder, tmp_path):
+    whole = _feature_model()
+    history = _fit(whole, builder, tmp_path / "whole")
+    assert len(history.history["loss"]) == 9  # 3 epochs x 3 checkpoints
+    for at in (5, 4):  # mid-chunk, twice
+        with pytest.raises(KeyboardInterrupt):
+            _fit(_feature_model(), builder, tmp_path / "cut", at)
+    resumed = _feature_model()
+    history2 = _fit(resumed, builder, tmp_path / "cut")
+    assert len(history2.history["loss"]) == 9 - 2  # two chunks were saved
+    np.testing.assert_allclose(
+        history2.history["loss"], history.history["loss"][2:], atol=1e-4
+    )
+    for a, b in zip(whole.weights, resumed.weights):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a),
+            keras.ops.convert_to_numpy(b),
+            atol=1e-5,
+            err_msg=a.path,
+        )
+    # A finished run only loads its final weights.
+    again = _feature_model()
+    assert _fit(again, builder, tmp_path / "cut") is None
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(again.weights[0]),
+        keras.ops.convert_to_numpy(resumed.weights[0]),
+    )
+
+
+def test_streamed_evaluation_equals_the_in_memory_path(builder):
+    model = _feature_model()
+    train = gv.data.as_arrays(builder, "train")
+    test = gv.data.as_arrays(builder, "test")
+    model.set_gallery(train["gps"][::3], verbose=0)
+    model.set_reference(
+        train["features"].astype("float32"), train["gps"], verbose=0
+    )
+    ref_emb = np.array(keras.ops.convert_to_numpy(model.reference.embeddings))
+    assert gv.evaluation.set_reference_from_features(
+        model, builder, "train", block_size=50, verbose=0
+    ) == len(train["gps"])
+    # Stored order differs from `as_arrays`'s? Compare as sets of rows.
+    new_emb = keras.ops.convert_to_numpy(model.reference.embeddings)
+    np.testing.assert_allclose(
+        np.sort(new_emb, axis=0), np.sort(ref_emb, axis=0), atol=1e-5
+    )
+    labels = {k: test[k] for k in gv.metrics.ADMIN_LEVELS}
+    for mode in ("gallery", "reference", "hybrid"):
+        coords, _ = model.predict_gps(
+            test["features"].astype("float32"), top_k=1, mode=mode
+        )
+        want = gv.metrics.geolocation_report(
+            coords[:, 0], test["gps"], admin_levels=True, true_labels=labels
+        )
+        got, _ = gv.evaluation.evaluate_features(
+            model, builder, "test", mode, block_size=25, verbose=0
+        )
+        for key, value in want.items():
+            if np.isnan(value):
+                assert np.isnan(got[key]), key
+            else:
+                assert got[key] == pytest.approx(value, abs=1e-3), key
