@@ -263,7 +263,7 @@ def test_the_removed_model_keyword_is_refused():
     with pytest.raises(TypeError, match="model"):
         gv.callbacks.SemivariogramCallback(model="gaussian")
     assert not hasattr(gv.semivariogram, "MODELS")
-    with pytest.raises(ValueError, match="is now `\"near_scaling\"`"):
+    with pytest.raises(ValueError, match='is now `"near_scaling"`'):
         gv.losses.SemivariogramContrastiveLoss(mode="thesis")
 
 

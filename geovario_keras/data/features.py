@@ -343,6 +343,10 @@ def _start(folder, manifest, overwrite):
     if old is not None:
         same = {k: old.get(k) for k in manifest} == manifest
         if same:
+            # Partial files of a killed run (one writer per folder).
+            for name in os.listdir(folder):
+                if ".tmp" in name:
+                    os.remove(os.path.join(folder, name))
             return old
         if not overwrite:
             diff = {

@@ -1,0 +1,90 @@
+"""A job of `kill_resume_test.py`, run in its own process (and killed).
+
+`extract CORPUS FOLDER`: features of the corpus with a seeded tiny backbone.
+`train FEATURES TFDS CHECKPOINTS OUT`: `fit_resumable` on them; the final
+weights and the losses of this run go to `OUT` (.npz).
+Prints "working" when the work (not the imports) begins, and "chunk" at
+each training checkpoint interval.
+"""
+
+import sys
+
+import keras
+import numpy as np
+
+import geovario_keras as gv
+from geovario_keras.data import features as features_lib
+from geovario_keras.data.corpus_reader import CorpusReader
+
+
+def backbone():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(16),
+        ]
+    )
+
+
+def extract(corpus, folder):
+    reader = CorpusReader("osv5m", corpus, 32)
+    net = backbone()
+    print("working", flush=True)
+    features_lib.extract_features(
+        reader, net, folder, shard_size=32, batch_size=8, verbose=0
+    )
+
+
+def train(features, data_dir, checkpoints, out):
+    builder = gv.data.geotagged_features(features, data_dir, verbose=False)
+    keras.utils.set_random_seed(0)
+    model = gv.GeoCLIP(
+        gv.layers.ImageEncoder(None, embed_dim=16, hidden_units=32),
+        gv.layers.LocationEncoder(
+            sigmas=(1, 16),
+            num_features=16,
+            hidden_units=32,
+            hidden_layers=1,
+            embed_dim=16,
+            seed=0,
+        ),
+        queue_size=64,
+        seed=0,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=gv.losses.SemivariogramContrastiveLoss(),
+    )
+    model.build((None, 16))
+    print("working", flush=True)
+    history = gv.training.fit_resumable(
+        model,
+        builder,
+        checkpoints,
+        epochs=6,
+        batch_size=32,
+        checkpoints_per_epoch=3,
+        shuffle_buffer=100,
+        callbacks=[
+            gv.training.semivariogram_callback(3, min_pairs=1),
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda *_: print("chunk", flush=True)
+            ),
+        ],
+        verbose=0,
+    )
+    losses = history.history["loss"] if history else []
+    weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    np.savez(
+        out,
+        losses=np.array(losses),
+        **{f"w{i}": w for i, w in enumerate(weights)},
+    )
+
+
+if __name__ == "__main__":
+    {"extract": extract, "train": train}[sys.argv[1]](*sys.argv[2:])
