@@ -14,6 +14,8 @@ So a stream can start at any global step and continue exactly where a
 killed run stopped (`gv.training.fit_resumable`).
 """
 
+import os
+
 from geovario_keras.utils import check_int
 
 
@@ -63,34 +65,65 @@ def epoch_stream(
     Returns:
         A `tf.data.Dataset` of `steps` batches.
     """
-    import tensorflow_datasets as tfds
-
     tf = _tf()
     check_int("epoch", epoch, 0)
     check_int("shuffle_buffer", shuffle_buffer, 0)
     full = steps_per_epoch(builder, split, batch_size)
     steps = full if steps is None else min(int(steps), full)
     epoch_seed = (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
-    options = tf.data.Options()
-    options.deterministic = True
-    read_config = tfds.ReadConfig(
-        shuffle_seed=epoch_seed, options=options, try_autocache=False
-    )
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=shuffle_buffer > 0,
-        read_config=read_config,
-    )
+    ds = _records(builder, split, epoch_seed if shuffle_buffer else None)
     if shuffle_buffer > 0:
         ds = ds.shuffle(
             shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False
         )
     ds = ds.batch(batch_size, drop_remainder=True).take(steps)
     return ds.map(
-        lambda ex: (tf.cast(ex["features"], "float32"), ex["gps"]),
+        _parser(builder),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def _records(builder, split, seed=None):
+    """The serialized examples of `split`, files in an order drawn from
+    `seed` (None: stored order), read a few files at a time."""
+    import numpy as np
+
+    tf = _tf()
+    names = builder.info.splits[split].filenames
+    if seed is not None:
+        names = [
+            names[i]
+            for i in np.random.default_rng(seed).permutation(len(names))
+        ]
+    files = [os.path.join(builder.data_dir, name) for name in names]
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    return ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+        cycle_length=min(4, len(files)),
+        block_length=64,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+
+
+def _parser(builder):
+    """Batch of serialized examples -> `(features float32 (B, D), gps)`:
+    one vectorised parse and one decode per batch."""
+    tf = _tf()
+    info = builder.info.features["features"]
+    dim, dtype = info.shape[0], info.dtype
+    spec = {
+        "features": tf.io.FixedLenFeature([], tf.string),
+        "gps": tf.io.FixedLenFeature([2], tf.float32),
+    }
+
+    def parse(serialized):
+        ex = tf.io.parse_example(serialized, spec)
+        x = tf.io.decode_raw(ex["features"], dtype)
+        return tf.cast(tf.reshape(x, (-1, dim)), "float32"), ex["gps"]
+
+    return parse
 
 
 def schedule(builder, split, batch_size, checkpoints_per_epoch=1):

@@ -1,0 +1,259 @@
+"""The stored-features pipeline at scale: rates and peak memory per phase.
+
+On the backend of `KERAS_BACKEND`, for `--rows` synthetic feature rows
+(`--dim`-d float16, coordinates uniform on the sphere, written as the
+shards `gv.data.features.extract_features` writes), each phase timed and
+its peak host memory (VmHWM, reset per phase) measured:
+
+- **build**: the shards into the `geotagged_features` tfds data set;
+- **stream**: one epoch of `gv.data.streams.epoch_stream` alone (batch
+  `--batch`, shuffle buffer `--buffer`): the input pipeline's rows/s;
+- **train**: one epoch of `gv.training.fit_resumable` (semivariogram loss
+  and callback, checkpoints `--checkpoints` times) with the model of the
+  scale issue's measurement (128-d embeddings, 256-unit MLPs, queue 4096);
+- **reference**: `gv.evaluation.set_reference_from_features` over every
+  row (the reference embeddings are model state: `emb_mib` below);
+- **predict**: `--queries` queries per retrieval mode, 100 K gallery.
+
+Run each size in its own process (peak memory is per process):
+`KERAS_BACKEND=jax python benchmarks/features_pipeline.py --rows 100000`
+and `--rows 1000000`. `--extract N` instead times `extract_features` over
+a generated corpus of `N` photos with a tiny random CLIP (decoding, CLIP
+preprocessing and shard writing: the pipeline's cost besides the backbone).
+Results: BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import harness
+import numpy as np
+
+import geovario_keras as gv
+from geovario_keras.data import features as features_lib
+from geovario_keras.data.corpus_reader import LABELS
+
+
+def write_shards(folder, rows, dim, shard_size=65536, seed=0):
+    """`rows` synthetic rows as finished feature shards (train and test)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    splits = {"train": rows, "test": max(1000, rows // 100)}
+    manifest = {
+        "preset": "synthetic",
+        "corpus": "none",
+        "image_size": 0,
+        "backbone": f"random-{seed}",
+        "dtype": "float16",
+        "feature_dim": dim,
+        "shard_size": shard_size,
+        "splits": {},
+        "complete": True,
+    }
+    for split, total in splits.items():
+        shards = features_lib._shard_ranges(folder, split, shard_size, total)
+        for k, (path, n) in enumerate(shards):
+            lat = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+            lon = rng.uniform(-180, 180, n)
+            data = {
+                "features": rng.standard_normal((n, dim)).astype("float16"),
+                "gps": np.stack([lat, lon], 1).astype("float32"),
+                "row": np.arange(k * shard_size, k * shard_size + n),
+                "id": np.array([str(i) for i in range(n)]),
+                **{key: np.full(n, "") for key in LABELS},
+            }
+            np.savez(path, skipped="{}", **data)
+        manifest["splits"][split] = {
+            "rows": total,
+            "shards": len(shards),
+            "kept": total,
+            "skipped": {},
+        }
+    with open(os.path.join(folder, features_lib.MANIFEST), "w") as f:
+        json.dump(manifest, f)
+
+
+def phase(name, results, fn):
+    harness.reset_peak_memory()
+    start = time.time()
+    value = fn()
+    seconds = time.time() - start
+    results[name] = {
+        "seconds": seconds,
+        "peak_rss_mib": harness.peak_memory_mib()["host_rss"],
+        **(value or {}),
+    }
+    print(f"{name}: {json.dumps(results[name])}", flush=True)
+    return value
+
+
+def model_for(dim):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = gv.GeoCLIP(
+        gv.layers.ImageEncoder(None, embed_dim=128, hidden_units=256),
+        gv.layers.LocationEncoder(
+            num_features=128, hidden_units=256, hidden_layers=2, embed_dim=128
+        ),
+        queue_size=4096,
+        seed=0,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss=gv.losses.SemivariogramContrastiveLoss(),
+    )
+    model.build((None, dim))
+    return model
+
+
+def run_scale(args, work):
+    results = {"rows": args.rows, "dim": args.dim}
+    folder = os.path.join(work, "features")
+    write_shards(folder, args.rows, args.dim)
+    built = {}
+
+    def build():
+        built["builder"] = gv.data.geotagged_features(
+            folder, data_dir=os.path.join(work, "tfds"), verbose=False
+        )
+        return {}
+
+    phase("build", results, build)
+    results["build"]["rows_per_s"] = args.rows / results["build"]["seconds"]
+    builder = built["builder"]
+
+    def stream():
+        n, first = 0, None
+        ds = gv.data.streams.epoch_stream(
+            builder, "train", args.batch, shuffle_buffer=args.buffer
+        )
+        for x, _ in ds.as_numpy_iterator():
+            if first is None:  # after the shuffle buffer has filled
+                first = time.time()
+            else:
+                n += len(x)
+        return {"rows_per_s": n / (time.time() - first), "rows_read": n}
+
+    phase("stream", results, stream)
+    model = model_for(args.dim)
+
+    def train():
+        history = gv.training.fit_resumable(
+            model,
+            builder,
+            os.path.join(work, "checkpoints"),
+            epochs=1,
+            batch_size=args.batch,
+            checkpoints_per_epoch=args.checkpoints,
+            shuffle_buffer=args.buffer,
+            callbacks=[gv.training.semivariogram_callback(args.checkpoints)],
+            verbose=0,
+        )
+        steps, _ = gv.data.streams.schedule(
+            builder, "train", args.batch, args.checkpoints
+        )
+        return {
+            "rows_trained": steps * args.batch,
+            "loss": history.history["loss"][-1],
+        }
+
+    phase("train", results, train)
+    results["train"]["rows_per_s"] = (
+        results["train"]["rows_trained"] / results["train"]["seconds"]
+    )
+
+    def reference():
+        n = gv.evaluation.set_reference_from_features(model, builder, verbose=0)
+        return {"rows_per_s_after": n, "emb_mib": n * 128 * 4 / 2**20}
+
+    phase("reference", results, reference)
+    ref = results["reference"]
+    ref["rows_per_s"] = ref.pop("rows_per_s_after") / ref["seconds"]
+    rng = np.random.default_rng(1)
+    gallery = np.stack(
+        [
+            np.degrees(np.arcsin(rng.uniform(-1, 1, 100_000))),
+            rng.uniform(-180, 180, 100_000),
+        ],
+        1,
+    ).astype("float32")
+    model.set_gallery(gallery, verbose=0)
+    queries = rng.standard_normal((args.queries, args.dim)).astype("float32")
+    for mode in ("gallery", "reference", "hybrid"):
+        model.predict_gps(queries[:64], top_k=1, mode=mode)  # compile
+
+        def predict(mode=mode):
+            model.predict_gps(queries, top_k=1, mode=mode)
+            return {}
+
+        phase(f"predict_{mode}", results, predict)
+        results[f"predict_{mode}"]["queries_per_s"] = (
+            args.queries / results[f"predict_{mode}"]["seconds"]
+        )
+    return results
+
+
+def run_extract(args, work):
+    from geovario_keras.data.corpus_reader import CorpusReader
+    from geovario_keras.testing.tiny_clip import write_tiny_clip
+
+    corpus = gv.data.write_blue_marble_corpus(
+        os.path.join(work, "corpus"), args.extract, 10, image_size=256
+    )
+    write_tiny_clip(os.path.join(work, "clip"), image_size=224, patch_size=32)
+    clip = gv.pretrained.clip_image_backbone(os.path.join(work, "clip"))
+    results = {"photos": args.extract}
+
+    def extract():
+        features_lib.extract_features(
+            CorpusReader("osv5m", corpus),
+            clip,
+            os.path.join(work, "features"),
+            splits=["train"],
+            batch_size=64,
+            verbose=0,
+        )
+        return {}
+
+    phase("extract", results, extract)
+    results["extract"]["photos_per_s"] = (
+        args.extract / results["extract"]["seconds"]
+    )
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--buffer", type=int, default=16384)
+    parser.add_argument("--checkpoints", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--extract", type=int, default=0)
+    parser.add_argument("--work", default=None, help="kept when given")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="features_pipeline_")
+    try:
+        run = run_extract if args.extract else run_scale
+        results = run(args, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    results["machine"] = harness.machine()
+    print(json.dumps(results, indent=1))
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(results) + "\n")
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)
+    main()
