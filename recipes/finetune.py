@@ -1,5 +1,10 @@
 """# Fine-tune the released GeoCLIP on your own geotagged photos
 
+For corpora that fit in memory (each split is read as 224 x 224 pixels,
+150 KB a photo: up to some tens of thousands of photos). For millions of
+photos (OSV5M, MP-16) use `recipes/paper.py`: CLIP runs once, its features
+are stored and streamed, and every step resumes after a kill.
+
 Your corpus on disk (a CSV of image ids and coordinates plus an image
 folder, in the OSV5M layout or another `gv.data.PRESETS` layout) → CLIP
 ViT-L/14 from a local folder (`gv.pretrained.clip_image_backbone`) → the

@@ -22,6 +22,9 @@ experiment"):
 
     python recipes/paper.py all --preset osv5m --corpus ~/osv5m \\
         --clip ~/clip-vit-l14 --run ~/runs/osv5m
+    python recipes/paper.py all --preset mp16 --corpus ~/mp16 \\
+        --test-preset im2gps3k --test-corpus ~/im2gps3k \\
+        --clip ~/clip-vit-l14 --run ~/runs/mp16
 
 For the small embedded data, `compare.py` is the demo; `finetune.py`
 trains end to end from pixels on corpora that fit in memory.
@@ -65,6 +68,12 @@ def parse_args(argv=None):
         "--preset", default="osv5m", choices=sorted(gv.data.PRESETS)
     )
     parser.add_argument("--corpus", help="the corpus folder (features)")
+    parser.add_argument(
+        "--test-preset",
+        choices=sorted(gv.data.PRESETS),
+        help="evaluate on another corpus (e.g. MP-16 -> im2gps3k)",
+    )
+    parser.add_argument("--test-corpus", help="that corpus's folder")
     parser.add_argument("--clip", help="CLIP checkpoint folder (features)")
     parser.add_argument("--shard-size", type=int, default=4096)
     parser.add_argument("--extract-batch", type=int, default=128)
@@ -106,14 +115,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def features_builder(args):
+def features_builder(args, preset, corpus, name="features"):
     """Step 1: the features folder (resumable), then its tfds data set."""
-    folder = os.path.join(args.run, "features")
+    folder = os.path.join(args.run, name)
     manifest = gv.data.features.read_manifest(folder)
     if manifest is None or not manifest.get("complete") or args.overwrite:
-        if not (args.corpus and args.clip):
-            raise SystemExit("`features` needs --corpus and --clip.")
-        reader = gv.data.corpus_reader.CorpusReader(args.preset, args.corpus)
+        if not (corpus and args.clip):
+            raise SystemExit("`features` needs the corpus and --clip.")
+        reader = gv.data.corpus_reader.CorpusReader(preset, corpus)
         backbone = gv.pretrained.clip_image_backbone(args.clip)
         gv.data.features.extract_features(
             reader,
@@ -212,7 +221,7 @@ def gallery(args, builder):
     return gps[np.sort(pick)]
 
 
-def evaluate(args, builder, method, model):
+def evaluate(args, builder, test_builder, method, model):
     """Step 3: one JSON report per mode; done modes are skipped."""
     folder = os.path.join(args.run, method)
     reports, todo = {}, []
@@ -233,7 +242,7 @@ def evaluate(args, builder, method, model):
     for mode in todo:
         start = time.time()
         report, _ = gv.evaluation.evaluate_features(
-            model, builder, args.test_split, mode, verbose=args.verbose
+            model, test_builder, args.test_split, mode, verbose=args.verbose
         )
         report["seconds"] = time.time() - start
         path = os.path.join(folder, f"results-{mode}.json")
@@ -270,7 +279,11 @@ def table(results):
     ]
     for (method, mode), r in results.items():
         cells = [
-            f"{r[k]:.0f}" if k in ("median_km", "geoscore") else f"{r[k]:.1f}"
+            "n/a"
+            if np.isnan(r[k])
+            else f"{r[k]:.0f}"
+            if k in ("median_km", "geoscore")
+            else f"{r[k]:.1f}"
             for k, _ in KEYS
         ]
         lines.append(f"| {method} | {mode} | " + " | ".join(cells) + " |")
@@ -284,7 +297,12 @@ def main(argv=None):
         f"backend: {keras.backend.backend()} | geovario-keras "
         f"{gv.__version__} | run {args.run}"
     )
-    builder = features_builder(args)
+    builder = features_builder(args, args.preset, args.corpus)
+    test_builder = builder
+    if args.test_preset:
+        test_builder = features_builder(
+            args, args.test_preset, args.test_corpus, "test-features"
+        )
     if args.step == "features":
         return
     results = {}
@@ -293,7 +311,8 @@ def main(argv=None):
         if args.step == "train":
             continue
         if args.step in ("evaluate", "all"):
-            for mode, r in evaluate(args, builder, method, model).items():
+            reports = evaluate(args, builder, test_builder, method, model)
+            for mode, r in reports.items():
                 results[(method, mode)] = r
         if args.step in ("export", "all"):
             print(f"exported {export(args, method, model)}")

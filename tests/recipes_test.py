@@ -174,3 +174,71 @@ def test_finetune_on_a_photo_corpus(tmp_path, geoclip_wheel):
         text=True,
     )
     assert proc.returncode != 0 and "overwrite=True" in proc.stderr
+
+
+@slow_on("tensorflow", "torch")
+def test_paper_recipe_end_to_end_skips_finished_steps(tmp_path):
+    """recipes/paper.py on a photo corpus with a random CLIP: features
+    once, both methods trained streamed with checkpoints, every mode
+    evaluated, exported; a second run finds every step done and changes
+    nothing (default suite on JAX)."""
+    pytest.importorskip("transformers")
+    import json
+
+    import geovario_keras as gv
+    from geovario_keras.testing import tiny_clip
+
+    tiny_clip.write_tiny_clip(str(tmp_path / "clip"))
+    gv.data.write_blue_marble_corpus(
+        tmp_path / "corpus", num_train=256, num_test=48, image_size=40
+    )
+    args = [
+        os.path.join(ROOT, "recipes", "paper.py"),
+        "all",
+        "--run",
+        "run",
+        "--corpus",
+        "corpus",
+        "--clip",
+        "clip",
+        "--shard-size",
+        "100",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--queue-size",
+        "64",
+        "--embed-dim",
+        "16",
+        "--location-hidden",
+        "32",
+        "--location-layers",
+        "1",
+        "--location-features",
+        "16",
+        "--checkpoints-per-epoch",
+        "2",
+        "--shuffle-buffer",
+        "100",
+        "--gallery-size",
+        "200",
+    ]
+    out = _run(args, tmp_path)
+    run = tmp_path / "run"
+    table = (run / "results.md").read_text()
+    assert table.count("| geoclip |") == 3
+    assert table.count("| semivariogram |") == 3
+    manifest = json.loads((run / "features" / "manifest.json").read_text())
+    assert manifest["complete"]
+    assert manifest["splits"]["train"]["kept"] == 256
+    for method in ("geoclip", "semivariogram"):
+        assert (run / method / "model.keras").is_file()
+        assert (run / method / "saved_model" / "1").is_dir()
+        assert len(list((run / method / "checkpoints").iterdir())) == 2
+    first = (run / "semivariogram" / "results-hybrid.json").read_text()
+    out = _run(args, tmp_path)
+    assert "training of geoclip is done" in out
+    assert "features train" not in out  # nothing extracted again
+    assert (run / "semivariogram" / "results-hybrid.json").read_text() == first
+    assert (run / "results.md").read_text() == table
