@@ -176,6 +176,7 @@ def fit_resumable(
         epochs=epochs * steps // chunk,
         steps_per_epoch=chunk,
         initial_epoch=start_step // chunk,
+        shuffle=False,  # the stream's order is the run's order
         callbacks=list(callbacks) + [checkpoint],
         verbose=verbose,
     )

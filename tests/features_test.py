@@ -19,22 +19,10 @@ import pytest
 import geovario_keras as gv
 from geovario_keras.data import features as features_lib
 from geovario_keras.data.corpus_reader import CorpusReader
+from geovario_keras.testing.tiny_backbone import tiny_backbone
+from tests.testing import slow_on
 
 SIZE = 32
-
-
-def tiny_backbone(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((SIZE, SIZE, 3)),
-            keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(16),
-        ],
-        name="tiny_backbone",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -357,3 +345,48 @@ def test_streamed_evaluation_equals_the_in_memory_path(builder):
                 assert np.isnan(got[key]), key
             else:
                 assert got[key] == pytest.approx(value, abs=1e-3), key
+
+
+@slow_on("tensorflow", "torch")
+def test_beam_with_two_worker_processes_builds_the_same_data_set(
+    corpus, builder, tmp_path
+):
+    """The Apache Beam route (DirectRunner, 2 worker processes, one shard
+    per element, each worker with its own backbone) gives the data set of
+    the single-process extraction: same rows, same order, same manifest
+    counts. Default suite on JAX; the workers run the test's backend."""
+    pytest.importorskip("apache_beam")
+    import functools
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from geovario_keras.data.features_beam import FeaturesJob
+
+    job = FeaturesJob(
+        "osv5m",
+        corpus,
+        functools.partial(tiny_backbone, seed=0),
+        tmp_path / "beam",
+        image_size=SIZE,
+        shard_size=64,
+        batch_size=16,
+    )
+    options = PipelineOptions(
+        direct_num_workers=2, direct_running_mode="multi_processing"
+    )
+    beam_builder = gv.data.geotagged_features_beam(
+        job, data_dir=str(tmp_path / "tfds"), beam_options=options
+    )
+    for split in ("train", "test"):
+        want = gv.data.as_arrays(builder, split)
+        got = gv.data.as_arrays(beam_builder, split)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    manifest = features_lib.read_manifest(tmp_path / "beam")
+    assert manifest["complete"]
+    assert manifest["splits"]["train"] == {
+        "rows": 300,
+        "shards": 5,
+        "kept": 300,
+        "skipped": {},
+    }

@@ -19,7 +19,9 @@ reverse_geocoder); `tensorflow_datasets` is imported on first use.
 """
 
 from geovario_keras.data import corpus_reader
+from geovario_keras.data import feature_shards
 from geovario_keras.data import features
+from geovario_keras.data import features_beam
 from geovario_keras.data import imagery
 from geovario_keras.data import streams
 from geovario_keras.data.corpus import write_blue_marble_corpus
@@ -31,9 +33,12 @@ __all__ = [
     "as_arrays",
     "blue_marble",
     "corpus_reader",
+    "feature_shards",
     "features",
+    "features_beam",
     "five_crop",
     "geotagged_features",
+    "geotagged_features_beam",
     "geotagged_images",
     "imagery",
     "streams",
@@ -49,6 +54,7 @@ _BUILDER_NAMES = (
     "corpus_reader",
     "features",
     "geotagged_features",
+    "geotagged_features_beam",
     "geotagged_images",
 )
 

@@ -214,6 +214,37 @@ class CorpusReader:
                 )
             yield from enumerate(reader)
 
+    def row_offsets(self, split, every):
+        """Byte offsets of the CSV rows `0, every, 2 * every, ...` and the
+        number of rows, in one pass (`rows(..., start_offset=...)` then
+        reads a range without the rows before it). Assumes one row per
+        line (no line breaks inside quoted fields); blank lines are not
+        rows, as for `csv.DictReader`."""
+        offsets, n = [], 0
+        with open(self.csv_path(split), "rb") as f:
+            f.readline()  # the header
+            while True:
+                pos = f.tell()
+                line = f.readline()
+                if not line:
+                    break
+                if not line.strip(b"\r\n"):
+                    continue
+                if n % every == 0:
+                    offsets.append(pos)
+                n += 1
+        return offsets, n
+
+    def _csv_rows_from(self, split, start, offset):
+        import io
+
+        header = next(iter(self.csv_rows(split)), (0, {}))[1]
+        with open(self.csv_path(split), "rb") as raw:
+            raw.seek(offset)
+            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            reader = csv.DictReader(text, fieldnames=list(header))
+            yield from enumerate(reader, start)
+
     def count_rows(self, split):
         """The number of CSV rows (usable or not) of `split`."""
         return sum(1 for _ in self.csv_rows(split))
@@ -232,11 +263,13 @@ class CorpusReader:
             else:
                 yield n, example
 
-    def rows(self, split, include=None):
+    def rows(self, split, include=None, start=0, start_offset=None, stop=None):
         """`(n, example, None)` or `(n, None, reason)` for every CSV row.
 
         Rows `n` for which `include(n)` is False are passed over unread
-        (no image is opened). See `examples` for `example`.
+        (no image is opened). With `start_offset` (from `row_offsets`),
+        reading begins at row `start` at that byte offset; `stop` ends
+        before row `stop`. See `examples` for `example`.
         """
         named_paths = []  # read on the first row whose image is elsewhere
 
@@ -245,7 +278,14 @@ class CorpusReader:
                 named_paths.append(self._named_paths(split))
             return named_paths[0]
 
-        for n, row in self.csv_rows(split):
+        rows = (
+            self.csv_rows(split)
+            if start_offset is None
+            else self._csv_rows_from(split, start, start_offset)
+        )
+        for n, row in rows:
+            if stop is not None and n >= stop:
+                break
             if include is not None and not include(n):
                 continue
             example, reason = self._example(split, row, named)

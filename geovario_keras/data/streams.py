@@ -112,7 +112,7 @@ def _parser(builder):
     one vectorised parse and one decode per batch."""
     tf = _tf()
     info = builder.info.features["features"]
-    dim, dtype = info.shape[0], info.dtype
+    dim, dtype = info.shape[0], tf.as_dtype(info.np_dtype)
     spec = {
         "features": tf.io.FixedLenFeature([], tf.string),
         "gps": tf.io.FixedLenFeature([2], tf.float32),

@@ -19,6 +19,9 @@ from geovario_keras.data.builders.geotagged_features import (
     GeotaggedFeaturesConfig,
 )
 from geovario_keras.data.builders.geotagged_features import geotagged_features
+from geovario_keras.data.builders.geotagged_features import (
+    geotagged_features_beam,
+)
 from geovario_keras.data.builders.geotagged_images import GeotaggedImages
 from geovario_keras.data.builders.geotagged_images import GeotaggedImagesConfig
 from geovario_keras.data.builders.geotagged_images import geotagged_images
@@ -41,6 +44,7 @@ __all__ = [
     "blue_marble",
     "corpus_fingerprint",
     "geotagged_features",
+    "geotagged_features_beam",
     "geotagged_images",
     "prepare",
 ]

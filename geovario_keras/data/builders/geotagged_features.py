@@ -40,11 +40,17 @@ class GeotaggedFeatures(tfds.core.GeneratorBasedBuilder):
     """
 
     VERSION = tfds.core.Version("1.0.0")
+    # With `job` (a `gv.data.features_beam.FeaturesJob`) the examples come
+    # from an Apache Beam pipeline that computes the missing shards.
     RELEASE_NOTES = {"1.0.0": "First release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass the folder written by gv.data.features.extract_features as "
         "manual_dir."
     )
+
+    def __init__(self, *, job=None, **kwargs):
+        self._job = job
+        super().__init__(**kwargs)
 
     def _info(self):
         config = self.builder_config
@@ -69,6 +75,8 @@ class GeotaggedFeatures(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
+        if self._job is not None:
+            return self._beam_split_generators()
         folder = os.fspath(dl_manager.manual_dir)
         manifest = features_lib.read_manifest(folder)
         if manifest is None or not manifest.get("complete"):
@@ -82,19 +90,115 @@ class GeotaggedFeatures(tfds.core.GeneratorBasedBuilder):
             for split in manifest["splits"]
         }
 
+    def _beam_split_generators(self):
+        beam = tfds.core.lazy_imports.apache_beam
+        job, generators = self._job, {}
+        self.totals = {}
+        for split in job.reader().splits():
+            items, self.totals[split] = job.plan(split)
+            generators[split] = f"shards_{split}" >> beam.Create(
+                items
+            ) | f"rows_{split}" >> beam.ParDo(_shard_examples_fn(job))
+        return generators
+
     def _generate_examples(self, folder, split):
         for path, rows in features_lib.shard_paths(folder, split):
-            shard = features_lib.read_shard(path, rows)
-            for i, row in enumerate(shard["row"]):
-                yield (
-                    int(row),
-                    {
-                        "features": shard["features"][i],
-                        "gps": shard["gps"][i],
-                        "row": int(row),
-                        **{k: shard[k][i] for k in ("id",) + LABELS},
-                    },
-                )
+            yield from _examples(features_lib.read_shard(path, rows))
+
+
+def _examples(shard):
+    for i, row in enumerate(shard["row"]):
+        yield (
+            int(row),
+            {
+                "features": shard["features"][i],
+                "gps": shard["gps"][i],
+                "row": int(row),
+                **{k: shard[k][i] for k in ("id",) + LABELS},
+            },
+        )
+
+
+def _shard_examples_fn(job):
+    """A Beam `DoFn`: planned shard -> its examples (one backbone per
+    worker, built in `setup`)."""
+    beam = tfds.core.lazy_imports.apache_beam
+
+    class ShardExamples(beam.DoFn):
+        def __init__(self, job):
+            self.job = job
+
+        def setup(self):
+            self.job.setup()
+
+        def process(self, item):
+            yield from _examples(self.job.shard_rows(item))
+
+    return ShardExamples(job)
+
+
+def _config(manifest):
+    digest = hashlib.sha1(
+        repr(sorted((k, str(v)) for k, v in manifest.items())).encode()
+    ).hexdigest()[:10]
+    return GeotaggedFeaturesConfig(
+        name=f"{manifest['preset']}_{digest}",
+        feature_dim=int(manifest["feature_dim"]),
+        dtype=manifest["dtype"],
+    )
+
+
+def geotagged_features_beam(
+    job, data_dir=None, beam_options=None, overwrite=False
+):
+    """The `geotagged_features` data set computed by an Apache Beam
+    pipeline: the extraction of `job` (a `gv.data.features_beam.
+    FeaturesJob`) runs on Beam's workers, one shard per element.
+
+    Shards already in `job.folder` are read, not recomputed (a killed job
+    resumes); the folder ends complete, as `extract_features` leaves it,
+    with the same rows. Needs `apache-beam` (the `beam` extra).
+
+    Args:
+        job: a `FeaturesJob`.
+        data_dir: tfds data folder.
+        beam_options: `apache_beam.options.pipeline_options.
+            PipelineOptions` (e.g. `direct_num_workers=2,
+            direct_running_mode="multi_processing"` locally, or a
+            Dataflow / Flink / Spark runner on a cluster).
+        overwrite: as `extract_features`.
+
+    Example:
+
+    ```python
+    from apache_beam.options.pipeline_options import PipelineOptions
+    job = gv.data.features_beam.FeaturesJob(
+        "osv5m", "~/osv5m",
+        functools.partial(gv.pretrained.clip_image_backbone, "~/clip"),
+        "~/osv5m_features")
+    builder = gv.data.geotagged_features_beam(job, beam_options=PipelineOptions(
+        direct_num_workers=8, direct_running_mode="multi_processing"))
+    ```
+    """
+    manifest = job.start(overwrite=overwrite)
+    start = {
+        k: v for k, v in manifest.items() if k not in ("splits", "complete")
+    }
+    builder = GeotaggedFeatures(
+        config=_config(start), data_dir=data_dir, job=job
+    )
+    prepare(
+        builder,
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=job.folder, beam_options=beam_options
+        ),
+    )
+    totals = getattr(builder, "totals", None)
+    if totals is None:  # built before: count the CSVs' rows
+        reader = job.reader()
+        totals = {s: reader.count_rows(s) for s in reader.splits()}
+    job.finish(manifest, totals)
+    return builder
 
 
 def geotagged_features(folder, data_dir=None, verbose=True):
@@ -124,15 +228,7 @@ def geotagged_features(folder, data_dir=None, verbose=True):
             f"`folder` {folder!r} holds no finished features: run "
             "`gv.data.features.extract_features` (again, to finish it)."
         )
-    digest = hashlib.sha1(
-        repr(sorted((k, str(v)) for k, v in manifest.items())).encode()
-    ).hexdigest()[:10]
-    config = GeotaggedFeaturesConfig(
-        name=f"{manifest['preset']}_{digest}",
-        feature_dim=int(manifest["feature_dim"]),
-        dtype=manifest["dtype"],
-    )
-    builder = GeotaggedFeatures(config=config, data_dir=data_dir)
+    builder = GeotaggedFeatures(config=_config(manifest), data_dir=data_dir)
     return prepare(
         builder,
         download_config=tfds.download.DownloadConfig(manual_dir=folder),
