@@ -21,6 +21,7 @@ from geovario_keras.data import features as features_lib
 from geovario_keras.data.corpus_reader import CorpusReader
 from geovario_keras.testing.tiny_backbone import tiny_backbone
 from tests.testing import slow_on
+from tests.testing import small_geoclip
 
 SIZE = 32
 
@@ -223,19 +224,7 @@ def test_the_stream_is_a_function_of_seed_and_epoch(builder):
 
 def _feature_model(seed=0):
     keras.utils.set_random_seed(seed)
-    model = gv.GeoCLIP(
-        gv.layers.ImageEncoder(None, embed_dim=16, hidden_units=32),
-        gv.layers.LocationEncoder(
-            sigmas=(1, 16),
-            num_features=16,
-            hidden_units=32,
-            hidden_layers=1,
-            embed_dim=16,
-            seed=seed,
-        ),
-        queue_size=64,
-        seed=seed,
-    )
+    model = small_geoclip(queue_size=64, embed_dim=16, seed=seed)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=gv.losses.SemivariogramContrastiveLoss(),

@@ -42,8 +42,8 @@ def _wait_for_work(proc):
     raise AssertionError(f"the job ended before working: {proc.wait()}")
 
 
-def _timed_work(*args):
-    """Seconds from "working" to the end of an uninterrupted run."""
+def _start(args):
+    """The job in its own process, once its work (not imports) began."""
     proc = subprocess.Popen(
         [sys.executable, JOB, *map(str, args)],
         env=ENV,
@@ -52,6 +52,12 @@ def _timed_work(*args):
         text=True,
     )
     _wait_for_work(proc)
+    return proc
+
+
+def _timed_work(*args):
+    """Seconds from "working" to the end of an uninterrupted run."""
+    proc = _start(args)
     start = time.time()
     assert proc.wait(timeout=900) == 0
     return time.time() - start
@@ -60,14 +66,7 @@ def _timed_work(*args):
 def _kill_during_work(args, delay, chunks=0):
     """SIGKILL `delay` s after the job's work began (training: after it
     printed `chunks` more checkpoint intervals)."""
-    proc = subprocess.Popen(
-        [sys.executable, JOB, *map(str, args)],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    _wait_for_work(proc)
+    proc = _start(args)
     for _ in range(chunks):
         proc.stdout.readline()
     time.sleep(delay)

@@ -15,24 +15,13 @@ import numpy as np
 import geovario_keras as gv
 from geovario_keras.data import features as features_lib
 from geovario_keras.data.corpus_reader import CorpusReader
-
-
-def backbone():
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(16),
-        ]
-    )
+from geovario_keras.testing.tiny_backbone import tiny_backbone
+from tests.testing import small_geoclip
 
 
 def extract(corpus, folder):
     reader = CorpusReader("osv5m", corpus, 32)
-    net = backbone()
+    net = tiny_backbone()
     print("working", flush=True)
     features_lib.extract_features(
         reader, net, folder, shard_size=32, batch_size=8, verbose=0
@@ -42,19 +31,7 @@ def extract(corpus, folder):
 def train(features, data_dir, checkpoints, out):
     builder = gv.data.geotagged_features(features, data_dir, verbose=False)
     keras.utils.set_random_seed(0)
-    model = gv.GeoCLIP(
-        gv.layers.ImageEncoder(None, embed_dim=16, hidden_units=32),
-        gv.layers.LocationEncoder(
-            sigmas=(1, 16),
-            num_features=16,
-            hidden_units=32,
-            hidden_layers=1,
-            embed_dim=16,
-            seed=0,
-        ),
-        queue_size=64,
-        seed=0,
-    )
+    model = small_geoclip(queue_size=64, embed_dim=16, seed=0)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=gv.losses.SemivariogramContrastiveLoss(),
