@@ -15,11 +15,14 @@ its peak host memory (VmHWM, reset per phase) measured:
   row (the reference embeddings are model state: `emb_mib` below);
 - **predict**: `--queries` queries per retrieval mode, 100 K gallery.
 
-Run each size in its own process (peak memory is per process):
-`KERAS_BACKEND=jax python benchmarks/features_pipeline.py --rows 100000`
-and `--rows 1000000`. `--extract N` instead times `extract_features` over
-a generated corpus of `N` photos with a tiny random CLIP (decoding, CLIP
-preprocessing and shard writing: the pipeline's cost besides the backbone).
+Each phase runs in its own process (`--phase`; the build runs first in
+each, from the tfds cache after the first time), so its peak memory is its
+own: `KERAS_BACKEND=jax python benchmarks/features_pipeline.py --rows
+100000 --work /tmp/fp100k --phase stream` (then `train`, `reference`,
+`predict`; "predict" sets the reference first), and `--rows 1000000`.
+`--extract N` instead times `extract_features` over a generated corpus of
+`N` photos with a tiny random CLIP (decoding, CLIP preprocessing and shard
+writing: the pipeline's cost besides the backbone).
 Results: BENCHMARKS.md.
 """
 
@@ -112,22 +115,33 @@ def model_for(dim):
     return model
 
 
-def run_scale(args, work):
-    results = {"rows": args.rows, "dim": args.dim}
+PHASES = ("build", "stream", "train", "reference", "predict")
+
+
+def run_phase(args, work):
+    """One phase of `PHASES` on the data in `work` (written on first use),
+    in this process: its peak memory is its own."""
+    results = {"rows": args.rows, "dim": args.dim, "phase": args.phase}
     folder = os.path.join(work, "features")
-    write_shards(folder, args.rows, args.dim)
+    if not os.path.isfile(os.path.join(folder, features_lib.MANIFEST)):
+        write_shards(folder, args.rows, args.dim)
     built = {}
 
     def build():
         built["builder"] = gv.data.geotagged_features(
             folder, data_dir=os.path.join(work, "tfds"), verbose=False
         )
-        return {}
+        return {"rows_per_s": args.rows}
 
     phase("build", results, build)
-    results["build"]["rows_per_s"] = args.rows / results["build"]["seconds"]
+    results["build"]["rows_per_s"] /= results["build"]["seconds"]
+    if args.phase == "build":
+        return results
     builder = built["builder"]
+    return PHASE_FUNCTIONS[args.phase](args, work, builder, results)
 
+
+def stream_phase(args, work, builder, results):
     def stream():
         n, first = 0, None
         ds = gv.data.streams.epoch_stream(
@@ -141,6 +155,10 @@ def run_scale(args, work):
         return {"rows_per_s": n / (time.time() - first), "rows_read": n}
 
     phase("stream", results, stream)
+    return results
+
+
+def train_phase(args, work, builder, results):
     model = model_for(args.dim)
 
     def train():
@@ -159,22 +177,31 @@ def run_scale(args, work):
             builder, "train", args.batch, args.checkpoints
         )
         return {
-            "rows_trained": steps * args.batch,
+            "rows_per_s": steps * args.batch,
             "loss": history.history["loss"][-1],
         }
 
     phase("train", results, train)
-    results["train"]["rows_per_s"] = (
-        results["train"]["rows_trained"] / results["train"]["seconds"]
-    )
+    results["train"]["rows_per_s"] /= results["train"]["seconds"]
+    shutil.rmtree(os.path.join(work, "checkpoints"), ignore_errors=True)
+    return results
+
+
+def reference_phase(args, work, builder, results, model=None):
+    model = model or model_for(args.dim)
 
     def reference():
         n = gv.evaluation.set_reference_from_features(model, builder, verbose=0)
-        return {"rows_per_s_after": n, "emb_mib": n * 128 * 4 / 2**20}
+        return {"rows_per_s": n, "emb_mib": n * 128 * 4 / 2**20}
 
     phase("reference", results, reference)
-    ref = results["reference"]
-    ref["rows_per_s"] = ref.pop("rows_per_s_after") / ref["seconds"]
+    results["reference"]["rows_per_s"] /= results["reference"]["seconds"]
+    return results
+
+
+def predict_phase(args, work, builder, results):
+    model = model_for(args.dim)
+    reference_phase(args, work, builder, results, model)
     rng = np.random.default_rng(1)
     gallery = np.stack(
         [
@@ -190,13 +217,20 @@ def run_scale(args, work):
 
         def predict(mode=mode):
             model.predict_gps(queries, top_k=1, mode=mode)
-            return {}
+            return {"queries_per_s": args.queries}
 
         phase(f"predict_{mode}", results, predict)
-        results[f"predict_{mode}"]["queries_per_s"] = (
-            args.queries / results[f"predict_{mode}"]["seconds"]
-        )
+        key = f"predict_{mode}"
+        results[key]["queries_per_s"] /= results[key]["seconds"]
     return results
+
+
+PHASE_FUNCTIONS = {
+    "stream": stream_phase,
+    "train": train_phase,
+    "reference": reference_phase,
+    "predict": predict_phase,
+}
 
 
 def run_extract(args, work):
@@ -236,13 +270,14 @@ def main():
     parser.add_argument("--buffer", type=int, default=16384)
     parser.add_argument("--checkpoints", type=int, default=4)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--phase", choices=PHASES, default="stream")
     parser.add_argument("--extract", type=int, default=0)
     parser.add_argument("--work", default=None, help="kept when given")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="features_pipeline_")
     try:
-        run = run_extract if args.extract else run_scale
+        run = run_extract if args.extract else run_phase
         results = run(args, work)
     finally:
         if args.work is None:

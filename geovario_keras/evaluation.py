@@ -57,7 +57,7 @@ class _Rate:
 
 
 def set_reference_from_features(
-    model, builder, split="train", block_size=65536, verbose=1
+    model, builder, split="train", block_size=16384, verbose=1
 ):
     """Encodes a stored-features split as the model's reference set.
 

@@ -8,14 +8,18 @@ they keep and skip exactly the same rows. No tensorflow-datasets here.
 """
 
 import collections
+import concurrent.futures
 import csv
 import dataclasses
 import hashlib
+import itertools
 import os
+import threading
 
 import numpy as np
 
 LABELS = ("country", "region", "sub_region", "city")
+_INDEX_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,21 +162,31 @@ class CorpusReader:
         )
         if os.path.isfile(path):
             return path, None
-        if self._index is None:
-            self._index = collections.defaultdict(list)
-            for folder, _, files in os.walk(
-                os.path.join(self.root, preset.image_root)
-            ):
-                for f in files:
-                    self._index[f].append(os.path.join(folder, f))
+        index = self._image_index()
         name = os.path.basename(str(image_id))
-        hits = self._index.get(name) or self._index.get(name + ".jpg") or []
+        hits = index.get(name) or index.get(name + ".jpg") or []
         if hits:
             taken = named()
             hits = [h for h in hits if os.path.normpath(h) not in taken]
         if len(hits) > 1:
             return None, "ambiguous_image"
         return (hits[0], None) if hits else (None, "missing_image")
+
+    def _image_index(self):
+        """File name -> paths under the image root (built on first use,
+        by one thread)."""
+        with _INDEX_LOCK:
+            return self._build_image_index()
+
+    def _build_image_index(self):
+        if self._index is None:
+            index = collections.defaultdict(list)
+            root = os.path.join(self.root, self.preset.image_root)
+            for folder, _, files in os.walk(root):
+                for f in files:
+                    index[f].append(os.path.join(folder, f))
+            self._index = index
+        return self._index
 
     def read_image(self, path):
         """The image as uint8 RGB `(H, W, 3)`, resized if asked."""
@@ -263,19 +277,33 @@ class CorpusReader:
             else:
                 yield n, example
 
-    def rows(self, split, include=None, start=0, start_offset=None, stop=None):
+    def rows(
+        self,
+        split,
+        include=None,
+        start=0,
+        start_offset=None,
+        stop=None,
+        workers=1,
+        transform=None,
+    ):
         """`(n, example, None)` or `(n, None, reason)` for every CSV row.
 
         Rows `n` for which `include(n)` is False are passed over unread
         (no image is opened). With `start_offset` (from `row_offsets`),
         reading begins at row `start` at that byte offset; `stop` ends
-        before row `stop`. See `examples` for `example`.
+        before row `stop`. `transform(image)`, when given, is applied to
+        each image where it is read. With `workers > 1`, images are read
+        (and transformed) by that many threads, a bounded window of rows
+        ahead, in the CSV's order. See `examples` for `example`.
         """
         named_paths = []  # read on the first row whose image is elsewhere
+        lock = threading.Lock()
 
         def named():
-            if not named_paths:
-                named_paths.append(self._named_paths(split))
+            with lock:
+                if not named_paths:
+                    named_paths.append(self._named_paths(split))
             return named_paths[0]
 
         rows = (
@@ -283,13 +311,32 @@ class CorpusReader:
             if start_offset is None
             else self._csv_rows_from(split, start, start_offset)
         )
-        for n, row in rows:
-            if stop is not None and n >= stop:
-                break
-            if include is not None and not include(n):
-                continue
+        wanted = (
+            (n, row)
+            for n, row in itertools.takewhile(
+                lambda item: stop is None or item[0] < stop, rows
+            )
+            if include is None or include(n)
+        )
+
+        def one(item):
+            n, row = item
             example, reason = self._example(split, row, named)
-            yield n, example, reason
+            if example is not None and transform is not None:
+                example["image"] = transform(example["image"])
+            return n, example, reason
+
+        if workers <= 1:
+            yield from map(one, wanted)
+            return
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            window = collections.deque()
+            for item in wanted:
+                window.append(pool.submit(one, item))
+                if len(window) >= 4 * workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
 
     def _example(self, split, row, named):
         """`(example, None)` for a usable row, else `(None, reason)`."""

@@ -78,8 +78,8 @@ class _Progress:
 
 
 def _prefetched(iterator, size):
-    """Runs `iterator` in a thread, `size` items ahead (images decode while
-    the backbone runs); its exceptions are raised here."""
+    """Runs `iterator` in a thread, `size` items ahead (the reading threads
+    keep working while the backbone runs); its exceptions are raised here."""
     items = queue.Queue(maxsize=size)
     end = object()
 
@@ -98,14 +98,6 @@ def _prefetched(iterator, size):
         yield item
 
 
-def _preprocessed(rows, preprocess):
-    """`rows` with each image through the backbone's `preprocess`."""
-    for n, example, reason in rows:
-        if example is not None:
-            example["image"] = preprocess([example["image"]])[0]
-        yield n, example, reason
-
-
 def _apply(layer, x):
     return layer(x, training=False)
 
@@ -113,17 +105,24 @@ def _apply(layer, x):
 class _Extractor:
     """Runs the backbone over batches of images, padding the last one."""
 
-    def __init__(self, backbone, batch_size, image_size):
+    def __init__(self, backbone, batch_size, image_size, workers=1):
         from geovario_keras import backend
 
         self.fn = backend.inference_function(backbone, _apply)
         # CLIPImageFeatures: CLIP's own resize and centre crop, per photo.
         self.preprocess = getattr(backbone, "preprocess", None)
+        self.workers = workers
         self.batch_size = batch_size
         self.images, self.owners = [], []
         dtype = "float32" if self.preprocess is not None else "uint8"
         blank = np.zeros((batch_size, image_size, image_size, 3), dtype)
         self.dim = int(self._run(blank).shape[-1])  # also compiles
+
+    def transform(self, image):
+        """An image as the backbone takes it (CLIP: resize and crop)."""
+        if self.preprocess is None:
+            return image
+        return self.preprocess([image])[0]
 
     def _run(self, images):
         return ops.convert_to_numpy(self.fn(ops.convert_to_tensor(images)))
@@ -160,15 +159,17 @@ def extract_features(
     dtype="float16",
     overwrite=False,
     verbose=1,
+    workers=None,
 ):
     """Runs `backbone` once over a corpus and stores the features in shards.
 
     Resumable: call it again with the same arguments after an interruption
     (even SIGKILL) and only the missing shards are computed. Memory holds
     one shard's features and one batch of images, whatever the corpus
-    size; images are decoded in a background thread while the backbone
-    runs. Rows are kept or skipped (and counted by reason) exactly as the
-    `geotagged_images` builder does.
+    size; images are decoded (and preprocessed) by `workers` threads, a
+    bounded window ahead, while the backbone runs. Rows are kept or
+    skipped (and counted by reason) exactly as the `geotagged_images`
+    builder does.
 
     Args:
         reader: a `gv.data.corpus_reader.CorpusReader` with an
@@ -187,6 +188,9 @@ def extract_features(
             setting in `folder` and start again; without it they are an
             error, never overwritten.
         verbose: 0 or 1. Progress lines with rows/s and ETA.
+        workers: int >= 1 or None. Threads that read and preprocess
+            photos (default: the machine's cores, at most 16). The rows
+            and their order do not depend on it.
 
     Returns:
         The manifest (dict), also in `folder/manifest.json`.
@@ -212,7 +216,10 @@ def extract_features(
         raise ValueError(f"`dtype` must be one of {DTYPES}; got {dtype!r}.")
     folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
     splits = list(splits or reader.splits())
-    extractor = _Extractor(backbone, batch_size, image_size)
+    if workers is None:
+        workers = min(16, os.cpu_count() or 1)
+    check_int("workers", workers)
+    extractor = _Extractor(backbone, batch_size, image_size, workers)
     manifest = {
         "preset": reader.name,
         "corpus": os.path.realpath(reader.root),
@@ -281,9 +288,12 @@ def _extract_split(reader, split, extractor, folder, manifest, verbose):
         todo.discard(k)
         progress.update(shards[k][1])
 
-    rows = reader.rows(split, include=lambda n: n // size in todo)
-    if extractor.preprocess is not None:
-        rows = _preprocessed(rows, extractor.preprocess)
+    rows = reader.rows(
+        split,
+        include=lambda n: n // size in todo,
+        workers=extractor.workers,
+        transform=extractor.transform,
+    )
     for n, example, reason in _prefetched(rows, 2 * extractor.batch_size):
         k = n // size
         for old in [j for j in open_shards if j < k]:
@@ -319,10 +329,13 @@ def compute_shard(
     shard = _Shard(index)
     start = index * shard_size
     rows = reader.rows(
-        split, start=start, start_offset=offset, stop=start + shard_size
+        split,
+        start=start,
+        start_offset=offset,
+        stop=start + shard_size,
+        workers=extractor.workers,
+        transform=extractor.transform,
     )
-    if extractor.preprocess is not None:
-        rows = _preprocessed(rows, extractor.preprocess)
     for n, example, reason in rows:
         if reason:
             shard.skipped[reason] += 1

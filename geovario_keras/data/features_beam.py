@@ -39,6 +39,7 @@ class FeaturesJob:
             gv.pretrained.clip_image_backbone, "~/clip-vit-l14")`.
         folder: the features folder.
         shard_size, batch_size, dtype: as `extract_features`.
+        workers: int >= 1. Threads reading photos in each Beam worker.
     """
 
     def __init__(
@@ -51,8 +52,11 @@ class FeaturesJob:
         shard_size=4096,
         batch_size=64,
         dtype="float16",
+        workers=2,
     ):
         check_int("shard_size", shard_size)
+        check_int("workers", workers)
+        self.workers = workers
         check_int("batch_size", batch_size)
         if dtype not in DTYPES:
             raise ValueError(f"`dtype` must be one of {DTYPES}; got {dtype!r}.")
@@ -73,7 +77,9 @@ class FeaturesJob:
         backbone = self.backbone_fn()
         size = getattr(backbone, "image_size", None) or self.image_size
         self._reader = self.reader()
-        self._extractor = _Extractor(backbone, self.batch_size, size)
+        self._extractor = _Extractor(
+            backbone, self.batch_size, size, self.workers
+        )
 
     def start(self, overwrite=False):
         """Driver: the manifest of a new or continued job."""
