@@ -157,7 +157,9 @@ def test_weight_clipping_and_zero_weight():
         hard_negative_beta=50.0, max_weight=3.0
     )
     # The weights as the loss applies them: logits + log w on negatives.
-    adjusted = loss.adjust_negative_logits(LOGITS, _y_pred())
+    adjusted = loss.adjust_negative_logits(
+        keras.ops.convert_to_tensor(LOGITS), _y_pred()
+    )
     w = np.exp(to_numpy(adjusted) - LOGITS)
     w = w[np.arange(5)[None] != TARGETS[:, None]]
     assert w.max() == pytest.approx(3.0, rel=1e-5)
