@@ -9,13 +9,12 @@ block by block in any retrieval mode and scores it with
 predicted coordinates). Both print progress with rows/s and an ETA.
 """
 
-import time
-
 import numpy as np
 
 from geovario_keras import geo
 from geovario_keras import metrics
 from geovario_keras.data.corpus_reader import LABELS
+from geovario_keras.utils import RowProgress
 from geovario_keras.utils import check_int
 
 
@@ -27,33 +26,6 @@ def _blocks(builder, split, block_size):
     ds = builder.as_dataset(split=split, shuffle_files=False)
     for block in tfds.as_numpy(ds.batch(block_size)):
         yield block
-
-
-class _Rate:
-    def __init__(self, what, total, verbose, every_s=10.0):
-        self.what, self.total, self.verbose = what, total, verbose
-        self.done, self.start, self.last, self.every_s = (
-            0,
-            time.time(),
-            0,
-            every_s,
-        )
-
-    def update(self, n):
-        self.done += n
-        now = time.time()
-        if not self.verbose:
-            return
-        if now - self.last < self.every_s and self.done < self.total:
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / max(rate, 1e-9)
-        print(
-            f"{self.what}: {self.done:,}/{self.total:,} rows, "
-            f"{rate:,.0f} rows/s, ETA {eta:,.0f} s",
-            flush=True,
-        )
 
 
 def set_reference_from_features(
@@ -75,7 +47,7 @@ def set_reference_from_features(
     dim = model.image_encoder.embed_dim
     emb = np.empty((total, dim), "float32")
     gps = np.empty((total, 2), "float32")
-    rate, at = _Rate(f"reference {split}", total, verbose), 0
+    rate, at = RowProgress(f"reference {split}", total, verbose=verbose), 0
     for block in _blocks(builder, split, block_size):
         n = len(block["gps"])
         emb[at : at + n] = model.encode_image(
@@ -125,7 +97,10 @@ def evaluate_features(
     pred = np.empty((total, 2), "float32")
     true = np.empty((total, 2), "float32")
     labels = {k: [] for k in LABELS}
-    rate, at = _Rate(f"evaluate {split} ({mode})", total, verbose), 0
+    rate, at = (
+        RowProgress(f"evaluate {split} ({mode})", total, verbose=verbose),
+        0,
+    )
     for block in _blocks(builder, split, block_size):
         n = len(block["gps"])
         coords, _ = model.predict_gps(

@@ -1,6 +1,7 @@
 """Small shared helpers: argument checks and non-trainable state."""
 
 import math
+import time
 
 import numpy as np
 
@@ -86,3 +87,33 @@ def common_embed_dim(image_encoder, location_encoder):
             f"{embed_dim}."
         )
     return embed_dim
+
+
+class RowProgress:
+    """Progress lines of a long job: rows done, rows/s and an ETA.
+
+    Prints at most every `every_s` seconds, and at the end. `done` rows
+    finished before this run (a resumed job) count as done but not in the
+    rate.
+    """
+
+    def __init__(self, what, total, done=0, verbose=1, every_s=10.0):
+        self.what, self.total, self.done = what, total, done
+        self.start_done, self.start = done, time.time()
+        self.verbose, self.every_s, self.last = verbose, every_s, 0.0
+
+    def update(self, rows):
+        self.done += rows
+        now = time.time()
+        final = self.done >= self.total
+        if not self.verbose or (now - self.last < self.every_s and not final):
+            return
+        self.last = now
+        rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        print(
+            f"{self.what}: {self.done:,}/{self.total:,} rows "
+            f"({100 * self.done / max(self.total, 1):.1f} %), "
+            f"{rate:,.0f} rows/s, ETA {eta:,.0f} s",
+            flush=True,
+        )

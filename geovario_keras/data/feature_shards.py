@@ -153,3 +153,20 @@ class _Shard:
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp.npz"
         np.savez(tmp, skipped=json.dumps(dict(self.skipped)), **rows)
         os.replace(tmp, path)
+
+
+def split_summary(folder, split, shard_size, total):
+    """The manifest entry of a finished split: its CSV rows, shards, kept
+    rows and skips by reason, every shard checked whole (`read_shard`)."""
+    ranges = _shard_ranges(os.fspath(folder), split, shard_size, total)
+    kept, skipped = 0, collections.Counter()
+    for path, rows in ranges:
+        data = read_shard(path, rows)
+        kept += len(data["row"])
+        skipped.update(data["skipped"])
+    return {
+        "rows": total,
+        "shards": len(ranges),
+        "kept": kept,
+        "skipped": dict(skipped),
+    }

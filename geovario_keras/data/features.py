@@ -17,11 +17,9 @@ file when it is corrupt or truncated. The `geotagged_features` tfds builder
 turns a finished folder into a data set for streamed training.
 """
 
-import collections
 import os
 import queue
 import threading
-import time
 
 import numpy as np
 from keras import ops
@@ -37,6 +35,8 @@ from geovario_keras.data.feature_shards import read_manifest
 from geovario_keras.data.feature_shards import read_shard
 from geovario_keras.data.feature_shards import shard_name
 from geovario_keras.data.feature_shards import shard_paths
+from geovario_keras.data.feature_shards import split_summary
+from geovario_keras.utils import RowProgress
 from geovario_keras.utils import check_int
 
 __all__ = [
@@ -50,31 +50,6 @@ __all__ = [
     "shard_name",
     "shard_paths",
 ]
-
-
-class _Progress:
-    """One line per update: photos done, photos/s and ETA (this run)."""
-
-    def __init__(self, split, total, done, verbose, every_s=10.0):
-        self.split, self.total, self.done = split, total, done
-        self.start_done, self.start = done, time.time()
-        self.verbose, self.every_s, self.last = verbose, every_s, 0.0
-
-    def update(self, rows):
-        self.done += rows
-        now = time.time()
-        final = self.done >= self.total
-        if not self.verbose or (now - self.last < self.every_s and not final):
-            return
-        self.last = now
-        rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        print(
-            f"features {self.split}: {self.done:,}/{self.total:,} rows "
-            f"({100 * self.done / max(self.total, 1):.1f} %), "
-            f"{rate:,.0f} rows/s, ETA {eta:,.0f} s",
-            flush=True,
-        )
 
 
 def _prefetched(iterator, size):
@@ -278,7 +253,7 @@ def _extract_split(reader, split, extractor, folder, manifest, verbose):
     shards = _shard_ranges(folder, split, size, total)
     todo = {k for k, (path, _) in enumerate(shards) if not os.path.isfile(path)}
     done_rows = sum(rows for k, (_, rows) in enumerate(shards) if k not in todo)
-    progress = _Progress(split, total, done_rows, verbose)
+    progress = RowProgress(f"features {split}", total, done_rows, verbose)
     open_shards = {}
 
     def finish(k):
@@ -307,17 +282,7 @@ def _extract_split(reader, split, extractor, folder, manifest, verbose):
         extractor.add(shard, example.pop("image"))
     for k in sorted(set(open_shards) | todo):  # the last; an empty split
         finish(k)
-    kept, skipped = 0, collections.Counter()
-    for path, rows in shards:
-        data = read_shard(path, rows)
-        kept += len(data["row"])
-        skipped.update(data["skipped"])
-    return {
-        "rows": total,
-        "shards": len(shards),
-        "kept": kept,
-        "skipped": dict(skipped),
-    }
+    return split_summary(folder, split, size, total)
 
 
 def compute_shard(

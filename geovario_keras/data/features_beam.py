@@ -7,7 +7,6 @@ the `geotagged_features` builder (`gv.data.geotagged_features_beam`). The
 shards, the manifest and the rows are those `extract_features` writes.
 """
 
-import collections
 import os
 
 from geovario_keras.data.corpus_reader import CorpusReader
@@ -17,6 +16,7 @@ from geovario_keras.data.feature_shards import _shard_ranges
 from geovario_keras.data.feature_shards import _write_json
 from geovario_keras.data.feature_shards import backbone_fingerprint
 from geovario_keras.data.feature_shards import read_shard
+from geovario_keras.data.feature_shards import split_summary
 from geovario_keras.data.features import _Extractor
 from geovario_keras.data.features import _start
 from geovario_keras.data.features import compute_shard
@@ -127,18 +127,9 @@ class FeaturesJob:
     def finish(self, manifest, totals):
         """Driver: the manifest, complete, with each split's counts."""
         for split, total in totals.items():
-            kept, skipped = 0, collections.Counter()
-            ranges = _shard_ranges(self.folder, split, self.shard_size, total)
-            for path, rows in ranges:
-                data = read_shard(path, rows)
-                kept += len(data["row"])
-                skipped.update(data["skipped"])
-            manifest["splits"][split] = {
-                "rows": total,
-                "shards": len(ranges),
-                "kept": kept,
-                "skipped": dict(skipped),
-            }
+            manifest["splits"][split] = split_summary(
+                self.folder, split, self.shard_size, total
+            )
         manifest["complete"] = set(manifest["splits"]) >= set(
             self.reader().splits()
         )
