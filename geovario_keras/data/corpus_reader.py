@@ -252,12 +252,12 @@ class CorpusReader:
     def _csv_rows_from(self, split, start, offset):
         import io
 
-        header = next(iter(self.csv_rows(split)), (0, {}))[1]
+        with open(self.csv_path(split), newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
         with open(self.csv_path(split), "rb") as raw:
             raw.seek(offset)
             text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-            reader = csv.DictReader(text, fieldnames=list(header))
-            yield from enumerate(reader, start)
+            yield from enumerate(csv.DictReader(text, fieldnames=header), start)
 
     def count_rows(self, split):
         """The number of CSV rows (usable or not) of `split`."""
