@@ -22,7 +22,10 @@ own: `KERAS_BACKEND=jax python benchmarks/features_pipeline.py --rows
 `predict`; "predict" sets the reference first), and `--rows 1000000`.
 `--extract N` instead times `extract_features` over a generated corpus of
 `N` photos with a tiny random CLIP (decoding, CLIP preprocessing and shard
-writing: the pipeline's cost besides the backbone).
+writing: the pipeline's cost besides the backbone). `--references N
+--reference-dtype float16` instead times prediction in every mode against
+`N` synthetic reference embeddings stored as float16 (or float32,
+bfloat16), set directly, with their peak memory.
 Results: BENCHMARKS.md.
 """
 
@@ -95,7 +98,7 @@ def phase(name, results, fn):
     return value
 
 
-def model_for(dim):
+def model_for(dim, reference_dtype="float32"):
     import keras
 
     keras.utils.set_random_seed(0)
@@ -106,6 +109,7 @@ def model_for(dim):
         ),
         queue_size=4096,
         seed=0,
+        reference_dtype=reference_dtype,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4),
@@ -129,7 +133,10 @@ def run_phase(args, work):
 
     def build():
         built["builder"] = gv.data.geotagged_features(
-            folder, data_dir=os.path.join(work, "tfds"), verbose=False
+            folder,
+            data_dir=os.path.join(work, "tfds"),
+            verbose=False,
+            num_shards=args.files,
         )
         return {"rows_per_s": args.rows}
 
@@ -199,9 +206,10 @@ def reference_phase(args, work, builder, results, model=None):
     return results
 
 
-def predict_phase(args, work, builder, results):
-    model = model_for(args.dim)
-    reference_phase(args, work, builder, results, model)
+def predict_phase(args, work, builder, results, model=None):
+    if model is None:
+        model = model_for(args.dim)
+        reference_phase(args, work, builder, results, model)
     rng = np.random.default_rng(1)
     gallery = np.stack(
         [
@@ -231,6 +239,37 @@ PHASE_FUNCTIONS = {
     "reference": reference_phase,
     "predict": predict_phase,
 }
+
+
+def run_references(args, work):
+    """Prediction against `--references` synthetic reference embeddings
+    (unit vectors, stored as `--reference-dtype`), set directly: the
+    search's cost depends on the set's size, not on its content."""
+    model = model_for(args.dim, args.reference_dtype)
+    n = args.references
+    results = {"references": n, "reference_dtype": args.reference_dtype}
+
+    def reference():
+        rng = np.random.default_rng(0)
+        storage = "float32" if args.reference_dtype == "float32" else "float16"
+        emb = np.empty((n, 128), storage)
+        for i in range(0, n, 1 << 18):
+            part = rng.standard_normal((min(1 << 18, n - i), 128))
+            emb[i : i + len(part)] = part / np.linalg.norm(
+                part, axis=1, keepdims=True
+            )
+        gps = np.stack(
+            [
+                np.degrees(np.arcsin(rng.uniform(-1, 1, n))),
+                rng.uniform(-180, 180, n),
+            ],
+            1,
+        ).astype("float32")
+        model.reference.set(gps, emb, copy=False)
+        return {"emb_mib": emb.nbytes / 2**20}
+
+    phase("reference", results, reference)
+    return predict_phase(args, work, None, results, model)
 
 
 def run_extract(args, work):
@@ -269,15 +308,33 @@ def main():
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--buffer", type=int, default=16384)
     parser.add_argument("--checkpoints", type=int, default=4)
+    parser.add_argument(
+        "--files", type=int, default=None, help="files per split (tfds)"
+    )
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--phase", choices=PHASES, default="stream")
     parser.add_argument("--extract", type=int, default=0)
+    parser.add_argument(
+        "--references",
+        type=int,
+        default=0,
+        help="instead: prediction against this many synthetic references",
+    )
+    parser.add_argument(
+        "--reference-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+    )
     parser.add_argument("--work", default=None, help="kept when given")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="features_pipeline_")
     try:
-        run = run_extract if args.extract else run_phase
+        run = run_phase
+        if args.extract:
+            run = run_extract
+        elif args.references:
+            run = run_references
         results = run(args, work)
     finally:
         if args.work is None:

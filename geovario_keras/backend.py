@@ -10,6 +10,8 @@ a process):
   where the backend allows (large galleries).
 - `inference_function(layer, fn, jit_compile)`: `fn(layer, x)` compiled for
   inference, reading the layer's current weights.
+- `inference_devices()`, `distributed_batch(array)`: a batch split over
+  the devices of a `keras.distribution` (JAX) for such a function.
 - `segment_sum(values, index, num_segments)`: per-segment sums (the
   semivariogram's per-bin statistics).
 - `dense_relu(dense, x)`: a ReLU `Dense` layer's forward pass.
@@ -118,6 +120,32 @@ def inference_function(layer, fn, jit_compile=None):
     """
     make = _INFERENCE.get(NAME, _eager_inference_function)
     return make(layer, fn, jit_compile)
+
+
+def inference_devices():
+    """Devices an inference batch is split over: those of the data axis of
+    the `keras.distribution` set on JAX (e.g. `DataParallel()`: every
+    local accelerator), else 1 (the backend's default device)."""
+    distribution = keras.distribution.distribution()
+    if NAME != "jax" or distribution is None:
+        return 1
+    layout = distribution.get_data_layout((None, 1))
+    return int(math.prod(layout.device_mesh.shape))
+
+
+def distributed_batch(array):
+    """A numpy batch as a tensor, split along its first axis over
+    `inference_devices()`. On JAX with a `keras.distribution` set, an
+    `inference_function` then runs on every device at once (XLA partitions
+    the call; weights are replicated to the devices); elsewhere, the
+    backend's default device. The batch size must be a multiple of
+    `inference_devices()`."""
+    if inference_devices() == 1:
+        return ops.convert_to_tensor(array)
+    import jax
+
+    layout = keras.distribution.distribution().get_data_layout(array.shape)
+    return jax.device_put(array, layout.backend_layout)
 
 
 def shared_host_tensor(array):

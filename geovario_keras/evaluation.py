@@ -14,7 +14,9 @@ import numpy as np
 from geovario_keras import geo
 from geovario_keras import metrics
 from geovario_keras.data.corpus_reader import LABELS
+from geovario_keras.layers.gps_gallery import check_dtype
 from geovario_keras.utils import RowProgress
+from geovario_keras.utils import bound_heap_growth
 from geovario_keras.utils import check_int
 
 
@@ -23,13 +25,14 @@ def _blocks(builder, split, block_size):
     import tensorflow_datasets as tfds
 
     check_int("block_size", block_size)
+    bound_heap_growth()
     ds = builder.as_dataset(split=split, shuffle_files=False)
     for block in tfds.as_numpy(ds.batch(block_size)):
         yield block
 
 
 def set_reference_from_features(
-    model, builder, split="train", block_size=16384, verbose=1
+    model, builder, split="train", block_size=16384, verbose=1, dtype=None
 ):
     """Encodes a stored-features split as the model's reference set.
 
@@ -39,13 +42,19 @@ def set_reference_from_features(
         split: the split (typically the training split).
         block_size: int >= 1. Rows read and encoded per block.
         verbose: 0 or 1. Progress lines.
+        dtype: None (keep the model's `reference_dtype`), `"float32"`,
+            `"float16"` or `"bfloat16"`: the embeddings' storage (float16:
+            half the memory, held so while the split is read).
 
     Returns:
         The number of reference rows.
     """
     total = builder.info.splits[split].num_examples
     dim = model.image_encoder.embed_dim
-    emb = np.empty((total, dim), "float32")
+    # Held in the storage dtype (float16 halves it; numpy has no bfloat16).
+    dtype = check_dtype(dtype or model.reference.embeddings_dtype)
+    held = "float16" if dtype == "float16" else "float32"
+    emb = np.empty((total, dim), held)
     gps = np.empty((total, 2), "float32")
     rate, at = RowProgress(f"reference {split}", total, verbose=verbose), 0
     for block in _blocks(builder, split, block_size):
@@ -61,7 +70,9 @@ def set_reference_from_features(
             f"Split {split!r} yielded {at} rows, its info says {total}: the "
             "data set is damaged; rebuild it."
         )
-    model.reference.set(geo.check_gps(gps, name="gps"), emb, copy=False)
+    model.reference.set(
+        geo.check_gps(gps, name="gps"), emb, copy=False, embeddings_dtype=dtype
+    )
     return total
 
 

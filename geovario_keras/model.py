@@ -80,6 +80,11 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         variogram_bins_km: distance bin edges (km) of the semivariogram
             statistics gathered in training with a `PairStatisticsLoss`;
             default `gv.semivariogram.default_bin_edges_km()`.
+        reference_dtype: `"float32"` (default), `"float16"` or
+            `"bfloat16"`: storage of the reference image embeddings
+            (`set_reference`). float16 halves the memory of a reference set
+            of millions (5 M x 512-d: 5 GB instead of 10); similarities are
+            still computed in float32 (accuracy cost: BENCHMARKS.md).
         **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -112,6 +117,7 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         gallery_size=0,
         variogram_bins_km=None,
         reference_size=0,
+        reference_dtype="float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -133,7 +139,10 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
             self.queue = GPSQueue(queue_size, self.embed_dim, name="gps_queue")
         self.gallery = GPSGallery(gallery_size, self.embed_dim, name="gallery")
         self.reference = ReferenceSet(
-            reference_size, self.embed_dim, name="reference"
+            reference_size,
+            self.embed_dim,
+            embeddings_dtype=reference_dtype,
+            name="reference",
         )
         self.noise = GeodesicNoise(seed, name="gps_noise")
         self.retrieval_error = keras.metrics.Mean(name="retrieval_km")
@@ -382,6 +391,7 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
                 "seed": self.seed,
                 "gallery_size": self.gallery.size,
                 "reference_size": self.reference.size,
+                "reference_dtype": self.reference.embeddings_dtype,
                 "variogram_bins_km": list(self.variogram.bin_edges_km),
             }
         )

@@ -319,7 +319,9 @@ class RetrievalMixin:
         embeddings = self.encode_location(gps, batch_size, verbose)
         self.gallery.set(gps, embeddings, copy=False)  # a fresh buffer
 
-    def set_reference(self, x, gps, batch_size=None, verbose="auto"):
+    def set_reference(
+        self, x, gps, batch_size=None, verbose="auto", dtype=None
+    ):
         """Encodes geotagged images `x` at `gps` as the reference set.
 
         Their normalised image embeddings and coordinates become model
@@ -332,6 +334,10 @@ class RetrievalMixin:
             gps: `(M, 2)` latitude, longitude in degrees.
             batch_size: int or None. Images encoded per step.
             verbose: Keras progress-bar verbosity.
+            dtype: None (keep the model's `reference_dtype`) or the storage
+                of the embeddings from now on: `"float32"`, `"float16"`
+                (half the memory; similarities still computed in float32)
+                or `"bfloat16"`. Saved with the model.
         """
         gps = geo.check_gps(gps, name="gps")
         emb = self.encode_image(x, batch_size=batch_size, verbose=verbose)
@@ -340,7 +346,8 @@ class RetrievalMixin:
                 f"`x` and `gps` must have the same length; got {len(emb)} "
                 f"images and {len(gps)} coordinates."
             )
-        self.reference.set(gps, emb, copy=False)  # a fresh buffer
+        # a fresh buffer
+        self.reference.set(gps, emb, copy=False, embeddings_dtype=dtype)
 
     def predict_gps(
         self,

@@ -1,6 +1,8 @@
 """Small shared helpers: argument checks and non-trainable state."""
 
+import ctypes
 import math
+import sys
 import time
 
 import numpy as np
@@ -87,6 +89,47 @@ def common_embed_dim(image_encoder, location_encoder):
             f"{embed_dim}."
         )
     return embed_dim
+
+
+# glibc's mallopt parameter M_MMAP_THRESHOLD.
+_M_MMAP_THRESHOLD = -3
+_heap_bounded = []
+
+
+def bound_heap_growth(threshold=1 << 20):
+    """Serves allocations of `threshold` bytes or more by `mmap` (Linux).
+
+    Long streams allocate and free buffers of a few MB many times a second
+    (a batch of features, a block of embeddings). glibc's `malloc` raises
+    its mmap threshold each time such a buffer is freed, after which they
+    come from the heap, which fragments and grows with the number of rows
+    read: a process streaming 1 M rows held 13 % more memory at the end
+    than after 100 K. A fixed threshold returns every large buffer to the
+    system when freed, so memory stays at the level of the first batches
+    (BENCHMARKS.md, "The stored-features pipeline"). The long jobs of
+    `gv.data` and `gv.training` call this once per process; it changes the
+    whole process's allocator (only large allocations, which then cost a
+    system call each). Without glibc (macOS, Windows, musl) it does
+    nothing.
+
+    Args:
+        threshold: int >= 4096. Bytes from which allocations are mapped.
+
+    Returns:
+        bool: whether the threshold is set (True on glibc).
+    """
+    check_int("threshold", threshold, 4096)
+    if _heap_bounded:
+        return _heap_bounded[0]
+    applied = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        except (OSError, AttributeError):  # not glibc
+            applied = False
+    _heap_bounded.append(applied)
+    return applied
 
 
 class RowProgress:

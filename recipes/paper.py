@@ -110,6 +110,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--modes", nargs="+", default=list(MODES), choices=MODES
     )
+    parser.add_argument(
+        "--reference-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="storage of the reference embeddings (float16: half the memory)",
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--verbose", type=int, default=1)
     return parser.parse_args(argv)
@@ -237,7 +243,11 @@ def evaluate(args, builder, test_builder, method, model):
     model.set_gallery(gallery(args, builder), verbose=0)
     if set(todo) & {"reference", "hybrid"}:
         gv.evaluation.set_reference_from_features(
-            model, builder, args.train_split, verbose=args.verbose
+            model,
+            builder,
+            args.train_split,
+            verbose=args.verbose,
+            dtype=args.reference_dtype,
         )
     for mode in todo:
         start = time.time()

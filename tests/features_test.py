@@ -379,3 +379,30 @@ def test_beam_with_two_worker_processes_builds_the_same_data_set(
         "kept": 300,
         "skipped": {},
     }
+
+
+def test_extraction_on_four_devices_equals_one():
+    # JAX with `keras.distribution.DataParallel` over 4 virtual CPU devices
+    # (a fresh process: the devices are set before JAX starts): every batch
+    # is split over the 4 devices, and the stored features are those of
+    # the single-device extraction.
+    import subprocess
+    import sys
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("multi-device extraction goes through keras.distribution")
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(here, "distributed_extraction.py")],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices_before"] == 1
+    assert result["devices"] == result["batch_devices"] == 4
+    assert result["rows"] == [150, 150]
+    assert result["max_difference"] == 0.0
+    assert "multiple of the 4 devices" in result["error"]

@@ -78,6 +78,44 @@ def test_million_point_search_in_bounded_chunks():
     assert lengths == [n - 7 * chunk, chunk]
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_storage_scores_the_rounded_embeddings(dtype):
+    # The stored embeddings are the float32 ones rounded to `dtype` (by
+    # ml_dtypes / numpy, independently of the backend), scored in float32:
+    # the search equals a brute-force search of the rounded keys, over
+    # more points than one half-precision chunk (so in several chunks).
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    n = gv.layers.gps_gallery.HALF_PRECISION_CHUNK + 4_321
+    keys = _unit(rng.normal(size=(n, 8))).astype("float32")
+    refs = gv.layers.ReferenceSet(embed_dim=8, embeddings_dtype=dtype)
+    refs.set(random_gps(n, seed=3), keys)
+    assert keras.backend.standardize_dtype(refs.embeddings.dtype) == dtype
+    np_dtype = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    rounded = keys.astype(np_dtype).astype("float32")
+    queries = _unit(rng.normal(size=(20, 8))).astype("float32")
+    _check_search(refs, rounded, queries, 25.0, 6, 8, None)
+    lengths = sorted({length for _, length in refs._top_k_functions})
+    assert lengths == [4_321, gv.layers.gps_gallery.HALF_PRECISION_CHUNK]
+    config = refs.get_config()
+    assert config["embeddings_dtype"] == dtype
+    same = gv.layers.ReferenceSet.from_config(config)
+    assert same.embeddings_dtype == dtype and same.size == n
+
+
+def test_embeddings_dtype_is_checked():
+    with pytest.raises(ValueError, match="`embeddings_dtype` must be one of"):
+        gv.layers.ReferenceSet(embed_dim=4, embeddings_dtype="int8")
+    with pytest.raises(ValueError, match="`embeddings_dtype` must be one of"):
+        small_geoclip(reference_dtype="float64")
+    refs = gv.layers.ReferenceSet(embed_dim=4)
+    refs.set(random_gps(3), np.eye(3, 4))
+    with pytest.raises(ValueError, match="`embeddings_dtype` must be one of"):
+        refs.set(random_gps(3), np.eye(3, 4), embeddings_dtype="half")
+    assert refs.embeddings_dtype == "float32" and refs.size == 3
+
+
 def test_gallery_keeps_its_own_copy():
     # The caller's arrays may change afterwards; the gallery must not.
     rng = np.random.default_rng(0)
@@ -367,6 +405,38 @@ def test_reference_set_is_saved(trained, tmp_path):
         b = loaded.predict_gps(x[:5], top_k=2, mode=mode)
         np.testing.assert_allclose(a[0], b[0], atol=1e-5)
         np.testing.assert_allclose(a[1], b[1], atol=1e-4)
+
+
+def test_float16_reference_predicts_like_float32_and_is_saved(
+    trained, tmp_path
+):
+    # A float16 reference set holds the float32 model's embeddings rounded
+    # to float16; its predictions are the float32 predictions over those
+    # rounded embeddings, and it saves and reloads as float16.
+    model, x, gps = trained
+    half = gv.GeoCLIP.from_config(model.get_config())
+    half.set_weights(model.get_weights())
+    assert half.reference.embeddings_dtype == "float32"
+    half.set_reference(x, gps, verbose=0, dtype="float16")
+    assert half.get_config()["reference_dtype"] == "float16"
+    emb = keras.ops.convert_to_numpy(half.reference.embeddings)
+    assert emb.dtype == np.float16
+    np.testing.assert_array_equal(
+        emb, model.encode_image(x, verbose=0).astype("float16")
+    )
+    model.reference.set(gps, emb.astype("float32"))
+    for mode in ("reference", "hybrid"):
+        a = model.predict_gps(x[:40], top_k=3, mode=mode)
+        b = half.predict_gps(x[:40], top_k=3, mode=mode)
+        np.testing.assert_allclose(a[0], b[0], atol=1e-4)
+        np.testing.assert_allclose(a[1], b[1], atol=1e-4)
+    path = str(tmp_path / "half.keras")
+    half.save(path)
+    loaded = gv.load_model(path)
+    assert loaded.reference.embeddings_dtype == "float16"
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.reference.embeddings), emb
+    )
 
 
 def _numpy_softmax(z):

@@ -10,10 +10,13 @@ on those (the demo's recipe), then `"gallery"`,
 for a grid of `bandwidth_km`, `gallery_candidates` and `mean_shift_steps`
 (the `floor`, 0.01, was chosen by the earlier grid over 0.001-0.1 with the
 Laplacian kernel, in BENCHMARKS.md), and of the hybrid's `location_weight`
-(`--grid location_weight`).
+(`--grid location_weight`). `--grid reference_dtype`: the accuracy cost of
+storing the reference embeddings in float16 or bfloat16
+(`GeoCLIP(reference_dtype=...)`) against float32, same model and queries.
 
 Run: `KERAS_BACKEND=jax python benchmarks/studies/retrieval_options.py
-[--seed 0] [--epochs 8] [--grid all|candidates|location_weight]`. The results
+[--seed 0] [--epochs 8] [--grid all|candidates|location_weight|
+reference_dtype]`. The results
 are in BENCHMARKS.md.
 """
 
@@ -46,11 +49,12 @@ def main():
     )
     parser.add_argument(
         "--grid",
-        choices=("all", "candidates", "location_weight"),
+        choices=("all", "candidates", "location_weight", "reference_dtype"),
         default="all",
         help="candidates: bandwidth x mean-shift steps x gallery "
         "candidates; location_weight: the hybrid's location_weight x "
-        "bandwidth (other options at their defaults)",
+        "bandwidth (other options at their defaults); reference_dtype: "
+        "the reference embeddings stored in float32, float16, bfloat16",
     )
     parser.add_argument(
         "--data-dir", default=os.path.join("artifacts", "tensorflow_datasets")
@@ -78,12 +82,68 @@ def main():
         d = np.asarray(gv.geo.haversine_km(coords[:, 0], val["gps"]))
         return [100 * np.mean(d <= t) for t in (25, 200, 750, 2500)]
 
+    if args.grid == "reference_dtype":
+        reference_dtype_grid(model, fit, val)
+        return
     base = score("gallery")
     print("gallery: " + " / ".join(f"{a:.1f}" for a in base), flush=True)
     if args.grid in ("all", "candidates"):
         candidates_grid(score)
     if args.grid in ("all", "location_weight"):
         location_weight_grid(score, args.location_weights)
+
+
+def reference_dtype_grid(model, fit, val):
+    """ "reference" and "hybrid" with the reference set stored in float32,
+    float16 and bfloat16: accuracy, the share of queries whose top-1 lies
+    within 1 km of float32's (a mode found by mean shift moves a little
+    with the neighbours' weights), and the share whose 16 neighbours are
+    float32's."""
+    import geovario_keras as gv
+    from geovario_keras import retrieval
+
+    options = retrieval.RetrievalOptions()
+    queries = model.encode_image(val["image"], verbose=0)
+    refs = model.encode_image(fit["image"], verbose=0)
+    scale = float(np.asarray(model.temperature()))
+    print(
+        "\n| storage | mode | 1 | 25 | 200 | 750 | 2500 | top-1 within 1 km "
+        "of float32's % | same 16 neighbours % |"
+        "\n|---|---|---|---|---|---|---|---|---|"
+    )
+    base = {}
+    for dtype in ("float32", "float16", "bfloat16"):
+        reference = gv.layers.ReferenceSet(
+            embed_dim=refs.shape[1], embeddings_dtype=dtype
+        )
+        reference.set(fit["gps"], refs)
+        _, index, _ = reference.search(queries, scale, options.neighbours)
+        for mode in ("reference", "hybrid"):
+            if mode == "reference":
+                coords, _ = retrieval.predict_from_reference(
+                    reference, queries, scale, 1, options
+                )
+            else:
+                coords, _ = retrieval.predict_hybrid(
+                    model.gallery,
+                    reference,
+                    model.encode_location,
+                    queries,
+                    scale,
+                    1,
+                    options,
+                )
+            d = np.asarray(gv.geo.haversine_km(coords[:, 0], val["gps"]))
+            acc = [100 * np.mean(d <= t) for t in (1, 25, 200, 750, 2500)]
+            base.setdefault(mode, (coords, index))
+            shift = np.asarray(
+                gv.geo.haversine_km(coords[:, 0], base[mode][0][:, 0])
+            )
+            same = 100 * np.mean(shift <= 1.0)
+            same_nn = 100 * np.mean(
+                np.all(np.sort(index, 1) == np.sort(base[mode][1], 1), 1)
+            )
+            _row([dtype, mode], acc + [same, same_nn])
 
 
 def _row(cells, acc):

@@ -37,6 +37,7 @@ from geovario_keras.data.feature_shards import shard_name
 from geovario_keras.data.feature_shards import shard_paths
 from geovario_keras.data.feature_shards import split_summary
 from geovario_keras.utils import RowProgress
+from geovario_keras.utils import bound_heap_growth
 from geovario_keras.utils import check_int
 
 __all__ = [
@@ -100,7 +101,10 @@ class _Extractor:
         return self.preprocess([image])[0]
 
     def _run(self, images):
-        return ops.convert_to_numpy(self.fn(ops.convert_to_tensor(images)))
+        from geovario_keras import backend
+
+        batch = backend.distributed_batch(images)
+        return ops.convert_to_numpy(self.fn(batch))
 
     def add(self, shard, image):
         self.images.append(image)
@@ -122,6 +126,17 @@ class _Extractor:
         for shard, row in zip(self.owners, features):
             shard.features.append(row[None])
         self.images, self.owners = [], []
+
+
+def _check_devices(batch_size):
+    from geovario_keras import backend
+
+    devices = backend.inference_devices()
+    if batch_size % devices:
+        raise ValueError(
+            f"`batch_size` must be a multiple of the {devices} devices of "
+            f"the current `keras.distribution`; got {batch_size}."
+        )
 
 
 def extract_features(
@@ -156,7 +171,8 @@ def extract_features(
         splits: the splits to extract (default: every split whose CSV
             exists).
         shard_size: int >= 1. CSV rows per shard (the unit of resumption).
-        batch_size: int >= 1. Images per backbone call.
+        batch_size: int >= 1. Images per backbone call (over all
+            devices: a multiple of their number).
         dtype: `"float16"` (default; half the disk and I/O) or
             `"float32"`.
         overwrite: bool. Delete features of another corpus, backbone or
@@ -166,6 +182,12 @@ def extract_features(
         workers: int >= 1 or None. Threads that read and preprocess
             photos (default: the machine's cores, at most 16). The rows
             and their order do not depend on it.
+
+    Devices: the backend's default device; on JAX, with a
+    `keras.distribution` set (`keras.distribution.set_distribution(
+    keras.distribution.DataParallel())`), every batch is split over the
+    distribution's devices (every local GPU), the backbone replicated.
+    The features do not depend on the number of devices.
 
     Returns:
         The manifest (dict), also in `folder/manifest.json`.
@@ -187,6 +209,7 @@ def extract_features(
         )
     check_int("shard_size", shard_size)
     check_int("batch_size", batch_size)
+    _check_devices(batch_size)
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {DTYPES}; got {dtype!r}.")
     folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
@@ -194,6 +217,7 @@ def extract_features(
     if workers is None:
         workers = min(16, os.cpu_count() or 1)
     check_int("workers", workers)
+    bound_heap_growth()
     extractor = _Extractor(backbone, batch_size, image_size, workers)
     manifest = {
         "preset": reader.name,

@@ -3,7 +3,9 @@
 A `geotagged_features` data set (millions of rows) is read from disk as a
 `tf.data` pipeline, which Keras feeds to `model.fit` on every backend
 (TensorFlow natively, JAX and PyTorch through its data adapter). Memory
-is bounded by the shuffle buffer and a few batches, whatever the data size.
+is bounded by the shuffle buffer and a few batches, whatever the data size
+(with `gv.utils.bound_heap_growth`, which keeps the allocator from growing
+the heap with the rows read).
 
 The order is a pure function of `(seed, epoch)`: epoch `e` reads the
 files in an order drawn from `seed` and `e` and shuffles rows within a
@@ -16,6 +18,7 @@ killed run stopped (`gv.training.fit_resumable`).
 
 import os
 
+from geovario_keras.utils import bound_heap_growth
 from geovario_keras.utils import check_int
 
 
@@ -66,6 +69,7 @@ def epoch_stream(
         A `tf.data.Dataset` of `steps` batches.
     """
     tf = _tf()
+    bound_heap_growth()
     check_int("epoch", epoch, 0)
     check_int("shuffle_buffer", shuffle_buffer, 0)
     full = steps_per_epoch(builder, split, batch_size)

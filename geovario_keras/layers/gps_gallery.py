@@ -16,6 +16,11 @@ from geovario_keras.utils import check_int
 # 65,536).
 LOGITS_PER_CALL = 1 << 24
 SEARCH_QUERY_BLOCK = 256
+# Embeddings stored in half precision are scored in float32 chunks of at
+# most this many points (a float32 copy of 128 MB at 512-d), never as a
+# float32 copy of the whole set.
+HALF_PRECISION_CHUNK = 1 << 16
+EMBEDDING_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _chunk_top_k(keys, query, scale, top_k, top_k_fn=None):
@@ -24,8 +29,10 @@ def _chunk_top_k(keys, query, scale, top_k, top_k_fn=None):
     `top_k_fn(logits, k) -> (values, indices)`; default `keras.ops.top_k`.
     """
     # (K @ q^T)^T, not q @ K^T: the latter makes TensorFlow and JAX copy
-    # the transposed (M, D) set on every call (BENCHMARKS.md).
+    # the transposed (M, D) set on every call (BENCHMARKS.md). Keys stored
+    # in half precision are scored in float32.
     query = ops.cast(query, "float32")
+    keys = ops.cast(keys, "float32")
     logits = scale * ops.transpose(ops.matmul(keys, ops.transpose(query)))
     if top_k_fn is None:
         values, index = ops.top_k(logits, k=top_k)
@@ -34,11 +41,23 @@ def _chunk_top_k(keys, query, scale, top_k, top_k_fn=None):
     return values, index, ops.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def _float32(x, copy):
+def _as_dtype(x, dtype, copy):
     if backend.is_tensor(x):
-        return ops.cast(x, "float32")
-    x = np.array(x, "float32", copy=True if copy else None)
+        return ops.cast(x, dtype)
+    if dtype == "bfloat16":  # numpy has no bfloat16: the backend casts
+        return ops.cast(np.asarray(x, "float32"), dtype)
+    x = np.array(x, dtype, copy=True if copy else None)
     return x if copy else backend.shared_host_tensor(x)
+
+
+def check_dtype(embeddings_dtype):
+    """`embeddings_dtype` if in `EMBEDDING_DTYPES`, else a `ValueError`."""
+    if embeddings_dtype not in EMBEDDING_DTYPES:
+        raise ValueError(
+            f"`embeddings_dtype` must be one of {EMBEDDING_DTYPES}; got "
+            f"{embeddings_dtype!r}."
+        )
+    return embeddings_dtype
 
 
 def _merge_top_k(best, part, top_k):
@@ -75,6 +94,11 @@ class GPSGallery(keras.layers.Layer):
     Args:
         size: int >= 0. Number of gallery points (0: empty).
         embed_dim: int. Embedding size.
+        embeddings_dtype: `"float32"` (default), `"float16"` or
+            `"bfloat16"`: how the embeddings are stored. Half precision
+            halves the memory of a large set; scores are still computed in
+            float32 (chunk by chunk), so only the stored values are rounded
+            (float16: relative error <= 2**-11 per component).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -98,12 +122,15 @@ class GPSGallery(keras.layers.Layer):
     [[[-5.0, 40.0]]]
     """
 
-    def __init__(self, size=0, embed_dim=512, **kwargs):
+    def __init__(
+        self, size=0, embed_dim=512, embeddings_dtype="float32", **kwargs
+    ):
         super().__init__(**kwargs)
         if not isinstance(size, int) or size < 0:
             raise ValueError(f"`size` must be an int >= 0; got {size!r}.")
         self.size = size
         self.embed_dim = embed_dim
+        self.embeddings_dtype = check_dtype(embeddings_dtype)
         self._make_variables(size)
         self.built = True
 
@@ -115,24 +142,34 @@ class GPSGallery(keras.layers.Layer):
     def _make_variables(self, size, coords=None, embeddings=None):
         self.coords = add_state(self, "coords", (size, 2), "float32", coords)
         self.embeddings = add_state(
-            self, "embeddings", (size, self.embed_dim), "float32", embeddings
+            self,
+            "embeddings",
+            (size, self.embed_dim),
+            self.embeddings_dtype,
+            embeddings,
         )
         # Traced top-k functions hold the variables they saw: a new pair of
         # variables starts a new cache (kept out of Keras tracking).
         self.__dict__["_top_k_functions"] = {}
 
-    def set(self, coords, embeddings, copy=True):
+    def set(self, coords, embeddings, copy=True, embeddings_dtype=None):
         """Stores `coords (M, 2)` and `embeddings (M, embed_dim)`.
 
         Args:
             coords: `(M, 2)` latitude, longitude in degrees.
-            embeddings: `(M, embed_dim)` normalised embeddings.
-            copy: bool. False lets the state keep a float32 numpy
-                `embeddings` itself where the backend can (PyTorch on the
-                CPU), saving a copy of a large set: for buffers nobody
+            embeddings: `(M, embed_dim)` normalised embeddings (stored as
+                `embeddings_dtype`).
+            copy: bool. False lets the state keep a numpy `embeddings` of
+                the storage dtype itself where the backend can (PyTorch on
+                the CPU), saving a copy of a large set: for buffers nobody
                 modifies afterwards (`set_gallery` passes its own).
+            embeddings_dtype: None (keep the layer's) or a new storage
+                dtype from `EMBEDDING_DTYPES`.
         """
         size = int(coords.shape[0])
+        old_dtype = self.embeddings_dtype
+        if embeddings_dtype is not None:
+            self.embeddings_dtype = check_dtype(embeddings_dtype)
         if tuple(embeddings.shape) != (size, self.embed_dim):
             raise ValueError(
                 f"`embeddings` must have shape ({size}, {self.embed_dim}); "
@@ -140,9 +177,9 @@ class GPSGallery(keras.layers.Layer):
             )
         # Host arrays stay on the host until the variable takes them (under
         # a sharded layout they go to their devices directly).
-        coords = _float32(coords, copy=True)  # small: always a copy
-        embeddings = _float32(embeddings, copy)
-        if size != self.size:
+        coords = _as_dtype(coords, "float32", copy=True)  # small: a copy
+        embeddings = _as_dtype(embeddings, self.embeddings_dtype, copy)
+        if size != self.size or self.embeddings_dtype != old_dtype:
             # The shape changes: replace the variables (untracked on delete),
             # created from the values (no zero-filled copy of a large set).
             old = self.coords, self.embeddings, self._top_k_functions
@@ -153,6 +190,7 @@ class GPSGallery(keras.layers.Layer):
             except Exception as error:  # e.g. JAX's IndivisibleError
                 self.coords, self.embeddings = old[:2]  # unchanged
                 self.__dict__["_top_k_functions"] = old[2]
+                self.embeddings_dtype = old_dtype
                 if "divide" not in str(error):
                     raise
                 raise ValueError(
@@ -254,7 +292,7 @@ class GPSGallery(keras.layers.Layer):
             chunk_size: int or None. Set points scored at once; default:
                 the whole set up to 2**20 points, else about 64 MB of
                 logits for the block (2**24 points for one query, 65,536
-                for 256).
+                for 256); 65,536 for half-precision storage.
 
         Returns:
             `(logits (N, top_k), indices (N, top_k), log_normaliser (N,))`
@@ -265,6 +303,8 @@ class GPSGallery(keras.layers.Layer):
         self.check_top_k(top_k)
         top_k = int(top_k)
         query_embeddings = np.asarray(query_embeddings, "float32")
+        if chunk_size is None and self.embeddings_dtype != "float32":
+            chunk_size = min(self.size, HALF_PRECISION_CHUNK)
         if chunk_size is None and self.size <= LOGITS_PER_CALL // 16:
             chunk_size = self.size  # in place, blocks of >= 16 queries
         if chunk_size is None:
@@ -336,7 +376,13 @@ class GPSGallery(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"size": self.size, "embed_dim": self.embed_dim})
+        config.update(
+            {
+                "size": self.size,
+                "embed_dim": self.embed_dim,
+                "embeddings_dtype": self.embeddings_dtype,
+            }
+        )
         return config
 
 

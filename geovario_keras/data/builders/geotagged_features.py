@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from geovario_keras.data import features as features_lib
 from geovario_keras.data.builders.tfds_utils import prepare
 from geovario_keras.data.corpus_reader import LABELS
+from geovario_keras.utils import check_int
 
 
 @dataclasses.dataclass
@@ -201,7 +202,7 @@ def geotagged_features_beam(
     return builder
 
 
-def geotagged_features(folder, data_dir=None, verbose=True):
+def geotagged_features(folder, data_dir=None, verbose=True, num_shards=None):
     """The `geotagged_features` builder over a features folder, built if
     needed.
 
@@ -209,6 +210,9 @@ def geotagged_features(folder, data_dir=None, verbose=True):
         folder: a finished folder of `gv.data.features.extract_features`.
         data_dir: tfds data folder.
         verbose: bool. Print the build time and size.
+        num_shards: int or None. Files per split (None: tfds's choice,
+            files of 64 MB to 1 GiB). Streams read up to 4 files at once,
+            so a split of fewer files is read with fewer readers.
 
     The data set is cached in `data_dir` under a name that includes a
     fingerprint of the folder's manifest (corpus, backbone, dtype, rows),
@@ -218,7 +222,7 @@ def geotagged_features(folder, data_dir=None, verbose=True):
 
     ```python
     builder = gv.data.geotagged_features("~/osv5m_features")
-    train = gv.data.streams.features_stream(builder, "train", 512)
+    train = gv.data.streams.epoch_stream(builder, "train", 512)
     ```
     """
     folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
@@ -228,9 +232,13 @@ def geotagged_features(folder, data_dir=None, verbose=True):
             f"`folder` {folder!r} holds no finished features: run "
             "`gv.data.features.extract_features` (again, to finish it)."
         )
+    if num_shards is not None:
+        check_int("num_shards", num_shards)
     builder = GeotaggedFeatures(config=_config(manifest), data_dir=data_dir)
     return prepare(
         builder,
-        download_config=tfds.download.DownloadConfig(manual_dir=folder),
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=folder, num_shards=num_shards
+        ),
         verbose=verbose,
     )
