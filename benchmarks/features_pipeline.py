@@ -119,7 +119,7 @@ def model_for(dim, reference_dtype="float32"):
     return model
 
 
-PHASES = ("build", "stream", "train", "reference", "predict")
+PHASES = ("build", "stream", "train", "reference", "predict", "grain")
 
 
 def run_phase(args, work):
@@ -233,7 +233,63 @@ def predict_phase(args, work, builder, results, model=None):
     return results
 
 
+def grain_phase(args, work, builder, results):
+    """The same epoch read by `grain` (JAX's data loader), for comparison
+    with `stream`: the split's TFRecord files copied once into ArrayRecord
+    files (grain reads random-access files), then a global shuffle, batches
+    of `--batch` serialized examples, and the same vectorised parse and
+    decode per batch as `gv.data.streams`; `--grain-threads` reading
+    threads. Needs `grain` and `array-record` (not dependencies)."""
+    import grain
+    import tensorflow as tf
+    from array_record.python import array_record_module
+
+    from geovario_keras.data import streams
+
+    folder = os.path.join(work, "array_record")
+    names = builder.info.splits["train"].filenames
+    paths = [os.path.join(folder, f"{n}.array_record") for n in names]
+    if not all(os.path.exists(p) for p in paths):
+        os.makedirs(folder, exist_ok=True)
+        for name, path in zip(names, paths):
+            writer = array_record_module.ArrayRecordWriter(
+                path + ".tmp", "group_size:1"
+            )
+            for record in tf.data.TFRecordDataset(
+                os.path.join(builder.data_dir, name)
+            ).as_numpy_iterator():
+                writer.write(record)
+            writer.close()
+            os.replace(path + ".tmp", path)
+    parse = streams._parser(builder)
+
+    def read():
+        source = grain.sources.ArrayRecordDataSource(paths)
+        ds = (
+            grain.MapDataset.source(source)
+            .shuffle(seed=0)
+            .batch(args.batch, drop_remainder=True)
+            .map(lambda b: tuple(t.numpy() for t in parse(b)))
+        )
+        it = ds.to_iter_dataset(
+            grain.ReadOptions(
+                num_threads=args.grain_threads, prefetch_buffer_size=8
+            )
+        )
+        n, first = 0, None
+        for x, _ in it:
+            if first is None:
+                first = time.time()
+            else:
+                n += len(x)
+        return {"rows_per_s": n / (time.time() - first), "rows_read": n}
+
+    phase("grain", results, read)
+    return results
+
+
 PHASE_FUNCTIONS = {
+    "grain": grain_phase,
     "stream": stream_phase,
     "train": train_phase,
     "reference": reference_phase,
@@ -313,6 +369,7 @@ def main():
     )
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--phase", choices=PHASES, default="stream")
+    parser.add_argument("--grain-threads", type=int, default=2)
     parser.add_argument("--extract", type=int, default=0)
     parser.add_argument(
         "--references",

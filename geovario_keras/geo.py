@@ -222,12 +222,48 @@ def geodesic_noise(gps, sigma_m, seed=None):
     Returns:
         float32 tensor `(N, 2)`.
     """
-    gps = _to_float32(gps)
-    if not sigma_m:
+    return geodesic_noise_blocks([gps], [sigma_m], seed)
+
+
+def geodesic_noise_blocks(blocks, sigmas_m, seed=None):
+    """`geodesic_noise` of `sigmas_m[i]` metres on `blocks[i]`, in one pass.
+
+    The displacements are drawn block by block, in order (the draws of
+    separate `geodesic_noise` calls with the same seed), and all points are
+    moved by one `destination_point`: one chain of operations instead of
+    one per block (a training step perturbs the batch and the GPS queue).
+
+    Args:
+        blocks: list of tensors `(N_i, 2)` of (lat, lon) in degrees.
+        sigmas_m: list of floats >= 0, one per block (0: left unchanged).
+        seed: as in `geodesic_noise`.
+
+    Returns:
+        float32 tensor `(sum N_i, 2)`: the blocks, perturbed, concatenated.
+    """
+    blocks = [_to_float32(b) for b in blocks]
+    gps = blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, 0)
+    if not any(sigmas_m):
         return gps
-    n = ops.shape(gps)[0]
-    d = keras.random.normal((n, 2), stddev=float(sigma_m) / 1000.0, seed=seed)
+    draws = []
+    for block, sigma_m in zip(blocks, sigmas_m):
+        shape = (ops.shape(block)[0], 2)
+        if sigma_m:
+            stddev = float(sigma_m) / 1000.0
+            draws.append(keras.random.normal(shape, stddev=stddev, seed=seed))
+        else:
+            draws.append(ops.zeros(shape, "float32"))
+    d = draws[0] if len(draws) == 1 else ops.concatenate(draws, 0)
     north, east = d[:, 0], d[:, 1]
     dist = ops.sqrt(north * north + east * east)
     bearing = ops.arctan2(east, north)
-    return destination_point(gps, dist, bearing)
+    moved = destination_point(gps, dist, bearing)
+    if all(sigmas_m):
+        return moved
+    keep = ops.concatenate(
+        [
+            ops.full((ops.shape(b)[0], 1), not s)
+            for b, s in zip(blocks, sigmas_m)
+        ]
+    )
+    return ops.where(keep, gps, moved)

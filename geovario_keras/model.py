@@ -199,11 +199,12 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         if self.queue is not None:
             queue_gps = ops.convert_to_tensor(self.queue.coords)
             parts.append((queue_gps, self.queue.valid_mask()))
-        noisy = [  # batch noise first, then queue noise, as in gps_noise_m
-            self.noise(g, sigma_m=sigma, training=training)
-            for (g, _), sigma in zip(parts, self.gps_noise_m)
-        ]
-        noisy = ops.concatenate(noisy, 0)
+        # Batch noise first, then queue noise, as in gps_noise_m; one pass.
+        noisy = self.noise(
+            [g for g, _ in parts],
+            sigma_m=self.gps_noise_m[: len(parts)],
+            training=training,
+        )
         loc = self.location_encoder(noisy, training=training)
         return {
             LOGITS: self.head(image_embeddings, loc),

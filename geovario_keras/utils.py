@@ -91,41 +91,50 @@ def common_embed_dim(image_encoder, location_encoder):
     return embed_dim
 
 
-# glibc's mallopt parameter M_MMAP_THRESHOLD.
-_M_MMAP_THRESHOLD = -3
+# glibc's mallopt parameters M_MMAP_THRESHOLD and M_TRIM_THRESHOLD.
+_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD = -3, -1
 _heap_bounded = []
 
 
-def bound_heap_growth(threshold=1 << 20):
-    """Serves allocations of `threshold` bytes or more by `mmap` (Linux).
+def bound_heap_growth(threshold=4 << 20, trim_threshold=64 << 20):
+    """Keeps a long stream's memory from growing with the rows read (Linux).
 
     Long streams allocate and free buffers of a few MB many times a second
-    (a batch of features, a block of embeddings). glibc's `malloc` raises
-    its mmap threshold each time such a buffer is freed, after which they
-    come from the heap, which fragments and grows with the number of rows
-    read: a process streaming 1 M rows held 13 % more memory at the end
-    than after 100 K. A fixed threshold returns every large buffer to the
-    system when freed, so memory stays at the level of the first batches
-    (BENCHMARKS.md, "The stored-features pipeline"). The long jobs of
-    `gv.data` and `gv.training` call this once per process; it changes the
-    whole process's allocator (only large allocations, which then cost a
-    system call each). Without glibc (macOS, Windows, musl) it does
-    nothing.
+    (batches of features, file read buffers, blocks of embeddings).
+    glibc's `malloc` raises its mmap threshold each time a large buffer is
+    freed, after which ever larger buffers come from the heap, which
+    fragments: a process streaming 1 M rows held 8 % more memory at the end
+    than after its first 100 K, and still growing. Fixed thresholds stop
+    that (the same run: +1 to 2 %; BENCHMARKS.md, "The stored-features
+    pipeline"): allocations of `threshold` bytes or more are mapped and
+    returned to the system when freed, smaller ones (a batch of 512 x 768
+    float32 features is 1.5 MB) still come from the heap, which is trimmed
+    only beyond `trim_threshold` bytes free at its top. The long jobs of
+    `gv.data`, `gv.training` and `gv.evaluation` call this once per
+    process; it changes the whole process's allocator. Without glibc
+    (macOS, Windows, musl) it does nothing. The environment variables
+    `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` do the same.
 
     Args:
         threshold: int >= 4096. Bytes from which allocations are mapped.
+        trim_threshold: int >= 4096. Free bytes at the heap's top kept
+            before it is returned to the system.
 
     Returns:
-        bool: whether the threshold is set (True on glibc).
+        bool: whether the thresholds are set (True on glibc).
     """
     check_int("threshold", threshold, 4096)
+    check_int("trim_threshold", trim_threshold, 4096)
     if _heap_bounded:
         return _heap_bounded[0]
     applied = False
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6")
-            applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+            applied = bool(
+                libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
+                and libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
+            )
         except (OSError, AttributeError):  # not glibc
             applied = False
     _heap_bounded.append(applied)

@@ -77,6 +77,36 @@ def test_zero_noise_is_identity():
     np.testing.assert_array_equal(to_numpy(geo.geodesic_noise(gps, 0.0)), gps)
 
 
+def test_noise_blocks_in_one_pass_equal_separate_calls():
+    # The training step perturbs the batch (150 m) and the queue (1 km) in
+    # one pass: the same draws, in the same order, as two separate calls
+    # (float32 rounding aside); a block of sigma 0 passes unchanged.
+    import keras
+
+    a, b = random_gps(64, seed=1), random_gps(100, seed=2)
+    seed = keras.random.SeedGenerator(3)
+    separate = np.concatenate(
+        [
+            to_numpy(geo.geodesic_noise(a, 150.0, seed)),
+            to_numpy(geo.geodesic_noise(b, 1000.0, seed)),
+        ]
+    )
+    blocks = to_numpy(
+        geo.geodesic_noise_blocks(
+            [a, b], [150.0, 1000.0], keras.random.SeedGenerator(3)
+        )
+    )
+    np.testing.assert_allclose(blocks, separate, rtol=0, atol=1e-4)
+    assert np.abs(blocks - np.concatenate([a, b])).max() > 1e-3  # moved
+    half = to_numpy(
+        geo.geodesic_noise_blocks(
+            [a, b], [0.0, 1000.0], keras.random.SeedGenerator(3)
+        )
+    )
+    np.testing.assert_array_equal(half[:64], a)
+    assert np.abs(half[64:] - b).max() > 1e-3
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

@@ -27,7 +27,10 @@ class GeodesicNoise(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        gps: `(N, 2)` latitude, longitude in degrees.
+        gps: `(N, 2)` latitude, longitude in degrees, or a list of such
+            blocks (then `sigma_m` is a list, one per block, and the
+            perturbed blocks are returned concatenated; see
+            `gv.geo.geodesic_noise_blocks`).
         sigma_m: float >= 0. Standard deviation per axis in metres.
         training: bool. Noise is added only in training.
 
@@ -57,11 +60,21 @@ class GeodesicNoise(keras.layers.Layer):
         return "float32"
 
     def call(self, gps, sigma_m=0.0, training=None):
+        if isinstance(gps, (list, tuple)):
+            if not training:
+                return ops.concatenate(gps, 0)
+            return geo.geodesic_noise_blocks(
+                gps, list(sigma_m), self.seed_generator
+            )
         if not training:
             return gps
         return geo.geodesic_noise(gps, sigma_m, self.seed_generator)
 
     def compute_output_shape(self, gps_shape):
+        if isinstance(gps_shape, list):
+            sizes = [shape[0] for shape in gps_shape]
+            total = None if None in sizes else sum(sizes)
+            return (total, 2)
         return gps_shape
 
     def save_own_variables(self, store):
