@@ -16,6 +16,7 @@ the count, more than the arithmetic, sets the step's host cost.
   kernel on a GPU), per loss.
 
     python benchmarks/step_ops.py --impl reference
+    KERAS_BACKEND=torch python benchmarks/step_ops.py --impl keras --tiny
     KERAS_BACKEND=torch python benchmarks/step_ops.py --impl keras
     KERAS_BACKEND=jax python benchmarks/step_ops.py --impl keras
 
@@ -76,21 +77,31 @@ def count_reference(args, gallery):
 def count_keras(args, gallery):
     import keras
 
-    x, y = train_step.batches(gallery, args.steps)
+    batch = BATCH
+    if args.tiny:  # step_overhead.py's model, batch and queue
+        import step_overhead
+
+        batch = step_overhead.BATCH
+    x, y = train_step.batches(gallery, args.steps * BATCH // batch + 1)
+    x, y = x[: args.steps * batch], y[: args.steps * batch]
     out = {}
     for loss in ("geo", "semivariogram"):
-        model = train_step.keras_model(args, gallery, loss)
-        model.train_on_batch(x[:BATCH], y[:BATCH])  # builds and compiles
+        if args.tiny:
+            name = "plain" if loss == "geo" else loss
+            model = step_overhead.tiny_model(name)
+        else:
+            model = train_step.keras_model(args, gallery, loss)
+        model.train_on_batch(x[:batch], y[:batch])  # builds and compiles
         if keras.backend.backend() == "torch":
 
             def run(model=model):
-                for i in range(0, len(x), BATCH):
-                    model.train_on_batch(x[i : i + BATCH], y[i : i + BATCH])
+                for i in range(0, len(x), batch):
+                    model.train_on_batch(x[i : i + batch], y[i : i + batch])
 
             count = top_level_aten_ops(run, args.steps)
             out[loss] = {"aten_ops_per_step": count}
         elif keras.backend.backend() == "jax":
-            out[loss] = xla_counts(model, x[:BATCH], y[:BATCH])
+            out[loss] = xla_counts(model, x[:batch], y[:batch])
     return out
 
 
@@ -117,6 +128,11 @@ def xla_counts(model, x, y):
 def main():
     parser = harness.implementation_parser(__doc__)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="step_overhead.py's tiny model (batch 64, queue 256) instead",
+    )
     parser.add_argument("--jit-compile", default="auto", help="(train_step)")
     args = parser.parse_args()
     args.jit_compile = "auto"

@@ -272,12 +272,15 @@ def evaluate(args, builder, test_builder, method, model):
     return reports
 
 
-def export(args, method, model):
-    """Step 4: a SavedModel over features (skipped when it exists)."""
+def export(args, builder, method, model):
+    """Step 4: a SavedModel over features (skipped when it exists), with
+    the gallery of `evaluate` (set here when this step runs alone)."""
     path = os.path.join(args.run, method, "saved_model")
     if os.path.exists(path) and not args.overwrite:
         print(f"{path} exists (--overwrite to replace it).")
         return path
+    if model.gallery.size == 0:
+        model.set_gallery(gallery(args, builder), verbose=0)
     return gv.export.export_saved_model(model, path, top_k=5)
 
 
@@ -325,7 +328,7 @@ def main(argv=None):
             for mode, r in reports.items():
                 results[(method, mode)] = r
         if args.step in ("export", "all"):
-            print(f"exported {export(args, method, model)}")
+            print(f"exported {export(args, builder, method, model)}")
     if results:
         text = table(results)
         with open(os.path.join(args.run, "results.md"), "w") as f:

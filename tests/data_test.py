@@ -401,6 +401,29 @@ def test_geotagged_images_reads_the_csv_once_when_images_are_in_place(
     assert len(gv.data.as_arrays(builder, "test")["gps"]) == 2
 
 
+def test_corpus_patches_are_cut_in_blocks(tmp_path, monkeypatch):
+    # Large corpora are cut a block of places at a time (bounded memory):
+    # each photo, across the blocks' boundaries, is the patch cut alone
+    # at its CSV coordinates.
+    from PIL import Image
+
+    from geovario_keras.data import corpus
+
+    monkeypatch.setattr(corpus, "_PATCH_BLOCK", 16)
+    folder = gv.data.write_blue_marble_corpus(
+        tmp_path / "c", num_train=40, num_test=3, image_size=8
+    )
+    train = corpus.coordinates(folder, "train")
+    image = imagery.load_blue_marble()
+    for n in (0, 15, 16, 17, 32, 39):
+        alone = imagery.cut_patches(image, train[n : n + 1], 8)[0]
+        path = tmp_path / "alone.jpg"
+        Image.fromarray(alone).save(path, quality=95)
+        with Image.open(f"{folder}/images/train/train_{n:06d}.jpg") as a:
+            with Image.open(path) as b:
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_write_blue_marble_corpus(tmp_path, monkeypatch):
     """Real images at GeoNames places in the OSV5M layout, read back by the
     `geotagged_images` builder; never over an existing corpus without

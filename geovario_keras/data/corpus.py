@@ -37,7 +37,8 @@ def write_blue_marble_corpus(
     `id, latitude, longitude, country, region, city`, and the images in
     `images/{split}/{id}.jpg` (JPEG, quality 95). Written with
     `geovario_keras.saving.atomic_folder`: an existing corpus is replaced
-    only with `overwrite=True`, and a failed write leaves none.
+    only with `overwrite=True`, and a failed write leaves none. Memory is
+    bounded whatever `num_train` (patches are cut 1,024 at a time).
 
     Args:
         folder: the corpus folder to create.
@@ -81,10 +82,10 @@ def write_blue_marble_corpus(
         image = imagery.load_blue_marble()
         for split, index in (("train", train), ("test", test)):
             os.makedirs(os.path.join(scratch, "images", split))
-            patches = imagery.cut_patches(
-                image, places["gps"][index], image_size, spacing_km
-            )
             rows = []
+            patches = _patches(
+                image, places["gps"], index, image_size, spacing_km
+            )
             for n, (i, patch) in enumerate(zip(index, patches)):
                 name = f"{split}_{n:06d}"
                 Image.fromarray(patch).save(
@@ -105,6 +106,18 @@ def write_blue_marble_corpus(
                 writer.writerow(_COLUMNS)
                 writer.writerows(rows)
     return os.path.abspath(os.fspath(folder))
+
+
+# Places cut at once: the sampling grids are float64 (~100 KB a place at
+# 64 px), so a corpus of 100 K places is cut in bounded memory.
+_PATCH_BLOCK = 1024
+
+
+def _patches(image, gps, index, image_size, spacing_km):
+    """The patches of `gps[index]`, in order, cut a block at a time."""
+    for start in range(0, len(index), _PATCH_BLOCK):
+        block = gps[index[start : start + _PATCH_BLOCK]]
+        yield from imagery.cut_patches(image, block, image_size, spacing_km)
 
 
 def coordinates(folder, split):
