@@ -82,9 +82,24 @@ def main():
     parser.add_argument("--photos", type=int, default=100_000)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--work", required=True)
+    parser.add_argument(
+        "--prepare-only", action="store_true", help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    corpus, clip = prepare(args.work, args.photos, args.image_size)
+    if args.prepare_only:
+        prepare(args.work, args.photos, args.image_size)
+        return
+    # In a child process: a step's peak memory (`wait4`) counts what its
+    # process inherits at fork, so this process stays small.
+    subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--prepare-only"]
+        + ["--photos", str(args.photos), "--work", args.work]
+        + ["--image-size", str(args.image_size)],
+        check=True,
+    )
+    corpus = os.path.join(args.work, "corpus")
+    clip = os.path.join(args.work, "clip")
     common = ["--run", os.path.join(args.work, "run"), "--corpus", corpus]
     common += ["--clip", clip, *MODEL]
     results = [step("features", ["features", *common])]
