@@ -221,3 +221,45 @@ def add_standard_args(parser):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="append results here")
     return parser
+
+
+def typical_variogram_fit():
+    """A typical fit of the embedded data (range ~1,500 km): set on a model
+    trained with the semivariogram loss, false and hard negatives occur and
+    every branch of the loss runs."""
+    import geovario_keras as gv
+
+    return gv.semivariogram.VariogramFit(
+        family="exponential",
+        nugget=0.2,
+        psill=0.6,
+        length_scale=500.0,
+        sill=0.8,
+        effective_range_km=1500.0,
+        converged=True,
+    )
+
+
+def run_child(script, argv, backend, json_path=None):
+    """`script argv` in a fresh process on `backend`; its last output line
+    parsed as JSON (and appended to `json_path`), or None if it failed."""
+    import subprocess
+
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(script), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        print(out.stderr[-3000:])
+        return None
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(row, flush=True)
+    if json_path:
+        with open(json_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row

@@ -19,10 +19,7 @@ before each phase, against the gallery's own size (N x (dim + 2) float32).
 """
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
 
 import harness
@@ -160,32 +157,12 @@ def main():
     print(harness.machine())
     for backend in backends:
         for points in args.points or (1_000_000, 10_000_000):
-            cmd = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--single",
-                "--points",
-                str(points),
-                "--dim",
-                str(args.dim),
-                "--queries",
-                str(args.queries),
-                "--repeats",
-                str(args.repeats),
-            ]
-            env = dict(os.environ, KERAS_BACKEND=backend)
-            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            out = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, check=False
-            )
-            if out.returncode:
-                print(out.stderr[-3000:])
-                continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(rows[-1]) + "\n")
+            argv = ["--single", "--points", str(points)]
+            argv += ["--dim", str(args.dim), "--queries", str(args.queries)]
+            argv += ["--repeats", str(args.repeats)]
+            row = harness.run_child(__file__, argv, backend, args.json)
+            if row is not None:
+                rows.append(row)
     print(table(rows))
 
 

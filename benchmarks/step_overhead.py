@@ -24,9 +24,6 @@ Results: BENCHMARKS.md, "Per-step overhead".
 """
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 
@@ -60,17 +57,7 @@ def tiny_model(loss_name, jit_compile="auto", noise=True):
         loss = gv.losses.GeoContrastiveLoss()
     else:
         loss = gv.losses.SemivariogramContrastiveLoss()
-        model.variogram.set_fit(
-            gv.semivariogram.VariogramFit(
-                family="exponential",
-                nugget=0.2,
-                psill=0.6,
-                length_scale=500.0,
-                sill=0.8,
-                effective_range_km=1500.0,
-                converged=True,
-            )
-        )
+        model.variogram.set_fit(harness.typical_variogram_fit())
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=loss,
@@ -204,27 +191,12 @@ def main():
     print(harness.machine(), flush=True)
     rows = []
     for backend, jit in runs:
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--single",
-            "--steps",
-            str(args.steps),
-            "--repeats",
-            str(args.repeats),
-            "--jit-compile",
-            jit,
-        ] + (["--no-noise"] if args.no_noise else [])
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr[-3000:])
-            continue
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(rows[-1]) + "\n")
+        argv = ["--single", "--steps", str(args.steps)]
+        argv += ["--repeats", str(args.repeats), "--jit-compile", jit]
+        argv += ["--no-noise"] if args.no_noise else []
+        row = harness.run_child(__file__, argv, backend, args.json)
+        if row is not None:
+            rows.append(row)
     print(table(rows))
 
 

@@ -83,19 +83,7 @@ def keras_model(args, gallery, loss_name):
         loss = gv.losses.GeoContrastiveLoss()
     else:
         loss = gv.losses.SemivariogramContrastiveLoss()
-        # A typical fit of the embedded data (range ~1,500 km), so that
-        # false and hard negatives occur and every branch of the loss runs.
-        model.variogram.set_fit(
-            gv.semivariogram.VariogramFit(
-                family="exponential",
-                nugget=0.2,
-                psill=0.6,
-                length_scale=500.0,
-                sill=0.8,
-                effective_range_km=1500.0,
-                converged=True,
-            )
-        )
+        model.variogram.set_fit(harness.typical_variogram_fit())
     jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
     model.compile(
         optimizer=keras.optimizers.Adam(3e-5), loss=loss, jit_compile=jit
