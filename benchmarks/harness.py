@@ -263,3 +263,22 @@ def run_child(script, argv, backend, json_path=None):
         with open(json_path, "a") as f:
             f.write(json.dumps(row) + "\n")
     return row
+
+
+def epoch_timer(times, key, excluded=None):
+    """A Keras callback appending each epoch's seconds to `times[key]`,
+    less `excluded[-1]` when given (time spent by an earlier callback's
+    `on_epoch_end` that is not the epoch's own)."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.start
+            if excluded:
+                seconds -= excluded[-1]
+            times.setdefault(key, []).append(seconds)
+
+    return EpochTimer()

@@ -99,21 +99,6 @@ def measure(steps, repeats, jit_compile, noise=True):
     times = {name: [] for name in LOSSES}
     refits = []
 
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self, key):
-            super().__init__()
-            self.key = key
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            # Runs after the semivariogram callback's (variogram first).
-            seconds = time.perf_counter() - self.start
-            if self.key != "plain":
-                seconds -= refits[-1]
-            times[self.key].append(seconds)
-
     models = {name: tiny_model(name, jit_compile, noise) for name in LOSSES}
     warmup = {}
     for _ in range(repeats + 1):
@@ -125,7 +110,13 @@ def measure(steps, repeats, jit_compile, noise=True):
                 epochs=1,
                 shuffle=False,
                 verbose=0,
-                callbacks=[EpochTimer(name)] + callbacks_for(name, refits),
+                # The variogram callback runs first: its refit is left out.
+                callbacks=[
+                    harness.epoch_timer(
+                        times, name, refits if name != "plain" else None
+                    )
+                ]
+                + callbacks_for(name, refits),
             )
             warmup.setdefault(name, times[name][0])
     out = {

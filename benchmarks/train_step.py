@@ -25,7 +25,6 @@ Run: `KERAS_BACKEND=jax python benchmarks/train_step.py --impl keras`.
 import contextlib
 import io
 import statistics
-import time
 
 import harness
 import numpy as np
@@ -108,18 +107,6 @@ def bench_keras(args, gallery):
     keras.config.set_dtype_policy(args.policy)
     x, y = batches(gallery, args.steps)
     times = {}
-
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self, key):
-            super().__init__()
-            self.key = key
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times[self.key].append(time.perf_counter() - self.start)
-
     models, memory = {}, {}
     for name in args.loss:
         times[name] = []
@@ -133,7 +120,7 @@ def bench_keras(args, gallery):
             epochs=1,
             shuffle=False,
             verbose=0,
-            callbacks=[EpochTimer(name)],
+            callbacks=[harness.epoch_timer(times, name)],
         )
         memory[name] = harness.peak_memory_mib()
         memory[name]["host_increase"] = memory[name]["host_rss"] - before
@@ -146,7 +133,7 @@ def bench_keras(args, gallery):
                 epochs=1,
                 shuffle=False,
                 verbose=0,
-                callbacks=[EpochTimer(name)],
+                callbacks=[harness.epoch_timer(times, name)],
             )
     out = {}
     for name, model in models.items():
