@@ -97,6 +97,22 @@ def test_noise_blocks_in_one_pass_equal_separate_calls():
         )
     )
     np.testing.assert_allclose(blocks, separate, rtol=0, atol=1e-4)
+    # Independently: the same draws (a fresh generator of the same seed,
+    # block by block) as north / east displacements, moved by pyproj.
+    seed = keras.random.SeedGenerator(3)
+    d = np.concatenate(
+        [
+            to_numpy(keras.random.normal((64, 2), stddev=0.15, seed=seed)),
+            to_numpy(keras.random.normal((100, 2), stddev=1.0, seed=seed)),
+        ]
+    ).astype("float64")
+    start = np.concatenate([a, b]).astype("float64")
+    azimuth = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
+    lon, lat, _ = SPHERE.fwd(
+        start[:, 1], start[:, 0], azimuth, np.hypot(d[:, 0], d[:, 1]) * 1e3
+    )
+    want = np.stack([lat, lon], 1)
+    assert _pyproj_km(blocks.astype("float64"), want).max() < 0.01  # 10 m
     assert np.abs(blocks - np.concatenate([a, b])).max() > 1e-3  # moved
     half = to_numpy(
         geo.geodesic_noise_blocks(
