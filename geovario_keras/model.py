@@ -270,6 +270,23 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
             compiled.build(y, y)
         return self.get_metrics_result()
 
+    def train_step(self, *args, **kwargs):
+        return backend.worker_logs(super().train_step(*args, **kwargs))
+
+    def test_step(self, *args, **kwargs):
+        return backend.worker_logs(super().test_step(*args, **kwargs))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # TensorFlow with a tf.distribute strategy (the method exists only on
+        # its trainer): build from the data set's spec, not from a batch
+        # drawn from the iterator that training then continues.
+        spec = backend.symbolic_build_batch(iterator)
+        if spec is not None and data_batch is None:
+            iterator, data_batch = None, spec
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
     def fit(self, x=None, y=None, *args, **kwargs):
         a = checked_arguments(super().fit, x, y, args, kwargs)
         a = backend.fresh_order_arguments(a)

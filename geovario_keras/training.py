@@ -19,10 +19,12 @@ or absent), and its name carries the step.
 import glob
 import os
 import re
+import tempfile
 import warnings
 
 import keras
 
+from geovario_keras import backend
 from geovario_keras.data import streams
 from geovario_keras.saving import atomic_save
 
@@ -48,7 +50,9 @@ class StepCheckpoint(keras.callbacks.Callback):
     at its Keras epoch. At each Keras epoch end the weights, the optimizer
     state and every non-trainable variable go to
     `step-{global step}.weights.h5` (written beside and renamed); the
-    `keep` newest are kept.
+    `keep` newest are kept. In a job of several processes
+    (`gv.backend.data_parallel`) every process restores and process 0
+    alone writes, so `directory` must be one folder that all of them see.
 
     Args:
         directory: the checkpoint folder (created).
@@ -85,6 +89,12 @@ class StepCheckpoint(keras.callbacks.Callback):
             return
 
     def on_epoch_end(self, epoch, logs=None):
+        if backend.process_index() != 0:
+            # One writer in a job of several processes; the others save too
+            # (a save may run collectives on JAX), into a file they delete.
+            with tempfile.TemporaryDirectory() as folder:
+                self.model.save_weights(os.path.join(folder, _NAME))
+            return
         os.makedirs(self.directory, exist_ok=True)
         step = (epoch + 1) * self.chunk
         path = os.path.join(self.directory, _NAME.format(step=step))
