@@ -710,3 +710,9 @@ def worker_logs(logs):
         return tf.reshape(v, [1]) if v.shape.rank == 0 else v
 
     return keras.tree.map_structure(vector, logs)
+
+
+def data_parallel_strategy():
+    """TensorFlow: the `tf.distribute` strategy `data_parallel` made (None
+    before it, and on the other backends)."""
+    return _PROCESSES.get("tensorflow")

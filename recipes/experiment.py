@@ -60,39 +60,43 @@ def false_range_km(value):
     return km
 
 
-def data_parallel_scope():
-    """Where to build, compile and fit a model data-parallel on every local
-    device, with the engine of the current backend (global negatives: the
-    contrastive loss and the variogram statistics cover the global batch).
+def data_parallel_scope(
+    job_addresses=None, num_processes=None, process_id=None, timeout_s=100
+):
+    """Where to build, compile and fit a model data-parallel, with the engine
+    of the current backend (global negatives: the contrastive loss and the
+    variogram statistics cover the global batch): `gv.backend.data_parallel`.
 
-    JAX: `keras.distribution.DataParallel` over all devices (set globally;
-    the model and data are sharded by Keras). TensorFlow:
-    `tf.distribute.MirroredStrategy` (the model must be built under its
-    scope). PyTorch: not supported by Keras's PyTorch backend; exits with
-    the reason.
+    Alone (no `job_addresses`), every local device: JAX
+    `keras.distribution.DataParallel`, TensorFlow `MirroredStrategy`. With
+    `job_addresses`, this process joins a job of one process per address
+    (JAX `jax.distributed`, TensorFlow `MultiWorkerMirroredStrategy`); call
+    it before anything else runs. PyTorch exits with the reason.
     """
-    backend = keras.backend.backend()
-    if backend == "jax":
-        devices = keras.distribution.list_devices()
-        keras.distribution.set_distribution(
-            keras.distribution.DataParallel(devices=devices)
+    try:
+        scope = gv.backend.data_parallel(
+            job_addresses, num_processes, process_id, timeout_s
         )
-        print(f"data parallel: keras.distribution over {len(devices)} devices")
-        return contextlib.nullcontext()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        strategy = tf.distribute.MirroredStrategy()
+    except RuntimeError as e:
+        raise SystemExit(
+            "--data-parallel and --job-addresses need KERAS_BACKEND=jax or "
+            f"tensorflow: {e}"
+        )
+    processes = gv.backend.process_count()
+    if keras.backend.backend() == "jax":
+        devices = len(keras.distribution.list_devices())
         print(
-            "data parallel: tf.distribute.MirroredStrategy over "
-            f"{strategy.num_replicas_in_sync} replicas"
+            f"data parallel: keras.distribution over {devices} devices in "
+            f"{processes} process(es)"
         )
-        return strategy.scope()
-    raise SystemExit(
-        "--data-parallel needs KERAS_BACKEND=jax or tensorflow: Keras "
-        f"{keras.__version__} has no PyTorch implementation of "
-        "keras.distribution (see README, 'More than one device')."
-    )
+    else:
+        strategy = gv.backend.data_parallel_strategy()
+        print(
+            f"data parallel: tf.distribute.{type(strategy).__name__} over "
+            f"{strategy.num_replicas_in_sync} replicas in {processes} "
+            "process(es)"
+        )
+    return scope
 
 
 def load_blue_marble(full=False, data_dir=DEFAULT_DATA_DIR, config=None):
@@ -258,12 +262,20 @@ def train(
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
     start = time.time()
+    data = {"x": train_data["image"], "y": train_data["gps"]}
+    data.update(batch_size=batch_size, shuffle=True)
+    if gv.backend.process_count() > 1:
+        # Several processes: the same global batches in every process (one
+        # seeded order per epoch); Keras hands each process its share.
+        import tensorflow as tf
+
+        rows = len(train_data["gps"])
+        dataset = tf.data.Dataset.from_tensor_slices((data["x"], data["y"]))
+        dataset = dataset.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
+        data = {"x": dataset.batch(batch_size, drop_remainder=True)}
     history = model.fit(
-        train_data["image"],
-        train_data["gps"],
-        batch_size=batch_size,
+        **data,
         epochs=epochs,
-        shuffle=True,
         verbose=verbose,
         callbacks=callbacks + list(extra_callbacks),
     )

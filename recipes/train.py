@@ -10,6 +10,10 @@ Run: `python recipes/train.py [--method semivariogram] [--epochs 8]
 from `KERAS_BACKEND`.
 `--data-parallel` trains on every local device (JAX: keras.distribution,
 TensorFlow: tf.distribute.MirroredStrategy) with global negatives.
+`--job-addresses H0:P,H1:P --process-id I` trains in a job of several
+processes, one per host or per GPU, started with the same arguments but
+their own id (JAX: jax.distributed; TensorFlow: MultiWorkerMirroredStrategy;
+README, "More than one device").
 `recipes/evaluate.py` scores the saved model again; `recipes/compare.py`
 is the multi-seed comparison.
 """
@@ -18,6 +22,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -49,10 +54,48 @@ parser.add_argument(
     action="store_true",
     help="train on every local device (JAX or TensorFlow)",
 )
+parser.add_argument(
+    "--job-addresses",
+    default=os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"),
+    help="train in a job of several processes (one per host or per GPU): "
+    "'host:port' of each process, comma-separated, process 0's first (JAX "
+    "needs only that one, with --num-processes); the same on every process",
+)
+parser.add_argument(
+    "--num-processes",
+    type=int,
+    default=os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"),
+    help="processes in the job (default: one per address)",
+)
+parser.add_argument(
+    "--process-id",
+    type=int,
+    default=os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID"),
+    help="this process's index in the job, 0 to N-1 (0 writes the outputs)",
+)
+parser.add_argument(
+    "--failure-timeout",
+    type=int,
+    default=100,
+    help="seconds after which a job stops when a process is lost",
+)
 parser.add_argument("--data-dir", default=experiment.DEFAULT_DATA_DIR)
 parser.add_argument("--out", default=os.path.join("artifacts", "train"))
 parser.add_argument("--export", default="", help="SavedModel base folder")
 args = parser.parse_args()
+# Data parallel: set up first (a job of several processes must be joined
+# before anything runs on the backend).
+scope = None
+if args.job_addresses:
+    scope = experiment.data_parallel_scope(
+        args.job_addresses,
+        args.num_processes,
+        args.process_id,
+        args.failure_timeout,
+    )
+elif args.data_parallel:
+    scope = experiment.data_parallel_scope()
+chief = gv.backend.process_index() == 0  # writes the outputs
 os.makedirs(args.out, exist_ok=True)
 print(f"backend: {keras.backend.backend()}, method: {args.method}")
 
@@ -62,7 +105,6 @@ gallery = experiment.gallery_for(test["gps"])
 
 # ## 2. Model and loss (recipes/experiment.py: a small CNN on the patch, a
 # GeoCLIP location encoder with sigmas 1, 16, 256, a queue of 1024)
-scope = experiment.data_parallel_scope() if args.data_parallel else None
 with scope or contextlib.nullcontext():
     model, history, seconds, callbacks = experiment.train(
         args.method,
@@ -73,6 +115,16 @@ with scope or contextlib.nullcontext():
         false_range_km=args.false_range_km,
     )
 print(f"trained in {seconds:.0f} s")
+model_path = os.path.join(args.out, f"geoclip_{args.method}.keras")
+if gv.backend.process_count() > 1:
+    # Every process saves (a save may run collectives; process 0 into
+    # --out), then evaluates its own local copy of the model.
+    target = model_path
+    if not chief:
+        target = os.path.join(tempfile.mkdtemp(), "model.keras")
+    model.save(target)
+    keras.distribution.set_distribution(None)
+    model = keras.models.load_model(target)
 
 # ## 3. Evaluate: top-1 over the GeoNames gallery
 report, coords, probs = experiment.evaluate(model, test, gallery)
@@ -82,6 +134,9 @@ for key, value in report.items():
         if isinstance(value, float)
         else f"  {key:>12}: {value}"
     )
+
+if not chief:  # process 0 draws and saves
+    sys.exit(0)
 
 # ## 4. Plots
 import matplotlib  # noqa: E402
@@ -115,9 +170,9 @@ reporting.error_map(test["gps"], errors, path, f"{args.method}: test errors")
 saved.append(path)
 
 # ## 5. Save (the gallery is part of the model state) and export
-path = os.path.join(args.out, f"geoclip_{args.method}.keras")
-model.save(path)
-saved.append(path)
+if gv.backend.process_count() == 1:
+    model.save(model_path)
+saved.append(model_path)
 if args.export:
     saved.append(gv.export.export_saved_model(model, args.export, top_k=5))
 print("wrote " + ", ".join(saved))

@@ -110,7 +110,7 @@ def test_train_data_parallel(tmp_path):
             text=True,
         )
         assert proc.returncode != 0
-        assert "needs KERAS_BACKEND=jax or tensorflow" in proc.stderr
+        assert "need KERAS_BACKEND=jax or tensorflow" in proc.stderr
         return
     flags = "--xla_force_host_platform_device_count=2"
     out = _run(args, tmp_path, XLA_FLAGS=flags)
@@ -118,6 +118,63 @@ def test_train_data_parallel(tmp_path):
     if keras.backend.backend() == "jax":
         assert "over 2 devices" in out
     assert (tmp_path / "train" / "geoclip_semivariogram.keras").is_file()
+
+
+@pytest.mark.slow
+def test_train_in_a_job_of_two_processes(tmp_path):
+    # README, "More than one device": the launch commands of a job of two
+    # processes, run on localhost (JAX: jax.distributed with gloo on CPU;
+    # TensorFlow: MultiWorkerMirroredStrategy). PyTorch exits with the
+    # reason. The data set is built first (every process reads it).
+    import keras
+
+    from tests.multiprocess_test import _free_ports
+
+    data = str(tmp_path / "tfds")
+    build = "import experiment; experiment.load_blue_marble(False, %r)" % data
+    subprocess.run(
+        [sys.executable, "-c", build],
+        cwd=os.path.join(ROOT, "recipes"),
+        check=True,
+        capture_output=True,
+    )
+    addresses = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "recipes", "train.py"),
+                "--epochs",
+                "1",
+                "--data-dir",
+                data,
+                "--out",
+                "train",
+                "--job-addresses",
+                addresses,
+                "--process-id",
+                str(i),
+            ],
+            cwd=tmp_path,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=1200)[0] for p in procs]
+    if keras.backend.backend() == "torch":
+        assert all(p.returncode != 0 for p in procs)
+        assert "need KERAS_BACKEND=jax or tensorflow" in outs[0]
+        return
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+        assert "in 2 process(es)" in out
+        assert "acc_country" in out  # each process evaluates a local copy
+    assert "wrote" in outs[0] and "wrote" not in outs[1]  # process 0 writes
+    model = tmp_path / "train" / "geoclip_semivariogram.keras"
+    assert model.is_file() and (tmp_path / "train" / "error_map.png").is_file()
 
 
 @slow_on("tensorflow", "torch")
