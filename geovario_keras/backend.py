@@ -667,10 +667,9 @@ def symbolic_build_batch(epoch_iterator):
     Keras does not draw one to build the model.
 
     TensorFlow under a `tf.distribute` strategy: Keras 3.15's
-    `_maybe_symbolic_build` draws the first batch from the epoch's iterator
-    to build the model, and with `steps_per_epoch` set that iterator is the
-    one training goes on with, so the batch is never trained on (and with
-    several workers, reducing it fails). The element spec is enough.
+    `_maybe_symbolic_build` draws a batch and averages it across replicas
+    to build the model, which fails under `MultiWorkerMirroredStrategy`
+    with several workers. The data set's element spec is enough to build.
     """
     if NAME != "tensorflow" or epoch_iterator is None:
         return None

@@ -279,7 +279,7 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # TensorFlow with a tf.distribute strategy (the method exists only on
         # its trainer): build from the data set's spec, not from a batch
-        # drawn from the iterator that training then continues.
+        # averaged across replicas (which fails with several workers).
         spec = backend.symbolic_build_batch(iterator)
         if spec is not None and data_batch is None:
             iterator, data_batch = None, spec

@@ -154,3 +154,36 @@ def test_torch_process_group_refused(monkeypatch):
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     with pytest.raises(RuntimeError, match="2 processes.*per-replica"):
         _fit(_tiny_model())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"job_addresses": "127.0.0.1", "process_id": 0}, "host:port"),
+        ({"job_addresses": "a:1,b:2", "process_id": 2}, r"\[0, 1\]"),
+        ({"job_addresses": "a:1,b:2", "process_id": None}, "process_id"),
+        (
+            {"job_addresses": "a:1,b:2,c:3", "num_processes": 2,
+             "process_id": 0},
+            "3 addresses|every process's address",
+        ),
+        ({"job_addresses": "a:1,b:2", "num_processes": 0}, "num_processes"),
+        ({"failure_timeout_s": 0}, "failure_timeout_s"),
+    ],
+)
+def test_data_parallel_refuses_bad_arguments(kwargs, message, monkeypatch):
+    for name in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID"):
+        monkeypatch.delenv(f"KERAS_DISTRIBUTION_{name}", raising=False)
+    with pytest.raises(ValueError, match=message):
+        gv.backend.data_parallel(**kwargs)
+
+
+def test_data_parallel_alone_and_torch(monkeypatch):
+    for name in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID"):
+        monkeypatch.delenv(f"KERAS_DISTRIBUTION_{name}", raising=False)
+    if backend() == "torch":
+        with pytest.raises(RuntimeError, match="PyTorch"):
+            gv.backend.data_parallel()
+        return
+    assert gv.backend.process_count() == 1
+    assert gv.backend.process_index() == 0

@@ -159,6 +159,12 @@ def training_stream(
     they fall in is read from its start and its first batches skipped
     (reading them costs I/O, not training); earlier epochs are not read.
 
+    In a job of several processes (`gv.backend.data_parallel`) every
+    process reads the same stream and its input pipeline keeps its share of
+    each global batch (`tf.data` auto-sharding by data on TensorFlow,
+    Keras's `distribute_dataset` on JAX), so the global batches are those
+    of one process.
+
     Returns:
         `(dataset, steps_per_epoch, chunk)`; the dataset has
         `epochs * steps_per_epoch - start_step` batches.
@@ -180,4 +186,10 @@ def training_stream(
         if epoch == first:
             ds = ds.skip(start_step - first * steps)
         stream = ds if stream is None else stream.concatenate(ds)
-    return stream, steps, chunk
+    # In a job of several processes, each reads this stream and keeps its
+    # share of every global batch (sharding by file would change batches).
+    tf = _tf()
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.experimental_distribute.auto_shard_policy = policy
+    return stream.with_options(options), steps, chunk
