@@ -8,7 +8,6 @@ training in `baselines.py`.
 """
 
 import argparse
-import contextlib
 import os
 import time
 
@@ -271,7 +270,9 @@ def train(
 
         rows = len(train_data["gps"])
         dataset = tf.data.Dataset.from_tensor_slices((data["x"], data["y"]))
-        dataset = dataset.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(
+            rows, seed=seed, reshuffle_each_iteration=True
+        )
         data = {"x": dataset.batch(batch_size, drop_remainder=True)}
     history = model.fit(
         **data,
