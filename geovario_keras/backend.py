@@ -24,6 +24,13 @@ a process):
   data-parallel training with global negatives (JAX: `keras.distribution`,
   where XLA already sees the global batch; TensorFlow: `tf.distribute`,
   where each replica gathers the others' shards; PyTorch: refused).
+- `data_parallel(job_addresses, num_processes, process_id)`,
+  `process_index()`, `process_count()`, `data_parallel_strategy()`,
+  `lost_process_errors()`: a job of several processes (JAX
+  `jax.distributed`, TensorFlow `MultiWorkerMirroredStrategy`), or every
+  local device of one.
+- `symbolic_build_batch(epoch_iterator)`, `worker_logs(logs)`: what Keras
+  3.15's TensorFlow trainer needs to train under several workers.
 
 Only `geovario_keras.export` also looks at the backend, because exporting a
 SavedModel is itself backend-specific.
@@ -715,3 +722,34 @@ def data_parallel_strategy():
     """TensorFlow: the `tf.distribute` strategy `data_parallel` made (None
     before it, and on the other backends)."""
     return _PROCESSES.get("tensorflow")
+
+
+@contextlib.contextmanager
+def lost_process_errors():
+    """In a job of several TensorFlow processes, the error of a collective
+    that failed because a process stopped becomes a `RuntimeError` saying
+    so (JAX's coordination service ends the process with its own message,
+    "another task died")."""
+    if NAME != "tensorflow" or process_count() == 1:
+        yield
+        return
+    import tensorflow as tf
+
+    lost = (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.CancelledError,
+        tf.errors.AbortedError,
+    )
+    try:
+        yield
+    except lost as e:
+        first = str(getattr(e, "message", e)).strip().splitlines()
+        raise RuntimeError(
+            f"A process of this job of {process_count()} processes stopped "
+            "or could not be reached, so this one stopped too "
+            f"({type(e).__name__}: {first[0] if first else ''}). Start the "
+            "job again with the same arguments; with checkpoints "
+            "(gv.training.StepCheckpoint, fit_resumable) it resumes from "
+            "the last one."
+        ) from e

@@ -292,7 +292,7 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         a = backend.fresh_order_arguments(a)
         backend.check_distribution()
         a["callbacks"] = variogram_first(a.get("callbacks"), self.loss)
-        with backend.state_kept_on_error(self):
+        with backend.lost_process_errors(), backend.state_kept_on_error(self):
             return super().fit(**a)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):

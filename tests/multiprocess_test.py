@@ -199,7 +199,11 @@ def test_a_killed_worker_stops_the_job_and_it_resumes(tmp_path):
     log = _log(job, 0)
     assert code != 0, log[-4000:]
     assert stopped < timeout + 60, stopped
-    assert "task" in log.lower() or "process" in log.lower(), log[-4000:]
+    # The reason, in the engine's words (JAX) or the package's (TensorFlow)
+    reason = "another task died"
+    if backend() == "tensorflow":
+        reason = "Start the job again"
+    assert reason in log, log[-4000:]
     print(f"process 0 stopped {stopped:.1f} s after the kill:", log[-2000:])
     done = gv_checkpoints(checkpoints)
     assert done and done[-1] < 3  # stopped mid-run, after a checkpoint
