@@ -273,7 +273,11 @@ def train(
         dataset = dataset.shuffle(
             rows, seed=seed, reshuffle_each_iteration=True
         )
-        data = {"x": dataset.batch(batch_size, drop_remainder=True)}
+        # Repeated, with the epoch's length given: Keras does not know the
+        # length of a process's share of a data set.
+        dataset = dataset.batch(batch_size, drop_remainder=True).repeat()
+        data = {"x": dataset, "steps_per_epoch": rows // batch_size}
+        data["shuffle"] = False  # the data set shuffles itself
     history = model.fit(
         **data,
         epochs=epochs,
