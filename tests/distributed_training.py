@@ -43,6 +43,10 @@ import numpy as np  # noqa: E402
 
 import geovario_keras as gv  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.testing import parallel_geoclip  # noqa: E402
+from tests.testing import smooth_features  # noqa: E402
+
 BATCH, STEPS = 256, 3
 _STRATEGY = []
 
@@ -57,43 +61,11 @@ def strategy():
 
 
 def data():
-    """Coordinates and 16-d features that vary smoothly with location."""
-    rng = np.random.default_rng(0)
-    gps = rng.uniform([-60, -180], [60, 180], (BATCH, 2)).astype("float32")
-    lat, lon = np.radians(gps).T
-    xyz = np.stack(
-        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
-        1,
-    )
-    smooth = np.sin(4 * xyz @ rng.normal(size=(3, 16)))
-    features = smooth + 0.3 * rng.normal(size=(BATCH, 16))
-    return features.astype("float32"), gps
+    return smooth_features(BATCH)
 
 
 def make_model(method):
-    keras.utils.set_random_seed(0)
-    model = gv.GeoCLIP(
-        gv.layers.ImageEncoder(None, embed_dim=32, hidden_units=64),
-        gv.layers.LocationEncoder(
-            num_features=32,
-            hidden_units=64,
-            hidden_layers=2,
-            embed_dim=32,
-            seed=0,
-        ),
-        queue_size=512,
-        # The paper's training noise (150 m batch, 1 km queue) in one run:
-        # every replica must draw the same noise for the global batch.
-        gps_noise_m=(150.0, 1000.0) if method == "noisy" else (0.0, 0.0),
-        seed=0,
-    )
-    if method in ("geoclip", "noisy"):
-        loss, callbacks = gv.losses.GeoContrastiveLoss(), []
-    else:
-        loss = gv.losses.SemivariogramContrastiveLoss()
-        callbacks = [gv.callbacks.SemivariogramCallback(verbose=0)]
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
-    return model, callbacks
+    return parallel_geoclip(method)
 
 
 class StatisticsRecorder(keras.callbacks.Callback):

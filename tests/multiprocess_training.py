@@ -66,49 +66,19 @@ if __name__ == "__main__":
         )
 
 import geovario_keras as gv  # noqa: E402
+from tests.testing import parallel_geoclip  # noqa: E402
+from tests.testing import smooth_features  # noqa: E402
 
 BATCH, ROWS = 256, 768
 
 
 def data():
     """768 coordinates and 16-d features that vary smoothly with them."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    gps = rng.uniform([-60, -180], [60, 180], (ROWS, 2)).astype("float32")
-    lat, lon = np.radians(gps).T
-    xyz = np.stack(
-        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
-        1,
-    )
-    smooth = np.sin(4 * xyz @ rng.normal(size=(3, 16)))
-    features = smooth + 0.3 * rng.normal(size=(ROWS, 16))
-    return features.astype("float32"), gps
+    return smooth_features(ROWS)
 
 
 def make_model(method):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = gv.GeoCLIP(
-        gv.layers.ImageEncoder(None, embed_dim=32, hidden_units=64),
-        gv.layers.LocationEncoder(
-            num_features=32,
-            hidden_units=64,
-            hidden_layers=2,
-            embed_dim=32,
-            seed=0,
-        ),
-        queue_size=512,
-        gps_noise_m=(0.0, 0.0),
-        seed=0,
-    )
-    if method == "geoclip":
-        loss, callbacks = gv.losses.GeoContrastiveLoss(), []
-    else:
-        loss = gv.losses.SemivariogramContrastiveLoss()
-        callbacks = [gv.callbacks.SemivariogramCallback(verbose=0)]
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
+    model, callbacks = parallel_geoclip(method)
     model.build((None, 16))
     return model, callbacks
 

@@ -277,3 +277,50 @@ def toy_features(gps, dim=16, seed=0):
     )
     noise = rng.normal(size=(len(gps), dim - 3)) * 0.1
     return np.concatenate([xyz * 3.0, noise], 1).astype("float32")
+
+
+def smooth_features(rows, dim=16, seed=0):
+    """`rows` coordinates within 60 degrees of the equator and `dim`-d
+    features that vary smoothly with them, plus noise (float32): the data
+    of the data-parallel tests."""
+    rng = np.random.default_rng(seed)
+    gps = rng.uniform([-60, -180], [60, 180], (rows, 2)).astype("float32")
+    lat, lon = np.radians(gps).T
+    xyz = np.stack(
+        [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)],
+        1,
+    )
+    smooth = np.sin(4 * xyz @ rng.normal(size=(3, dim)))
+    features = smooth + 0.3 * rng.normal(size=(rows, dim))
+    return features.astype("float32"), gps
+
+
+def parallel_geoclip(method):
+    """The compiled model of the data-parallel tests and its callbacks.
+
+    `method`: "geoclip" (plain loss), "semivariogram" (with the callback)
+    or "noisy" (plain loss with the paper's GPS noise, 150 m on the batch
+    and 1 km on the queue, which every replica must draw alike). Seeded:
+    the same initial weights in every process and replica.
+    """
+    keras.utils.set_random_seed(0)
+    model = gv.GeoCLIP(
+        gv.layers.ImageEncoder(None, embed_dim=32, hidden_units=64),
+        gv.layers.LocationEncoder(
+            num_features=32,
+            hidden_units=64,
+            hidden_layers=2,
+            embed_dim=32,
+            seed=0,
+        ),
+        queue_size=512,
+        gps_noise_m=(150.0, 1000.0) if method == "noisy" else (0.0, 0.0),
+        seed=0,
+    )
+    if method in ("geoclip", "noisy"):
+        loss, callbacks = gv.losses.GeoContrastiveLoss(), []
+    else:
+        loss = gv.losses.SemivariogramContrastiveLoss()
+        callbacks = [gv.callbacks.SemivariogramCallback(verbose=0)]
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
+    return model, callbacks
