@@ -42,46 +42,7 @@ import numpy as np
 
 import geovario_keras as gv
 from geovario_keras.data import features as features_lib
-from geovario_keras.data.corpus_reader import LABELS
-
-
-def write_shards(folder, rows, dim, shard_size=65536, seed=0):
-    """`rows` synthetic rows as finished feature shards (train and test)."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    splits = {"train": rows, "test": max(1000, rows // 100)}
-    manifest = {
-        "preset": "synthetic",
-        "corpus": "none",
-        "image_size": 0,
-        "backbone": f"random-{seed}",
-        "dtype": "float16",
-        "feature_dim": dim,
-        "shard_size": shard_size,
-        "splits": {},
-        "complete": True,
-    }
-    for split, total in splits.items():
-        shards = features_lib._shard_ranges(folder, split, shard_size, total)
-        for k, (path, n) in enumerate(shards):
-            lat = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
-            lon = rng.uniform(-180, 180, n)
-            data = {
-                "features": rng.standard_normal((n, dim)).astype("float16"),
-                "gps": np.stack([lat, lon], 1).astype("float32"),
-                "row": np.arange(k * shard_size, k * shard_size + n),
-                "id": np.array([str(i) for i in range(n)]),
-                **{key: np.full(n, "") for key in LABELS},
-            }
-            np.savez(path, skipped="{}", **data)
-        manifest["splits"][split] = {
-            "rows": total,
-            "shards": len(shards),
-            "kept": total,
-            "skipped": {},
-        }
-    with open(os.path.join(folder, features_lib.MANIFEST), "w") as f:
-        json.dump(manifest, f)
+from geovario_keras.testing.synthetic_features import write_synthetic_features
 
 
 def phase(name, results, fn):
@@ -128,7 +89,7 @@ def run_phase(args, work):
     results = {"rows": args.rows, "dim": args.dim, "phase": args.phase}
     folder = os.path.join(work, "features")
     if not os.path.isfile(os.path.join(folder, features_lib.MANIFEST)):
-        write_shards(folder, args.rows, args.dim)
+        write_synthetic_features(folder, args.rows, args.dim)
     built = {}
 
     def build():

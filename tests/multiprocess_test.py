@@ -5,7 +5,9 @@ coordinator on 127.0.0.1 and CPU collectives through gloo; TensorFlow:
 `MultiWorkerMirroredStrategy` with 2 workers on localhost ports), set up
 by `gv.backend.data_parallel` as `recipes/train.py --job-addresses` does,
 trains 3 steps of a global batch of 256 with the plain and the
-semivariogram loss (`tests/multiprocess_training.py`). It runs in two
+semivariogram loss, and with the semivariogram loss on stored features
+streamed by `gv.training.fit_resumable` (`tests/multiprocess_training.py`).
+It runs in two
 launches: 2 steps, then a fresh job resumes from the checkpoint of step 2
 and trains step 3. One process holding the same 2 devices (JAX
 `DataParallel` over 2 virtual devices, TensorFlow `MirroredStrategy` over
@@ -27,9 +29,25 @@ import pytest
 
 from tests.testing import backend
 
+# One pytest-xdist worker runs this module: its fixture trains once.
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multiprocess_training.py")
-METHODS = ("geoclip", "semivariogram")
+# The plain loss in the job under `make test-slow` (the semivariogram runs
+# take the same path and more: the default suite stays short).
+METHODS = (
+    pytest.param("geoclip", marks=pytest.mark.slow),
+    "semivariogram",
+    "stream",
+)
+
+
+def _methods(config):
+    """The methods of the selected tests (the fixture trains only those)."""
+    if "not slow" in (config.getoption("markexpr") or ""):
+        return ["semivariogram", "stream"]
+    return ["geoclip", "semivariogram", "stream"]
 
 
 def _free_ports(n):
@@ -102,13 +120,25 @@ def _skip_unless_multi_process():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, request):
     _skip_unless_multi_process()
+    import geovario_keras as gv
+    from geovario_keras.testing.synthetic_features import (
+        write_synthetic_features,
+    )
+
     root = tmp_path_factory.mktemp("multiprocess")
     job, reference = root / "job", root / "reference"
-    _run_job(job, "--steps", "2")
-    _run_job(job, "--steps", "3")  # a fresh job resumes after step 2
-    _run_reference(reference, "--load", str(job))
+    # The "stream" method: 768 stored rows (3 global batches) read by
+    # `fit_resumable`, as at scale; the data set is built before the job.
+    features, data_dir = root / "features", root / "tfds"
+    write_synthetic_features(features, 768, 16, shard_size=256)
+    gv.data.geotagged_features(features, data_dir, verbose=False)
+    args = ["--methods", ",".join(_methods(request.config))]
+    args += ["--stream", f"{features},{data_dir}"]
+    _run_job(job, *args, "--steps", "2")
+    _run_job(job, *args, "--steps", "3")  # a fresh job resumes after step 2
+    _run_reference(reference, *args, "--load", str(job))
     return job, reference
 
 
@@ -140,7 +170,7 @@ def test_two_processes_train_as_one(runs, method):
         assert got["start"] == 2
         # ... and its step 3, and the state after it, are the reference's.
         assert_same_training(got, want, steps=slice(2, 3))
-    if method == "semivariogram":  # the fit is live (not the default)
+    if method != "geoclip":  # the fit is live (not the default)
         assert not np.allclose(want["params"], 0.0)
 
 

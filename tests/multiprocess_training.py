@@ -8,7 +8,9 @@ Run by `tests/multiprocess_test.py`:
     # the reference: one process holding as many devices as the job
     KERAS_BACKEND=jax python tests/multiprocess_training.py REF --devices 2
 
-For each method (`--methods`, the plain and the semivariogram loss) it
+For each method (`--methods`: the plain and the semivariogram loss, and
+"stream", the semivariogram loss on the stored features of `--stream`
+through `gv.training.fit_resumable`) it
 trains until `--steps` steps are done, each step a Keras epoch of one
 global batch of 256 rows (3 different batches of a `tf.data.Dataset`), so
 the semivariogram callback fits between steps; `gv.training.StepCheckpoint`
@@ -46,6 +48,9 @@ if __name__ == "__main__":
     parser.add_argument("--process-id", type=int, default=None)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--load", default=None)
+    parser.add_argument(
+        "--stream", default=None, help="FEATURES,TFDS: the 'stream' method"
+    )
     parser.add_argument("--failure-timeout", type=int, default=100)
     parser.add_argument(
         "--pause", type=float, default=0.0, help="seconds after each step"
@@ -108,14 +113,30 @@ def numpy(v):
     return np.asarray(keras.ops.convert_to_numpy(v)).tolist()
 
 
+def stored_features():
+    """The `geotagged_features` builder of `--stream` (built already) and
+    its training stream as `fit_resumable` reads it."""
+    folder, data_dir = ARGS.stream.split(",")
+    builder = gv.data.geotagged_features(folder, data_dir, verbose=False)
+    stream, _, _ = gv.data.streams.training_stream(
+        builder, "train", BATCH, 1, shuffle_buffer=512, checkpoints_per_epoch=3
+    )
+    return builder, stream
+
+
 def train(method, scope, dataset, out):
+    """Trains `method` until `--steps` steps are done (resuming from the
+    last checkpoint). "stream": the semivariogram loss on stored features
+    through `gv.training.fit_resumable` (3 checkpoints per epoch)."""
     import keras
 
     directory = os.path.join(out, "checkpoints")
     found = gv.training.checkpoints(directory)
     start = found[-1][0] if found else 0
     with scope():
-        model, callbacks = make_model(method)
+        model, callbacks = make_model(
+            "semivariogram" if method == "stream" else method
+        )
     statistics = []
 
     class Record(keras.callbacks.Callback):
@@ -126,11 +147,28 @@ def train(method, scope, dataset, out):
             print("step", flush=True)
             time.sleep(ARGS.pause)
 
+        def on_epoch_end(self, epoch, logs=None):  # a Keras epoch: 1 step
+            if epoch + 1 >= ARGS.steps:
+                self.model.stop_training = True
+
     checkpoint = gv.training.StepCheckpoint(directory, chunk=1)
     history = None
-    if start < ARGS.steps:
-        with warnings.catch_warnings():  # fits on 256 points may fall back
-            warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings():  # fits on 256 points may fall back
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if method == "stream":
+            builder, dataset = stored_features()
+            history = gv.training.fit_resumable(
+                model,
+                builder,
+                directory,
+                epochs=1,
+                batch_size=BATCH,
+                checkpoints_per_epoch=3,
+                shuffle_buffer=512,
+                callbacks=[Record()] + callbacks,
+                verbose=0,
+            )
+        elif start < ARGS.steps:
             history = model.fit(
                 dataset.skip(start),
                 epochs=ARGS.steps,
@@ -140,9 +178,9 @@ def train(method, scope, dataset, out):
                 shuffle=False,
                 callbacks=[Record()] + callbacks + [checkpoint],
             )
-    else:  # finished: load the last checkpoint
-        checkpoint.set_model(model)
-        checkpoint.on_train_begin()
+        else:  # finished: load the last checkpoint
+            checkpoint.set_model(model)
+            checkpoint.on_train_begin()
     return {
         "processes": gv.backend.process_count(),
         "process": gv.backend.process_index(),
@@ -162,7 +200,7 @@ def load_and_evaluate(method, job, dataset):
     import keras
 
     keras.distribution.set_distribution(None)
-    model, _ = make_model(method)
+    model, _ = make_model("semivariogram" if method == "stream" else method)
     step, path = gv.training.checkpoints(os.path.join(job, "checkpoints"))[-1]
     model.load_weights(path)
     return {

@@ -125,7 +125,11 @@ def _parser(builder):
     def parse(serialized):
         ex = tf.io.parse_example(serialized, spec)
         x = tf.io.decode_raw(ex["features"], dtype)
-        return tf.cast(tf.reshape(x, (-1, dim)), "float32"), ex["gps"]
+        # The batch size stays static (Keras shards a data set between the
+        # processes of a job only when it knows the batch size).
+        rows = serialized.shape[0]
+        rows = -1 if rows is None else rows
+        return tf.cast(tf.reshape(x, (rows, dim)), "float32"), ex["gps"]
 
     return parse
 
