@@ -29,15 +29,13 @@ $(GEOCLIP_WHEEL): requirements/geoclip-wheel.txt $(VENV)/.installed
 install: $(VENV)/.installed $(GEOCLIP_WHEEL)
 
 # The whole suite and every docstring example, once per backend; slow
-# tests are excluded (see test-slow). Tests marked with one xdist_group run
-# in one pytest process (their module's fixture trains once, not per worker).
+# tests are excluded (see test-slow).
 test: install
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
 	  KERAS_BACKEND=$$b GEOVARIO_REQUIRE_GEOCLIP=1 \
 	    $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) \
-	      --dist loadgroup --doctest-modules $(PYTEST_ARGS) \
-	      geovario_keras tests; \
+	      --doctest-modules $(PYTEST_ARGS) geovario_keras tests; \
 	done
 
 # Long-running tests (marked @pytest.mark.slow), once per backend.

@@ -17,9 +17,6 @@ import pytest
 import geovario_keras as gv
 from tests.testing import backend
 
-# One pytest-xdist worker runs this module: its fixture trains once.
-pytestmark = pytest.mark.xdist_group("distribution")
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("geoclip", "semivariogram", "noisy")
 

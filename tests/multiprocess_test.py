@@ -28,30 +28,14 @@ import numpy as np
 import pytest
 
 from tests.testing import backend
-from tests.testing import slow_on
 
-# One pytest-xdist worker runs this module: its fixture trains once.
-pytestmark = [pytest.mark.xdist_group("multiprocess"), slow_on("jax")]
+pytestmark = pytest.mark.slow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multiprocess_training.py")
-# `make test` keeps one method in the job (and on TensorFlow alone, where
-# the package works around Keras's multi-worker defects): "stream", the
-# semivariogram loss on stored features through `fit_resumable`, the path
-# at scale. `make test-slow` adds `model.fit` with the plain and the
-# semivariogram loss, and JAX.
-METHODS = (
-    pytest.param("geoclip", marks=pytest.mark.slow),
-    pytest.param("semivariogram", marks=pytest.mark.slow),
-    "stream",
-)
-
-
-def _methods(config):
-    """The methods of the selected tests (the fixture trains only those)."""
-    if "not slow" in (config.getoption("markexpr") or ""):
-        return ["stream"]
-    return ["geoclip", "semivariogram", "stream"]
+# Every test here starts jobs of several processes: `make test-slow` (the
+# default suite stays under its time budget).
+METHODS = ("geoclip", "semivariogram", "stream")
 
 
 def _free_ports(n):
@@ -124,7 +108,7 @@ def _skip_unless_multi_process():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, request):
+def runs(tmp_path_factory):
     _skip_unless_multi_process()
     import geovario_keras as gv
     from geovario_keras.testing.synthetic_features import (
@@ -138,7 +122,7 @@ def runs(tmp_path_factory, request):
     features, data_dir = root / "features", root / "tfds"
     write_synthetic_features(features, 768, 16, shard_size=256)
     gv.data.geotagged_features(features, data_dir, verbose=False)
-    args = ["--methods", ",".join(_methods(request.config))]
+    args = ["--methods", ",".join(METHODS)]
     args += ["--stream", f"{features},{data_dir}"]
     _run_job(job, *args, "--steps", "2")
     _run_job(job, *args, "--steps", "3")  # a fresh job resumes after step 2
@@ -201,7 +185,6 @@ def test_a_job_checkpoint_loads_in_one_process(runs, method):
     assert np.all(np.isfinite(loaded["evaluate"]))
 
 
-@pytest.mark.slow
 def test_a_killed_worker_stops_the_job_and_it_resumes(tmp_path):
     """Process 1 is killed (SIGKILL) after its first step: process 0 stops
     with an error naming the lost process within the failure timeout (no
