@@ -37,7 +37,9 @@ SavedModel is itself backend-specific.
 """
 
 import contextlib
+import json
 import math
+import os
 import random
 
 import keras
@@ -471,8 +473,6 @@ def _addresses(job_addresses):
 def _multi_process_arguments(job_addresses, num_processes, process_id):
     """The job's addresses, size and this process's id, from the arguments
     or Keras's environment variables; checked."""
-    import os
-
     env = os.environ
     if job_addresses is None:
         job_addresses = env.get("KERAS_DISTRIBUTION_JOB_ADDRESSES")
@@ -567,8 +567,6 @@ def data_parallel(
     model.fit(dataset_of_global_batches, ...)
     ```
     """
-    import os
-
     if int(failure_timeout_s) < 1:
         raise ValueError(
             f"`failure_timeout_s` must be >= 1; got {failure_timeout_s}."
@@ -606,8 +604,6 @@ def data_parallel(
         strategy = tf.distribute.MirroredStrategy()
     else:
         if job is not None and "TF_CONFIG" not in os.environ:
-            import json
-
             addresses, _, index = job
             os.environ["TF_CONFIG"] = json.dumps(
                 {
@@ -625,6 +621,12 @@ def data_parallel(
     return strategy.scope()
 
 
+def _tf_config():
+    """`(task, cluster)` of the `TF_CONFIG` variable (empty dicts alone)."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    return config.get("task", {}), config.get("cluster", {})
+
+
 def process_index():
     """This process's index in a job of several processes (0 alone).
 
@@ -636,18 +638,10 @@ def process_index():
 
         return jax.process_index()
     if NAME == "tensorflow":
-        import os
-
-        if "TF_CONFIG" not in os.environ:
-            return 0
-        import json
-
-        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        task, cluster = _tf_config()
         if task.get("type") == "chief":
             return 0
-        index = int(task.get("index", 0))
-        cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
-        return index + (1 if cluster.get("chief") else 0)
+        return int(task.get("index", 0)) + (1 if cluster.get("chief") else 0)
     return 0
 
 
@@ -658,13 +652,9 @@ def process_count():
 
         return jax.process_count()
     if NAME == "tensorflow":
-        import json
-        import os
-
-        if "TF_CONFIG" not in os.environ:
-            return 1
-        cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
-        return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+        _, cluster = _tf_config()
+        count = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+        return max(count, 1)
     return 1
 
 
