@@ -13,7 +13,10 @@ and, for a `gv.losses.PairStatisticsLoss`, the `PAIR_KEYS`:
 - `DISTANCE_KM` `(B, C)`: great-circle distance of each pair;
 - `DISSIMILARITY` `(B, C)`: `1 - cos` of their stop-gradient embeddings;
 - `VARIOGRAM` `(NUM_PARAMS,)`: the fitted variogram, packed;
-- `QUEUE_FULL`: 1.0 once the queue has been filled, else 0.0.
+- `QUEUE_FULL`: 1.0 once the queue has been filled, else 0.0;
+
+and, optionally, `EXPECTED` `(B, C)`: the fitted variogram at each pair's
+distance, so that the loss and the model's statistics evaluate it once.
 
 The loss's `y_true` is the column of each row's positive (for GeoCLIP,
 row `i`'s own coordinates: column `i`).
@@ -28,6 +31,7 @@ DISTANCE_KM = "distance_km"
 DISSIMILARITY = "dissimilarity"
 VARIOGRAM = "variogram"
 QUEUE_FULL = "queue_full"
+EXPECTED = "expected_dissimilarity"
 # The entries a `PairStatisticsLoss` receives besides the logits and mask.
 PAIR_KEYS = (DISTANCE_KM, DISSIMILARITY, VARIOGRAM, QUEUE_FULL)
 
@@ -40,6 +44,7 @@ __all__ = [
     "CANDIDATE_MASK",
     "DISSIMILARITY",
     "DISTANCE_KM",
+    "EXPECTED",
     "LOGITS",
     "MASKED_LOGIT",
     "PAIR_KEYS",

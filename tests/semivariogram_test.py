@@ -85,6 +85,42 @@ def test_streaming_estimator_matches_brute_force():
         assert sv.variance()[k] == pytest.approx(d[sel].var(ddof=1), rel=1e-3)
 
 
+@pytest.mark.parametrize(
+    "edges",
+    [
+        None,  # the default edges: a 25 km grid
+        [100.0, 350.0, 1000.0, 20100.0],  # a 50 km grid from 100 km
+        [0.0, 12.5, 333.3, 5000.0],  # not whole km: no grid
+    ],
+)
+def test_batch_statistics_bin_as_numpy_digitize(edges):
+    from geovario_keras.semivariogram.empirical import batch_statistics
+    from geovario_keras.semivariogram.empirical import check_bin_edges
+
+    edges = check_bin_edges(edges)
+    rng = np.random.default_rng(3)
+    e32 = edges.astype("float32")
+    # Every edge, the floats just below and above it, and random distances.
+    h = np.concatenate(
+        [
+            e32,
+            np.nextafter(e32, np.float32(-1)),
+            np.nextafter(e32, np.float32(1e9)),
+            rng.uniform(-10, 21000, 5000).astype("float32"),
+            [np.nan],
+        ]
+    ).astype("float32")
+    h = h[(h == 0) | ~(np.abs(h) < 1e-30)]  # XLA flushes denormals to 0
+    d = rng.uniform(0, 2, h.shape).astype("float32")
+    count, mean, m2 = (to_numpy(v) for v in batch_statistics(h, d, edges))
+    index = np.digitize(h, e32) - 1
+    for k in range(len(edges) - 1):
+        sel = index == k
+        assert count[k] == sel.sum(), k
+        if sel.any():
+            np.testing.assert_allclose(mean[k], d[sel].mean(), rtol=1e-5)
+
+
 def test_in_graph_merge_stays_accurate_in_float32():
     # 2,000 merges of 1,000 pairs each: the merged mean keeps float32
     # precision although the count exceeds what raw float32 sums resolve.

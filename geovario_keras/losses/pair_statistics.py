@@ -25,7 +25,10 @@ class PairStatisticsLoss(GeoContrastiveLoss, metaclass=abc.ABCMeta):
       embeddings (queue candidates use the feature queue);
     - `"variogram"` `(NUM_PARAMS,)`: the fitted variogram, packed as
       `gv.semivariogram.models.PARAM_NAMES` (`active = 0`: no fit);
-    - `"queue_full"`: 1.0 once the queue has been filled, else 0.0.
+    - `"queue_full"`: 1.0 once the queue has been filled, else 0.0;
+    - optionally `"expected_dissimilarity"` `(B, C)`: the fitted variogram
+      at each pair's distance, evaluated once by the model for the loss and
+      the statistics (a loss used on its own evaluates `"variogram"`).
 
     During training the model also accumulates the semivariogram
     statistics of the negative pairs and counts the negatives that

@@ -8,6 +8,7 @@ from keras import ops
 from geovario_keras.api_export import register
 from geovario_keras.candidates import DISSIMILARITY
 from geovario_keras.candidates import DISTANCE_KM
+from geovario_keras.candidates import EXPECTED
 from geovario_keras.candidates import LOGITS
 from geovario_keras.candidates import MASKED_LOGIT
 from geovario_keras.candidates import PAIR_KEYS
@@ -180,7 +181,10 @@ class SemivariogramContrastiveLoss(PairStatisticsLoss):
         params = models.PackedParams.unpack(
             ops.cast(ops.reshape(y_pred[VARIOGRAM], (-1,)), "float32")
         )
-        gamma = models.evaluate_ops(h, params)
+        if EXPECTED in y_pred:  # evaluated once by the model
+            gamma = ops.cast(y_pred[EXPECTED], "float32")
+        else:
+            gamma = models.evaluate_ops(h, params)
         return PairQuantities(
             distance_km=h,
             dissimilarity=d,

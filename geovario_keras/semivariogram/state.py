@@ -9,6 +9,7 @@ from geovario_keras.api_export import register
 from geovario_keras.candidates import CANDIDATE_GPS
 from geovario_keras.candidates import DISSIMILARITY
 from geovario_keras.candidates import DISTANCE_KM
+from geovario_keras.candidates import EXPECTED
 from geovario_keras.candidates import QUEUE_FULL
 from geovario_keras.candidates import VARIOGRAM
 from geovario_keras.semivariogram import models
@@ -65,11 +66,12 @@ class SemivariogramState(keras.layers.Layer):
             queue: the model's `GPSQueue` (with features), or None.
 
         Returns:
-            dict with `"distance_km"` (great-circle distances) and
+            dict with `"distance_km"` (great-circle distances),
             `"dissimilarity"` (`1 - cos` of stop-gradient image embeddings;
-            queue entries use the feature queue), both `(B, B + Q)`, the
-            packed `"variogram"` and `"queue_full"` (1.0 once the queue has
-            been filled).
+            queue entries use the feature queue) and
+            `"expected_dissimilarity"` (the fitted variogram at the
+            distance), all `(B, B + Q)`, the packed `"variogram"` and
+            `"queue_full"` (1.0 once the queue has been filled).
         """
         feats = ops.stop_gradient(ops.cast(image_embeddings, "float32"))
         cand_feats, queue_full = feats, ops.ones((), "float32")
@@ -77,11 +79,15 @@ class SemivariogramState(keras.layers.Layer):
             queue_feats = ops.convert_to_tensor(queue.features)
             cand_feats = ops.concatenate([feats, queue_feats], axis=0)
             queue_full = ops.cast(queue.is_full(), "float32")
+        distance = geo.pairwise_haversine_km(gps, scores[CANDIDATE_GPS])
+        params = ops.convert_to_tensor(self.params)
         return {
-            DISTANCE_KM: geo.pairwise_haversine_km(gps, scores[CANDIDATE_GPS]),
+            DISTANCE_KM: distance,
             DISSIMILARITY: 1.0 - ops.matmul(feats, ops.transpose(cand_feats)),
-            VARIOGRAM: ops.convert_to_tensor(self.params),
+            VARIOGRAM: params,
             QUEUE_FULL: queue_full,
+            # Evaluated once for the loss and the statistics' classes.
+            EXPECTED: models.evaluate_ops(distance, params),
         }
 
     def update(self, y_pred, negative, classes):
