@@ -16,6 +16,8 @@ a process):
   semivariogram's per-bin statistics).
 - `constant(values, dtype, like)`: a list of numbers as a constant
   tensor, also inside a compiled PyTorch step.
+- `NATIVE_ARCSIN`, `NATIVE_DIGITIZE`: whether those `keras.ops` are the
+  fast choice here.
 - `gaussian_steps(sizes, stddevs, seed)`: lengths and bearings of 2-D
   Gaussian steps (the GPS training noise), drawn on PyTorch without
   leaving a compiled step.
@@ -52,6 +54,14 @@ import numpy as np
 from keras import ops
 
 NAME = keras.backend.backend()
+
+# Whether `ops.arcsin` and `ops.digitize` are fast on this backend's CPU
+# kernels (the semivariogram's per-pair distances and bins): XLA's are not
+# (JAX; TensorFlow's graph `asin` is, its `Bucketize` is not). Otherwise
+# the package uses a polynomial and a table lookup (BENCHMARKS.md,
+# "Measurements behind the code").
+NATIVE_ARCSIN = NAME != "jax"
+NATIVE_DIGITIZE = NAME == "torch"
 
 
 def is_tensor(x):

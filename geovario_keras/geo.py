@@ -139,8 +139,10 @@ _ASIN_COEFFICIENTS = (
 
 def _arcsin_unit(x):
     # arcsin of x in [0, 1], float32, within 3e-7 relative of the exact
-    # value: multiplies and one square root, where XLA's `arcsin` on the
-    # CPU costs as much as ~20 exponentials (BENCHMARKS.md).
+    # value: on JAX multiplies and one square root, where XLA's `arcsin` on
+    # the CPU costs as much as ~20 exponentials (BENCHMARKS.md).
+    if backend.NATIVE_ARCSIN:
+        return ops.arcsin(x)
     upper = x > 0.5
     z = ops.where(upper, 0.5 * (1.0 - x), x * x)
     s = ops.where(upper, ops.sqrt(z), x)

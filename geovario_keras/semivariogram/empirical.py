@@ -63,8 +63,9 @@ def _bin_index(h, edges):
     # Edges on a grid of whole kilometres (the default ones: 25 km): the
     # grid cell from one division, corrected by two exact comparisons, then
     # the cell's bin from a table: XLA's `digitize` (a binary search) costs
-    # ~10x more over a step's 2.4 M pairs (BENCHMARKS.md).
-    grid = _cell_grid(edges)
+    # ~10x more over a step's 2.4 M pairs (BENCHMARKS.md). PyTorch's
+    # `bucketize` is one fast operator.
+    grid = None if backend.NATIVE_DIGITIZE else _cell_grid(edges)
     if grid is None:
         return ops.cast(ops.digitize(h, edges), "int32") - 1
     start, width, cells = grid
