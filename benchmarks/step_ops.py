@@ -11,8 +11,9 @@ the count, more than the arithmetic, sets the step's host cost.
 - `--impl keras`, `KERAS_BACKEND=torch`: the same count for one
   `train_on_batch` of ours, per loss (`geo`, `semivariogram` with a fitted
   variogram set so every branch runs); with `--jit-compile on`, the step
-  compiled by torch.compile, each kernel it generated counted as one
-  operator (and the ATen operators it still calls, such as matmuls).
+  compiled by torch.compile, inside `fit` (what one more step adds to an
+  epoch), each kernel it generated counted as one operator, with the ATen
+  operators it still calls (matmuls, buffer allocations).
 - `--impl keras`, `KERAS_BACKEND=jax`: the compiled training step's XLA
   fusions and instructions in the entry computation (each fusion is one
   kernel on a GPU), per loss.
@@ -108,7 +109,9 @@ def count_keras(args, gallery):
         else:
             model = train_step.keras_model(args, gallery, loss)
         model.train_on_batch(x[:batch], y[:batch])  # builds and compiles
-        if keras.backend.backend() == "torch":
+        if keras.backend.backend() == "torch" and args.jit_compile == "on":
+            out[loss] = {"aten_ops_per_step": compiled_ops(model, x, y, batch)}
+        elif keras.backend.backend() == "torch":
 
             def run(model=model):
                 for i in range(0, len(x), batch):
@@ -119,6 +122,26 @@ def count_keras(args, gallery):
         elif keras.backend.backend() == "jax":
             out[loss] = xla_counts(model, x[:batch], y[:batch])
     return out
+
+
+def compiled_ops(model, x, y, batch):
+    """Operators per step of `fit` with the step compiled by torch.compile:
+    the difference between an epoch of all the batches and an epoch of
+    one, per extra step (what every step adds, without the epoch's own
+    work), after two epochs that compile (the second step recompiles once,
+    when the gradients exist)."""
+    model.fit(x, y, batch_size=batch, epochs=2, shuffle=False, verbose=0)
+    steps = len(x) // batch
+
+    def epoch(rows):
+        def run():
+            model.fit(
+                x[:rows], y[:rows], batch_size=batch, shuffle=False, verbose=0
+            )
+
+        return top_level_aten_ops(run, 1)
+
+    return (epoch(len(x)) - epoch(batch)) / (steps - 1)
 
 
 def xla_counts(model, x, y):

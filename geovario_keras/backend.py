@@ -16,8 +16,8 @@ a process):
   semivariogram's per-bin statistics).
 - `constant(values, dtype, like)`: a list of numbers as a constant
   tensor, also inside a compiled PyTorch step.
-- `NATIVE_ARCSIN`, `NATIVE_DIGITIZE`: whether those `keras.ops` are the
-  fast choice here.
+- `NATIVE_ARCSIN`, `NATIVE_DIGITIZE`, `CHORD_DISTANCES`: the fast
+  formulation of the semivariogram's per-pair work on this backend.
 - `gaussian_steps(sizes, stddevs, seed)`: lengths and bearings of 2-D
   Gaussian steps (the GPS training noise), drawn on PyTorch without
   leaving a compiled step.
@@ -62,6 +62,10 @@ NAME = keras.backend.backend()
 # "Measurements behind the code").
 NATIVE_ARCSIN = NAME != "jax"
 NATIVE_DIGITIZE = NAME == "torch"
+# Pairwise great-circle distances from unit-vector chords (trigonometry per
+# point) rather than from coordinate differences (per pair): faster under
+# XLA and TensorFlow's graphs, slower in PyTorch's eager broadcasting.
+CHORD_DISTANCES = NAME != "torch"
 
 
 def is_tensor(x):

@@ -20,7 +20,10 @@ class GeodesicNoise(keras.layers.Layer):
 
     The random state is saved with the model (`.keras` and `.weights.h5`),
     which Keras does not do for a `SeedGenerator` by itself: a run resumed
-    from a checkpoint draws the same noise as the uninterrupted run.
+    from a checkpoint draws the same noise as the uninterrupted run. On
+    PyTorch the draws come from a counter-based generator in tensor
+    operations (`gv.backend.gaussian_steps`), so that `torch.compile`
+    compiles the training step whole.
 
     Args:
         seed: int or None. Seed of the noise.
