@@ -116,6 +116,13 @@ def parse_args(argv=None):
         default="float32",
         help="storage of the reference embeddings (float16: half the memory)",
     )
+    parser.add_argument(
+        "--jit-compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="on: the training step compiled (PyTorch: torch.compile, the "
+        "fast choice on a GPU; JAX compiles anyway)",
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--verbose", type=int, default=1)
     return parser.parse_args(argv)
@@ -169,7 +176,11 @@ def make_model(args, builder, method):
         else gv.losses.GeoContrastiveLoss()
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=loss,
+        jit_compile={"auto": "auto", "on": True, "off": False}[
+            args.jit_compile
+        ],
     )
     model.build((None, feature_dim))
     return model

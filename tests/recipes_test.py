@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tests.testing import backend
 from tests.testing import slow_on
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,7 +239,7 @@ def test_paper_recipe_end_to_end_skips_finished_steps(tmp_path):
     """recipes/paper.py on a photo corpus with a random CLIP: features
     once, both methods trained streamed with checkpoints, every mode
     evaluated, exported; a second run finds every step done and changes
-    nothing (default suite on JAX)."""
+    nothing (default suite on JAX; PyTorch compiles the step)."""
     pytest.importorskip("transformers")
     import json
 
@@ -281,6 +282,8 @@ def test_paper_recipe_end_to_end_skips_finished_steps(tmp_path):
         "--gallery-size",
         "200",
     ]
+    if backend() == "torch":  # the switch README gives PyTorch users
+        args += ["--jit-compile", "on"]
     out = _run(args, tmp_path)
     run = tmp_path / "run"
     table = (run / "results.md").read_text()
