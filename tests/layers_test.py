@@ -295,7 +295,7 @@ def test_gps_queue_state_contract_and_errors():
 def test_location_encoder_fused_torch_path_equals_dense(monkeypatch):
     # On torch the hidden layers run as one addmm + in-place ReLU; Keras's
     # own Dense is the reference, also with LoRA enabled.
-    from geovario_keras import backend as gv_backend
+    from geovario_keras.backend import step_ops as gv_backend
 
     gps = random_gps(64, seed=4)
     enc = gv.layers.LocationEncoder(

@@ -1,0 +1,126 @@
+"""What `GeoCLIP.fit` needs per backend: state kept readable when a step
+raises (JAX), and in-memory arrays in a new order every epoch
+(TensorFlow) (`backend.state_kept_on_error`, `fresh_order_arguments`)."""
+
+import contextlib
+import math
+import random
+
+import keras
+import numpy as np
+
+from geovario_keras.backend import NAME
+from geovario_keras.backend.inference import is_tensor
+
+
+def _model_variables(model):
+    found = list(model.variables) + list(model.metrics_variables)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and optimizer.built:
+        found += list(optimizer.variables)
+    return list({id(v): v for v in found}.values())
+
+
+@contextlib.contextmanager
+def state_kept_on_error(model):
+    """Keeps `model`'s variables readable when `fit`/`evaluate` raises.
+
+    JAX's Keras trainer detaches the variables' values while it trains
+    (they travel through the jitted steps) and attaches the new ones at the
+    end of an epoch. An exception before that, for instance a bad batch
+    refused by `checked_features`, left every variable without a value:
+    the model could no longer be read, saved or trained. On the way out of
+    such an exception the last state the trainer holds is attached (the
+    steps that ran count), else the values from before the call. Other
+    backends keep their variables in place: nothing to do there.
+    """
+    if NAME != "jax":
+        yield
+        return
+    before = [(v, v._value) for v in _model_variables(model)]
+    try:
+        yield
+    except BaseException:
+        if getattr(model, "_jax_state", None):
+            model.jax_state_sync()
+        for variable, value in before:
+            if variable._value is None and value is not None:
+                variable.assign(value)
+        raise
+
+
+# ----------------------------------------------------------- data order
+def _is_array(x):
+    return isinstance(x, np.ndarray) or is_tensor(x)
+
+
+def _rows(x):
+    return int(keras.tree.flatten(x)[0].shape[0])
+
+
+def _take(arrays, start, stop):
+    return keras.tree.map_structure(lambda t: t[start:stop], arrays)
+
+
+def _tf_fresh_order(arrays, batch_size):
+    """`arrays` as a `tf.data.Dataset` of batches in a new order per epoch.
+
+    The shuffle of row indices has a seed drawn from Python's `random`
+    (which `keras.utils.set_random_seed` sets) and reshuffles at every
+    iteration, i.e. every epoch: a new permutation each epoch, the same
+    sequence of permutations for the same seed.
+    """
+    import tensorflow as tf
+
+    n = _rows(arrays)
+    order = tf.data.Dataset.range(n).shuffle(
+        n, seed=random.randint(0, 2**31 - 1), reshuffle_each_iteration=True
+    )
+    data = tf.data.Dataset.from_tensors(arrays).repeat()
+
+    def gather(indices, values):
+        return tf.nest.map_structure(lambda t: tf.gather(t, indices), values)
+
+    dataset = tf.data.Dataset.zip((order.batch(batch_size), data))
+    dataset = dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.experimental_distribute.auto_shard_policy = policy
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def fresh_order_arguments(a):
+    """`fit`'s bound arguments `a`, fed in a new order every epoch.
+
+    On TensorFlow, Keras's array adapter draws each epoch's permutation with
+    an unseeded `tf.random.shuffle` inside a data set that is iterated anew
+    each epoch; once a global seed is set (`keras.utils.set_random_seed`,
+    as reproducible notebooks do), every epoch replays the first epoch's
+    order, and the same batches meet the same queue negatives each epoch.
+    For in-memory arrays with `shuffle=True` this hands Keras a `tf.data`
+    pipeline that reshuffles every epoch instead (`validation_split` is
+    applied first, to the last rows, as Keras does). JAX and PyTorch draw a
+    new order per epoch already: `a` is returned unchanged there, and for
+    data sets, generators, `shuffle=False`/`"batch"` or `class_weight`.
+    """
+    arrays = [a.get("x"), a.get("y")]
+    if a.get("sample_weight") is not None:
+        arrays.append(a["sample_weight"])
+    if (
+        NAME != "tensorflow"
+        or a.get("shuffle", True) is not True
+        or a.get("class_weight") is not None
+        or not all(_is_array(t) for t in keras.tree.flatten(arrays))
+    ):
+        return a
+    arrays = tuple(arrays)
+    split = a.pop("validation_split", None) or 0.0
+    if split and a.get("validation_data") is None:
+        at = int(math.floor(_rows(arrays) * (1.0 - split)))
+        a["validation_data"] = _take(arrays, at, None)
+        arrays = _take(arrays, 0, at)
+    a["x"] = _tf_fresh_order(arrays, a.pop("batch_size", None) or 32)
+    for name in ("y", "sample_weight"):
+        a.pop(name, None)
+    a["shuffle"] = False  # the data set shuffles itself (Keras would warn)
+    return a
