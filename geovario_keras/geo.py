@@ -154,10 +154,17 @@ def _arcsin_unit(x):
 
 
 def _unit_vector_columns(gps):
+    # Divided by their norm (1 up to rounding): XLA never copies a division
+    # into a consumer that reads its elements more than once, so the
+    # trigonometry runs once per point; without it XLA fuses the sines and
+    # cosines into the (N, M) pair loop and runs them for every pair (~5x
+    # the whole distance's cost, BENCHMARKS.md).
     deg = math.pi / 180.0
     lat, lon = gps[:, 0] * deg, gps[:, 1] * deg
     cos_lat = ops.cos(lat)
-    return cos_lat * ops.cos(lon), cos_lat * ops.sin(lon), ops.sin(lat)
+    x, y, z = cos_lat * ops.cos(lon), cos_lat * ops.sin(lon), ops.sin(lat)
+    norm = ops.sqrt(x * x + y * y + z * z)
+    return x / norm, y / norm, z / norm
 
 
 def pairwise_haversine_km(a, b):

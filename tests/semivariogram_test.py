@@ -57,6 +57,17 @@ def test_models_numpy_and_ops_agree_and_effective_range():
     )
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0, 1.7, 2.0])
+def test_power_of_a_tensor_exponent_matches_numpy(alpha):
+    # The variogram's u ** alpha (a tensor exponent), 0 and 1e-30 included.
+    from geovario_keras import backend
+
+    u = np.array([0.0, 1e-30, 1e-8, 0.01, 0.5, 1.0, 3.0, 40.0], "float32")
+    got = to_numpy(backend.power(u, np.float32(alpha)))
+    want = u.astype("float64") ** alpha
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-37)
+
+
 def test_streaming_estimator_matches_brute_force():
     gps = random_gps(300, seed=1)
     f = np.random.default_rng(0).normal(size=(300, 5)).astype("float32")
@@ -91,6 +102,8 @@ def test_streaming_estimator_matches_brute_force():
         None,  # the default edges: a 25 km grid
         [100.0, 350.0, 1000.0, 20100.0],  # a 50 km grid from 100 km
         [0.0, 12.5, 333.3, 5000.0],  # not whole km: no grid
+        list(np.arange(0.0, 20101.0, 100.0)),  # > 64 edges, on a grid
+        list(np.arange(0.5, 9000.0, 100.0)),  # > 64 edges, no grid
     ],
 )
 def test_batch_statistics_bin_as_numpy_digitize(edges):

@@ -16,8 +16,11 @@ a process):
   semivariogram's per-bin statistics).
 - `constant(values, dtype, like)`: a list of numbers as a constant
   tensor, also inside a compiled PyTorch step.
-- `NATIVE_ARCSIN`, `NATIVE_DIGITIZE`, `CHORD_DISTANCES`: the fast
-  formulation of the semivariogram's per-pair work on this backend.
+- `NATIVE_ARCSIN`, `NATIVE_DIGITIZE`, `CHORD_DISTANCES`,
+  `FUSED_ELEMENTWISE`: the fast formulation of the semivariogram's
+  per-pair work on this backend.
+- `power(x, exponent)`: `x ** exponent` with a tensor exponent (the
+  variogram's shape).
 - `gaussian_steps(sizes, stddevs, seed)`: lengths and bearings of 2-D
   Gaussian steps (the GPS training noise), drawn on PyTorch without
   leaving a compiled step.
@@ -64,6 +67,11 @@ NATIVE_DIGITIZE = NAME == "torch"
 # point) rather than from coordinate differences (per pair): faster under
 # XLA and TensorFlow's graphs, slower in PyTorch's eager broadcasting.
 CHORD_DISTANCES = NAME != "torch"
+# Whether the compiler fuses a step's elementwise operations into a few
+# loops (XLA under JAX), so that many cheap operations cost less than one
+# table lookup or general power; TensorFlow's graph on a CPU and PyTorch's
+# eager mode run each operation as its own pass.
+FUSED_ELEMENTWISE = NAME == "jax"
 
 # The submodules read NAME from here: it is set before they are imported.
 from geovario_keras.backend.distribution import check_distribution  # noqa: E402
@@ -86,10 +94,12 @@ from geovario_keras.backend.inference import shared_host_tensor  # noqa: E402
 from geovario_keras.backend.step_ops import constant  # noqa: E402
 from geovario_keras.backend.step_ops import dense_relu  # noqa: E402
 from geovario_keras.backend.step_ops import gaussian_steps  # noqa: E402
+from geovario_keras.backend.step_ops import power  # noqa: E402
 from geovario_keras.backend.step_ops import segment_sum  # noqa: E402
 
 __all__ = [
     "CHORD_DISTANCES",
+    "FUSED_ELEMENTWISE",
     "NAME",
     "NATIVE_ARCSIN",
     "NATIVE_DIGITIZE",
@@ -106,6 +116,7 @@ __all__ = [
     "inference_function",
     "is_tensor",
     "lost_process_errors",
+    "power",
     "process_count",
     "process_index",
     "replica_count",

@@ -1,6 +1,7 @@
 """Operations of the training step that differ by backend: per-segment
-sums, constants, the GPS noise's random steps, a ReLU `Dense` layer
-(`backend.segment_sum`, `constant`, `gaussian_steps`, `dense_relu`)."""
+sums, constants, powers, the GPS noise's random steps, a ReLU `Dense`
+layer (`backend.segment_sum`, `constant`, `power`, `gaussian_steps`,
+`dense_relu`)."""
 
 import math
 
@@ -48,6 +49,21 @@ def constant(values, dtype, like):
         dtype = getattr(torch, dtype)
         return torch.tensor(list(values), dtype=dtype, device=like.device)
     return ops.convert_to_tensor(np.asarray(values), dtype)
+
+
+def power(x, exponent):
+    """`x ** exponent` for `x >= 0` and a scalar tensor `exponent`.
+
+    JAX: `exp(exponent * log(x))` (`0 ** exponent` where x is 0): XLA's
+    `power` with a tensor exponent costs ~3x an `exp` and a `log` on the
+    CPU (BENCHMARKS.md). Others: `ops.power`, one operator where every
+    operator is a pass of its own.
+    """
+    if NAME != "jax":
+        return ops.power(x, exponent)
+    powered = ops.exp(exponent * ops.log(ops.maximum(x, 1e-30)))
+    at_zero = ops.where(exponent > 0.0, 0.0, 1.0)
+    return ops.where(x > 0.0, powered, at_zero)
 
 
 _MASK32 = 0xFFFFFFFF

@@ -27,6 +27,8 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
+from geovario_keras import backend
+
 FAMILIES = ("stable", "exponential", "gaussian", "spherical")
 FAMILY_CODES = {name: float(i) for i, name in enumerate(FAMILIES)}
 _FIXED_ALPHA = {"exponential": 1.0, "gaussian": 2.0}
@@ -123,7 +125,7 @@ def evaluate_ops(h, params):
         params = PackedParams.unpack(params)
     h = ops.cast(h, "float32")
     u = ops.maximum(h, 0.0) / ops.maximum(params.length_scale, 1e-6)
-    stable = 1.0 - ops.exp(-ops.power(u, params.alpha))
+    stable = 1.0 - ops.exp(-backend.power(u, params.alpha))
     spherical = ops.where(u < 1.0, 1.5 * u - 0.5 * u * u * u, 1.0)
     is_spherical = ops.abs(params.family_code - FAMILY_CODES["spherical"]) < 0.5
     shaped = ops.where(is_spherical, spherical, stable)
