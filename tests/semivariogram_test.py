@@ -333,3 +333,33 @@ def test_packed_params_names_the_packed_vector():
     )
     assert params.active == 1.0
     assert models.PARAM_NAMES == params._fields
+
+
+def test_fused_step_statistics_equal_operator_by_operator():
+    # TensorFlow runs the step's statistics XLA-compiled (`backend.fused`);
+    # the result must be the graph's own, operator by operator.
+    from geovario_keras import backend
+
+    state = gv.semivariogram.SemivariogramState()
+    rng = np.random.default_rng(5)
+    b, c = 8, 40
+    candidates = np.stack(
+        [rng.uniform(-80, 80, c), rng.uniform(-180, 180, c)], 1
+    ).astype("float32")
+    candidates[20] = candidates[3]  # a queue copy of a batch row
+    distance = to_numpy(
+        gv.geo.pairwise_haversine_km(candidates[:b], candidates)
+    )
+    args = (
+        candidates,
+        distance,
+        rng.uniform(0, 2, (b, c)).astype("float32"),
+        rng.uniform(size=(b, c)) < 0.9,
+        rng.uniform(size=(b, c)) < 0.2,
+        rng.uniform(size=(b, c)) < 0.2,
+    )
+    plain = [to_numpy(v) for v in state._step_statistics(*args)]
+    fused = [to_numpy(v) for v in backend.fused(state._step_statistics)(*args)]
+    for want, got in zip(plain, fused):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert plain[0].sum() > 0 and plain[3][0] > 0

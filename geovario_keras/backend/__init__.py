@@ -19,6 +19,8 @@ a process):
 - `NATIVE_ARCSIN`, `NATIVE_DIGITIZE`, `CHORD_DISTANCES`,
   `FUSED_ELEMENTWISE`: the fast formulation of the semivariogram's
   per-pair work on this backend.
+- `fused(method)`: a gradient-free part of the step compiled to fused
+  kernels (TensorFlow: XLA inside the step's graph).
 - `power(x, exponent)`: `x ** exponent` with a tensor exponent (the
   variogram's shape).
 - `gaussian_steps(sizes, stddevs, seed)`: lengths and bearings of 2-D
@@ -93,6 +95,7 @@ from geovario_keras.backend.inference import is_tensor  # noqa: E402
 from geovario_keras.backend.inference import shared_host_tensor  # noqa: E402
 from geovario_keras.backend.step_ops import constant  # noqa: E402
 from geovario_keras.backend.step_ops import dense_relu  # noqa: E402
+from geovario_keras.backend.step_ops import fused  # noqa: E402
 from geovario_keras.backend.step_ops import gaussian_steps  # noqa: E402
 from geovario_keras.backend.step_ops import power  # noqa: E402
 from geovario_keras.backend.step_ops import segment_sum  # noqa: E402
@@ -110,6 +113,7 @@ __all__ = [
     "dense_relu",
     "distributed_batch",
     "fresh_order_arguments",
+    "fused",
     "gather_replicas",
     "gaussian_steps",
     "inference_devices",

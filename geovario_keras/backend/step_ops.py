@@ -4,6 +4,7 @@ layer (`backend.segment_sum`, `constant`, `power`, `gaussian_steps`,
 `dense_relu`)."""
 
 import math
+import weakref
 
 import keras
 import numpy as np
@@ -49,6 +50,37 @@ def constant(values, dtype, like):
         dtype = getattr(torch, dtype)
         return torch.tensor(list(values), dtype=dtype, device=like.device)
     return ops.convert_to_tensor(np.asarray(values), dtype)
+
+
+_FUSED = weakref.WeakKeyDictionary()
+
+
+def fused(method):
+    """`method` (a bound method, a function of tensors without gradients)
+    compiled to fused kernels where the step would otherwise run it
+    operator by operator.
+
+    TensorFlow: `tf.function(method, jit_compile=True)` (XLA), one compiled
+    call in the step's graph instead of an executor pass per operator;
+    made once per object. JAX (already XLA) and PyTorch (compiled whole or
+    eager, per the model's `jit_compile`): `method` itself.
+    """
+    if NAME != "tensorflow":
+        return method
+    import tensorflow as tf
+
+    owner, func = method.__self__, method.__func__
+    per_object = _FUSED.setdefault(owner, {})
+    if func not in per_object:
+        # A function of the tensors only; the object is held weakly (and
+        # is not an attribute of it: a SavedModel would export it).
+        ref = weakref.ref(owner)
+        per_object[func] = tf.function(
+            lambda *tensors: func(ref(), *tensors),
+            jit_compile=True,
+            reduce_retracing=True,
+        )
+    return per_object[func]
 
 
 def power(x, exponent):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from geovario_keras import backend
 from geovario_keras import geo
 from geovario_keras.api_export import register
 from geovario_keras.candidates import CANDIDATE_GPS
@@ -106,20 +107,46 @@ class SemivariogramState(keras.layers.Layer):
                 `gv.candidates.positives_and_negatives`).
             classes: the loss's `NegativeClasses(false, hard)` masks.
         """
+        statistics = backend.fused(self._step_statistics)(
+            ops.convert_to_tensor(y_pred[CANDIDATE_GPS]),
+            y_pred[DISTANCE_KM],
+            y_pred[DISSIMILARITY],
+            negative,
+            classes.false,
+            classes.hard,
+        )
+        for variable, value in zip(
+            (self.count, self.mean, self.m2, self.negatives), statistics
+        ):
+            variable.assign(value)
+
+    def _step_statistics(
+        self, candidates, distance, dissimilarity, negative, false, hard
+    ):
+        # The merged statistics and negative counts; no gradients. One
+        # XLA-compiled call on TensorFlow (`backend.fused`), whose graph
+        # would otherwise run its ~100 operators one by one.
         # Identical coordinates, compared as given (a distance computed in
         # float32 inside a compiled step need not be exactly 0 for them).
-        candidates = ops.convert_to_tensor(y_pred[CANDIDATE_GPS])
         rows = candidates[: ops.shape(negative)[0]]
         same = ops.all(
             ops.expand_dims(rows, 1) == ops.expand_dims(candidates, 0), -1
         )
         apart = ops.logical_and(negative, ops.logical_not(same))
-        self.accumulate(y_pred[DISTANCE_KM], y_pred[DISSIMILARITY], apart)
-        self.count_negatives(
-            ops.sum(ops.cast(negative, "float32")),
-            ops.sum(ops.cast(classes.false & negative, "float32")),
-            ops.sum(ops.cast(classes.hard & negative, "float32")),
+        batch = batch_statistics(
+            distance, dissimilarity, self.bin_edges_km, apart
         )
+        n, mean, m2 = merge(
+            (self.count, self.mean, self.m2), batch, maximum=ops.maximum
+        )
+        negatives = self.negatives + ops.stack(
+            [
+                ops.sum(ops.cast(negative, "float32")),
+                ops.sum(ops.cast(false & negative, "float32")),
+                ops.sum(ops.cast(hard & negative, "float32")),
+            ]
+        )
+        return n, mean, m2, negatives
 
     def accumulate(self, distance_km, dissimilarity, mask=None):
         """Merges one batch of pairs into the statistics (in-graph)."""
@@ -132,16 +159,6 @@ class SemivariogramState(keras.layers.Layer):
         self.count.assign(n)
         self.mean.assign(mean)
         self.m2.assign(m2)
-
-    def count_negatives(self, negatives, false_negatives, hard_negatives):
-        update = ops.stack(
-            [
-                ops.cast(negatives, "float32"),
-                ops.cast(false_negatives, "float32"),
-                ops.cast(hard_negatives, "float32"),
-            ]
-        )
-        self.negatives.assign(self.negatives + update)
 
     def statistics(self):
         """`(count, mean, m2)` as float64 numpy arrays."""
