@@ -97,6 +97,7 @@ parser.add_argument(
     default=os.path.join("saved_models", "blue_marble"),
     help="SavedModel base folder ('' to skip the export)",
 )
+experiment.add_jit_compile_argument(parser)
 args = parser.parse_args()
 EPOCHS = args.epochs or (20 if args.full else 8)
 os.makedirs(args.out, exist_ok=True)
@@ -145,6 +146,7 @@ for seed in args.seeds:
             EPOCHS,
             verbose=0,
             false_range_km=args.false_range_km,
+            jit_compile=args.jit_compile,
         )
         report, coords, _ = experiment.evaluate(model, test, gallery)
         report["train_s"] = seconds
@@ -175,6 +177,7 @@ for seed in args.seeds:
                 verbose=0,
                 encoder=encoder,
                 false_range_km=args.false_range_km,
+                jit_compile=args.jit_compile,
             )
             report, _, _ = experiment.evaluate(model, test, gallery)
             report["train_s"] = seconds

@@ -240,6 +240,21 @@ def make_loss(method, false_range_km=None):
     return gv.losses.SemivariogramContrastiveLoss(**kwargs), [callback]
 
 
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+
+
+def add_jit_compile_argument(parser):
+    """`--jit-compile {auto,on,off}`: Keras's `jit_compile` of the step."""
+    parser.add_argument(
+        "--jit-compile",
+        choices=tuple(JIT_COMPILE),
+        default="auto",
+        help="on: the training step compiled (PyTorch: torch.compile, the "
+        "fast choice on a GPU, after about a minute of compiling; JAX "
+        "compiles anyway); default: Keras's choice",
+    )
+
+
 def train(
     method,
     train_data,
@@ -250,16 +265,22 @@ def train(
     extra_callbacks=(),
     encoder="fourier",
     false_range_km=None,
+    jit_compile="auto",
 ):
     """Trains one model; returns `(model, history, seconds, callbacks)`.
 
-    `false_range_km`: as in `make_loss`."""
+    `false_range_km`: as in `make_loss`. `jit_compile`: "auto", "on",
+    "off" (`--jit-compile`) or Keras's own value."""
     patch = train_data["image"].shape[1]
     model = make_model(patch, seed, encoder=encoder)
     loss, callbacks = make_loss(method, false_range_km)
     steps = max(1, len(train_data["gps"]) // batch_size) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=loss,
+        jit_compile=JIT_COMPILE.get(jit_compile, jit_compile),
+    )
     start = time.time()
     data = {"x": train_data["image"], "y": train_data["gps"]}
     data.update(batch_size=batch_size, shuffle=True)

@@ -82,6 +82,7 @@ parser.add_argument(
 parser.add_argument("--data-dir", default=experiment.DEFAULT_DATA_DIR)
 parser.add_argument("--out", default=os.path.join("artifacts", "train"))
 parser.add_argument("--export", default="", help="SavedModel base folder")
+experiment.add_jit_compile_argument(parser)
 args = parser.parse_args()
 # Data parallel: set up first (a job of several processes must be joined
 # before anything runs on the backend).
@@ -113,8 +114,9 @@ with scope or contextlib.nullcontext():
         args.epochs,
         verbose=2,
         false_range_km=args.false_range_km,
+        jit_compile=args.jit_compile,
     )
-print(f"trained in {seconds:.0f} s")
+print(f"trained in {seconds:.0f} s (jit_compile={model.jit_compile})")
 model_path = os.path.join(args.out, f"geoclip_{args.method}.keras")
 if gv.backend.process_count() > 1:
     # Every process saves (a save may run collectives; process 0 into

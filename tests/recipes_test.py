@@ -69,9 +69,12 @@ def test_compare_train_evaluate(tmp_path):
             data,
             "--out",
             "train",
+            "--jit-compile",
+            "off",
         ],
         tmp_path,
     )
+    assert "(jit_compile=False)" in out
     model = tmp_path / "train" / "geoclip_semivariogram.keras"
     assert model.is_file() and (tmp_path / "train" / "error_map.png").is_file()
     out = _run(
