@@ -1,4 +1,5 @@
 import gstools as gs
+import keras
 import numpy as np
 import pytest
 
@@ -363,3 +364,24 @@ def test_fused_step_statistics_equal_operator_by_operator():
     for want, got in zip(plain, fused):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert plain[0].sum() > 0 and plain[3][0] > 0
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.compile only"
+)
+@pytest.mark.parametrize("size", [5, 20_001])
+def test_segment_sum_inside_torch_compile_matches_numpy(size):
+    # Inside torch.compile, per-chunk index_adds summed over the chunks.
+    import torch
+
+    from geovario_keras import backend
+
+    rng = np.random.default_rng(size)
+    index = rng.integers(0, 35, size)
+    values = rng.normal(size=size).astype("float32")
+    fn = torch.compile(
+        lambda v, i: backend.segment_sum(v, i, 35), fullgraph=True
+    )
+    got = to_numpy(fn(torch.tensor(values), torch.tensor(index)))
+    want = np.bincount(index, values.astype("float64"), minlength=35)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)

@@ -1,7 +1,7 @@
 """Operations of the training step that differ by backend: per-segment
-sums, constants, powers, the GPS noise's random steps, a ReLU `Dense`
-layer (`backend.segment_sum`, `constant`, `power`, `gaussian_steps`,
-`dense_relu`)."""
+sums, constants, gradient-free parts compiled apart, powers, the GPS
+noise's random steps, a ReLU `Dense` layer (`backend.segment_sum`,
+`constant`, `fused`, `power`, `gaussian_steps`, `dense_relu`)."""
 
 import math
 import weakref
@@ -12,25 +12,39 @@ from keras import ops
 
 from geovario_keras.backend import NAME
 
+_CHUNKS = 32
+
 
 def segment_sum(values, index, num_segments):
     """Sums `values` per segment `index` in `[0, num_segments)`.
 
     PyTorch: eagerly, a weighted `bincount`, several times faster there
-    than `segment_sum`'s scatter (BENCHMARKS.md); inside `torch.compile`, an
-    `index_add` (a `bincount`'s shape depends on the data, which would
-    split the compiled step). Others: `ops.segment_sum`, whose static
+    than `segment_sum`'s scatter (BENCHMARKS.md); inside `torch.compile`,
+    `index_add`s into 32 copies of the segments, then summed (a
+    `bincount`'s shape depends on the data, which would split the compiled
+    step). The order of the additions, and so a float sum's last bits, may
+    differ between the two. Others: `ops.segment_sum`, whose static
     segment count compiled JAX and XLA need.
     """
     if NAME == "torch":
         import torch
 
         if torch.compiler.is_compiling():
+            # Per chunk of the values, then over the chunks: inductor's
+            # scatter-add is an atomic add, and threads adding into the
+            # same few segments wait on each other (BENCHMARKS.md).
             values = ops.convert_to_tensor(values)
+            index = ops.convert_to_tensor(index)
+            size = index.shape[0]
+            chunk = torch.arange(size, device=index.device) * _CHUNKS
+            chunk = chunk // max(size, 1)
             out = torch.zeros(
-                (num_segments,), dtype=values.dtype, device=values.device
+                (_CHUNKS * num_segments,),
+                dtype=values.dtype,
+                device=values.device,
             )
-            return out.index_add(0, ops.convert_to_tensor(index), values)
+            out = out.index_add(0, index + chunk * num_segments, values)
+            return out.reshape(_CHUNKS, num_segments).sum(0)
         return ops.bincount(index, weights=values, minlength=num_segments)[
             :num_segments
         ]
