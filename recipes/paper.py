@@ -41,6 +41,9 @@ import numpy as np
 
 import geovario_keras as gv
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import experiment  # noqa: E402
+
 METHODS = ("geoclip", "semivariogram")
 MODES = ("gallery", "reference", "hybrid")
 KEYS = (
@@ -116,13 +119,7 @@ def parse_args(argv=None):
         default="float32",
         help="storage of the reference embeddings (float16: half the memory)",
     )
-    parser.add_argument(
-        "--jit-compile",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="on: the training step compiled (PyTorch: torch.compile, the "
-        "fast choice on a GPU; JAX compiles anyway)",
-    )
+    experiment.add_jit_compile_argument(parser)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--verbose", type=int, default=1)
     return parser.parse_args(argv)
@@ -178,9 +175,7 @@ def make_model(args, builder, method):
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss=loss,
-        jit_compile={"auto": "auto", "on": True, "off": False}[
-            args.jit_compile
-        ],
+        jit_compile=experiment.JIT_COMPILE[args.jit_compile],
     )
     model.build((None, feature_dim))
     return model
