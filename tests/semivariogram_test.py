@@ -337,8 +337,9 @@ def test_packed_params_names_the_packed_vector():
 
 
 def test_fused_step_statistics_equal_operator_by_operator():
-    # TensorFlow runs the step's statistics XLA-compiled (`backend.fused`);
-    # the result must be the graph's own, operator by operator.
+    # TensorFlow runs the step's statistics XLA-compiled (`backend.fused`):
+    # both ways must give numpy's per-bin counts and means of the negatives
+    # at other coordinates, and the negative counts.
     from geovario_keras import backend
 
     state = gv.semivariogram.SemivariogramState()
@@ -359,11 +360,28 @@ def test_fused_step_statistics_equal_operator_by_operator():
         rng.uniform(size=(b, c)) < 0.2,
         rng.uniform(size=(b, c)) < 0.2,
     )
-    plain = [to_numpy(v) for v in state._step_statistics(*args)]
-    fused = [to_numpy(v) for v in backend.fused(state._step_statistics)(*args)]
-    for want, got in zip(plain, fused):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert plain[0].sum() > 0 and plain[3][0] > 0
+    # numpy: the negatives apart from their row's coordinates, binned.
+    cand, h, d, neg, false, hard = args
+    same = np.all(cand[:b, None, :] == cand[None, :, :], -1)
+    apart = neg & ~same
+    edges = np.asarray(state.bin_edges_km, "float32")
+    index = np.digitize(h, edges) - 1
+    want_count = np.zeros(len(edges) - 1)
+    want_mean = np.zeros(len(edges) - 1)
+    for k in range(len(edges) - 1):
+        sel = apart & (index == k)
+        want_count[k] = sel.sum()
+        want_mean[k] = d[sel].mean() if sel.any() else 0.0
+    want_negatives = [neg.sum(), (neg & false).sum(), (neg & hard).sum()]
+    assert same[3, 20] and want_count.sum() > 0
+    for method in (
+        state._step_statistics,
+        backend.fused(state._step_statistics),
+    ):
+        count, mean, _, negatives = (to_numpy(v) for v in method(*args))
+        np.testing.assert_array_equal(count, want_count)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(negatives, want_negatives)
 
 
 @pytest.mark.skipif(
