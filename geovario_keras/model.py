@@ -276,6 +276,23 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
     def test_step(self, *args, **kwargs):
         return backend.worker_logs(super().test_step(*args, **kwargs))
 
+    # On PyTorch with `jit_compile=True`: steps compiled without per-call
+    # checks of the layers' attributes (`backend.step_function`).
+    def make_train_function(self, force=False):
+        super().make_train_function(force)
+        self.train_function = backend.step_function(self.train_function)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        super().make_test_function(force)
+        self.test_function = backend.step_function(self.test_function)
+        return self.test_function
+
+    def make_predict_function(self, force=False):
+        super().make_predict_function(force)
+        self.predict_function = backend.step_function(self.predict_function)
+        return self.predict_function
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # TensorFlow with a tf.distribute strategy (the method exists only on
         # its trainer): build from the data set's spec, not from a batch

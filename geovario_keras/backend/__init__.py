@@ -27,6 +27,9 @@ a process):
   Gaussian steps (the GPS training noise), drawn on PyTorch without
   leaving a compiled step.
 - `dense_relu(dense, x)`: a ReLU `Dense` layer's forward pass.
+- `step_function(function)`: Keras's compiled training, test or predict
+  step; on PyTorch without TorchDynamo's per-call checks of the layers'
+  attributes (traced once, as on JAX and TensorFlow).
 - `state_kept_on_error(model)`: on JAX, a `fit`/`evaluate` that raises
   mid-epoch (a bad batch) leaves the model's variables readable.
 - `fresh_order_arguments(fit_arguments)`: in-memory training arrays in a
@@ -88,6 +91,7 @@ from geovario_keras.backend.distribution import symbolic_build_batch  # noqa: E4
 from geovario_keras.backend.distribution import worker_logs  # noqa: E402
 from geovario_keras.backend.fit import fresh_order_arguments  # noqa: E402
 from geovario_keras.backend.fit import state_kept_on_error  # noqa: E402
+from geovario_keras.backend.fit import step_function  # noqa: E402
 from geovario_keras.backend.inference import distributed_batch  # noqa: E402
 from geovario_keras.backend.inference import inference_devices  # noqa: E402
 from geovario_keras.backend.inference import inference_function  # noqa: E402
@@ -127,6 +131,7 @@ __all__ = [
     "segment_sum",
     "shared_host_tensor",
     "state_kept_on_error",
+    "step_function",
     "symbolic_build_batch",
     "worker_logs",
 ]

@@ -1,6 +1,8 @@
 """What `GeoCLIP.fit` needs per backend: state kept readable when a step
-raises (JAX), and in-memory arrays in a new order every epoch
-(TensorFlow) (`backend.state_kept_on_error`, `fresh_order_arguments`)."""
+raises (JAX), in-memory arrays in a new order every epoch (TensorFlow) and
+a compiled step that does not re-check the model's attributes at every
+call (PyTorch) (`backend.state_kept_on_error`, `fresh_order_arguments`,
+`step_function`)."""
 
 import contextlib
 import math
@@ -47,6 +49,58 @@ def state_kept_on_error(model):
             if variable._value is None and value is not None:
                 variable.assign(value)
         raise
+
+
+# ------------------------------------------------------ compiled steps
+def _guard_kept(entry):
+    # Every check but those on the layers' plain Python attributes: the
+    # batch's (shapes, dtypes, structure), the global state's (grad mode),
+    # the layers' tensors' (shape, dtype, `requires_grad`: a layer made
+    # untrainable) and whether their gradients exist (Keras's step zeroes
+    # them when they do: the first step is traced without, the others
+    # with).
+    return (
+        not entry.orig_guard.source.is_unspecialized_nn_module()
+        or entry.guard_type == "TENSOR_MATCH"
+        or entry.name.endswith(".grad")
+    )
+
+
+def _kept_guards(entries):
+    return [_guard_kept(entry) for entry in entries]
+
+
+def step_function(function):
+    """Keras's step `function`, compiled as JAX and TensorFlow compile it.
+
+    With `jit_compile=True` on PyTorch, Keras hands its step to
+    `torch.compile`, whose compiled code is guarded: before every call,
+    TorchDynamo re-checks what the step read while it was traced, to
+    recompile if something changed, among them the Python attributes of the
+    model's layers (thousands of checks for a GeoCLIP). At a small model's
+    size these checks cost a quarter of the step (BENCHMARKS.md,
+    "Per-step overhead"). Here the step is compiled without the checks on
+    the layers' plain attributes; those on the batch (shapes, dtypes,
+    structure), on the global state, on the layers' tensors and on whether
+    their gradients exist stay, so a smaller last batch, `sample_weight`
+    or a layer made untrainable still compile anew. Another attribute of a
+    layer changed after the first step (not a variable: their values are
+    inputs) takes effect at the next `compile()`, as on JAX and TensorFlow,
+    whose steps are traced once. Other backends, eager steps and functions
+    already converted: returned unchanged.
+    """
+    if NAME != "torch" or getattr(function, "_geovario_step", False):
+        return function
+    original = getattr(function, "_torchdynamo_orig_callable", None)
+    if original is None:  # eager
+        return function
+    import torch
+
+    compiled = torch.compile(
+        original, options={"guard_filter_fn": _kept_guards}
+    )
+    compiled._geovario_step = True
+    return compiled
 
 
 # ----------------------------------------------------------- data order
