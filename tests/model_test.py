@@ -245,6 +245,47 @@ def test_fit_with_jit_compile():
     assert np.all(np.isfinite(hist["loss"]))
 
 
+def test_step_function_keeps_the_guards_a_step_needs():
+    # `backend.step_function` recompiles Keras's torch step without the
+    # checks of the layers' plain attributes. What it keeps, on a small
+    # function: variables' values are inputs; a new batch shape and a
+    # gradient that has come to exist (Keras's step zeroes it then) give
+    # new graphs; a plain attribute is read once, as JAX and TensorFlow
+    # trace it once. Elsewhere, and eager functions: unchanged.
+    from geovario_keras import backend as gb
+
+    def eager(x):
+        return x
+
+    assert gb.step_function(eager) is eager
+    if backend() != "torch":
+        return
+    import torch
+
+    layer = keras.layers.Dense(1, use_bias=False)
+    layer.build((None, 1))
+    layer.scale = 1.0
+
+    def step(x):
+        w = layer.kernel.value
+        bump = 10.0 if w.grad is not None else 0.0
+        return x * w[0, 0] * layer.scale + bump
+
+    compiled = gb.step_function(torch.compile(step))
+    assert compiled._geovario_step and gb.step_function(compiled) is compiled
+    x = torch.ones(2)
+    layer.kernel.assign([[2.0]])
+    np.testing.assert_allclose(to_numpy(compiled(x)), [2.0, 2.0])
+    layer.kernel.assign([[3.0]])  # a variable's value: an input
+    np.testing.assert_allclose(to_numpy(compiled(x)), [3.0, 3.0])
+    np.testing.assert_allclose(to_numpy(compiled(torch.ones(3))), [3.0] * 3)
+    layer.kernel.value.grad = torch.zeros(1, 1)  # the gradient exists
+    np.testing.assert_allclose(to_numpy(compiled(x)), [13.0, 13.0])
+    layer.scale = 2.0  # a plain attribute: read when traced
+    np.testing.assert_allclose(to_numpy(compiled(x)), [13.0, 13.0])
+    np.testing.assert_allclose(to_numpy(step(x)), [16.0, 16.0])  # eagerly
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(backend() != "torch", reason="torch.compile")
 def test_torch_compile_trains_as_eager():
