@@ -141,7 +141,7 @@ def _arcsin_unit(x):
     # arcsin of x in [0, 1], float32, within 3e-7 relative of the exact
     # value: on JAX multiplies and one square root, where XLA's `arcsin` on
     # the CPU costs as much as ~20 exponentials (BENCHMARKS.md).
-    if backend.NATIVE_ARCSIN:
+    if backend.NATIVE_ARCSIN and not backend.xla_formulation():
         return ops.arcsin(x)
     upper = x > 0.5
     z = ops.where(upper, 0.5 * (1.0 - x), x * x)
@@ -187,7 +187,7 @@ def pairwise_haversine_km(a, b):
     >>> np.round(keras.ops.convert_to_numpy(d).astype("float64"), 2).tolist()
     [[111.19, 0.0]]
     """
-    if not backend.CHORD_DISTANCES:
+    if not (backend.CHORD_DISTANCES or backend.xla_formulation()):
         return haversine_km(ops.expand_dims(a, 1), ops.expand_dims(b, 0))
     a_cols = _unit_vector_columns(_to_float32(a))
     b_cols = _unit_vector_columns(_to_float32(b))

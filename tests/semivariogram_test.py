@@ -384,6 +384,50 @@ def test_fused_step_statistics_equal_operator_by_operator():
         np.testing.assert_array_equal(negatives, want_negatives)
 
 
+@pytest.mark.parametrize("family", ["stable", "spherical"])
+def test_fused_pair_values_match_numpy(family):
+    # The step's distances, dissimilarities and variogram values, one
+    # XLA-compiled call on TensorFlow (`backend.fused`, where the JAX
+    # formulations are used: the arcsine polynomial, `exp(a log u)`), and
+    # operator by operator: both as numpy's float64 haversine, `1 - cos`
+    # and variogram.
+    from geovario_keras import backend
+
+    state = gv.semivariogram.SemivariogramState()
+    fit = gv.semivariogram.VariogramFit(
+        family,
+        nugget=0.1,
+        psill=0.7,
+        length_scale=800.0,
+        alpha=1.5,
+        converged=True,
+    )
+    state.set_fit(fit)
+    rng = np.random.default_rng(7)
+    b, c = 8, 40
+    gps = random_gps(c, seed=7)
+    gps[5] = gps[2]  # identical points: 0 km
+    feats = rng.normal(size=(c, 16)).astype("float32")
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    lat, lon = np.radians(gps[:, 0]), np.radians(gps[:, 1])
+    hav = (
+        np.sin((lat[None, :] - lat[:b, None]) / 2) ** 2
+        + np.cos(lat[:b, None])
+        * np.cos(lat[None, :])
+        * np.sin((lon[None, :] - lon[:b, None]) / 2) ** 2
+    )
+    want_h = 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(hav, 0, 1)))
+    want_gamma = gv.semivariogram.models.evaluate(
+        want_h, family, 0.1, 0.7, 800.0, alpha=1.5
+    )
+    args = (gps[:b], gps, feats[:b], feats)
+    for method in (state._pair_values, backend.fused(state._pair_values)):
+        h, d, gamma = (to_numpy(v).astype("float64") for v in method(*args))
+        np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=0.05)
+        np.testing.assert_allclose(d, 1 - feats[:b] @ feats.T, atol=1e-6)
+        np.testing.assert_allclose(gamma, want_gamma, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "torch", reason="torch.compile only"
 )

@@ -20,7 +20,9 @@ a process):
   `FUSED_ELEMENTWISE`: the fast formulation of the semivariogram's
   per-pair work on this backend.
 - `fused(method)`: a gradient-free part of the step compiled to fused
-  kernels (TensorFlow: XLA inside the step's graph).
+  kernels (TensorFlow: XLA inside the step's graph);
+  `xla_formulation()`: whether what is being traced runs under XLA (JAX,
+  or inside such a call), where the flags below are read as on JAX.
 - `power(x, exponent)`: `x ** exponent` with a tensor exponent (the
   variogram's shape).
 - `gaussian_steps(sizes, stddevs, seed)`: lengths and bearings of 2-D
@@ -103,6 +105,7 @@ from geovario_keras.backend.step_ops import fused  # noqa: E402
 from geovario_keras.backend.step_ops import gaussian_steps  # noqa: E402
 from geovario_keras.backend.step_ops import power  # noqa: E402
 from geovario_keras.backend.step_ops import segment_sum  # noqa: E402
+from geovario_keras.backend.step_ops import xla_formulation  # noqa: E402
 
 __all__ = [
     "CHORD_DISTANCES",
@@ -134,4 +137,5 @@ __all__ = [
     "step_function",
     "symbolic_build_batch",
     "worker_logs",
+    "xla_formulation",
 ]

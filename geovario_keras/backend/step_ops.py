@@ -3,7 +3,9 @@ sums, constants, gradient-free parts compiled apart, powers, the GPS
 noise's random steps, a ReLU `Dense` layer (`backend.segment_sum`,
 `constant`, `fused`, `power`, `gaussian_steps`, `dense_relu`)."""
 
+import contextlib
 import math
+import threading
 import weakref
 
 import keras
@@ -89,23 +91,47 @@ def fused(method):
         # A function of the tensors only; the object is held weakly (and
         # is not an attribute of it: a SavedModel would export it).
         ref = weakref.ref(owner)
+
+        def traced(*tensors):
+            with _tracing_for_xla():
+                return func(ref(), *tensors)
+
         per_object[func] = tf.function(
-            lambda *tensors: func(ref(), *tensors),
-            jit_compile=True,
-            reduce_retracing=True,
+            traced, jit_compile=True, reduce_retracing=True
         )
     return per_object[func]
+
+
+_XLA = threading.local()
+
+
+@contextlib.contextmanager
+def _tracing_for_xla():
+    before = getattr(_XLA, "active", False)
+    _XLA.active = True
+    try:
+        yield
+    finally:
+        _XLA.active = before
+
+
+def xla_formulation():
+    """Whether the operations being traced will run as XLA fusions: always
+    on JAX, and on TensorFlow inside a `fused` call. There, many cheap
+    elementwise operations cost less than one of XLA's CPU `arcsin`,
+    `power` or table lookups (BENCHMARKS.md)."""
+    return NAME == "jax" or getattr(_XLA, "active", False)
 
 
 def power(x, exponent):
     """`x ** exponent` for `x >= 0` and a scalar tensor `exponent`.
 
-    JAX: `exp(exponent * log(x))` (`0 ** exponent` where x is 0): XLA's
-    `power` with a tensor exponent costs ~3x an `exp` and a `log` on the
-    CPU (BENCHMARKS.md). Others: `ops.power`, one operator where every
-    operator is a pass of its own.
+    Under XLA (JAX, TensorFlow's `fused` calls): `exp(exponent * log(x))`
+    (`0 ** exponent` where x is 0): XLA's `power` with a tensor exponent
+    costs ~3x an `exp` and a `log` on the CPU (BENCHMARKS.md). Otherwise
+    `ops.power`, one operator where every operator is a pass of its own.
     """
-    if NAME != "jax":
+    if not xla_formulation():
         return ops.power(x, exponent)
     powered = ops.exp(exponent * ops.log(ops.maximum(x, 1e-30)))
     at_zero = ops.where(exponent > 0.0, 0.0, 1.0)

@@ -80,16 +80,32 @@ class SemivariogramState(keras.layers.Layer):
             queue_feats = ops.convert_to_tensor(queue.features)
             cand_feats = ops.concatenate([feats, queue_feats], axis=0)
             queue_full = ops.cast(queue.is_full(), "float32")
-        distance = geo.pairwise_haversine_km(gps, scores[CANDIDATE_GPS])
         params = ops.convert_to_tensor(self.params)
+        distance, dissimilarity, expected = backend.fused(self._pair_values)(
+            ops.cast(gps, "float32"),
+            ops.convert_to_tensor(scores[CANDIDATE_GPS]),
+            feats,
+            cand_feats,
+        )
         return {
             DISTANCE_KM: distance,
-            DISSIMILARITY: 1.0 - ops.matmul(feats, ops.transpose(cand_feats)),
+            DISSIMILARITY: dissimilarity,
             VARIOGRAM: params,
             QUEUE_FULL: queue_full,
             # Evaluated once for the loss and the statistics' classes.
-            EXPECTED: models.evaluate_ops(distance, params),
+            EXPECTED: expected,
         }
+
+    def _pair_values(self, gps, candidates, feats, cand_feats):
+        # Distances, dissimilarities and the variogram at the distances: no
+        # gradients (the features are stop-gradient). One XLA-compiled call
+        # on TensorFlow (`backend.fused`), whose graph would otherwise run
+        # the distances' and the variogram's operators one by one.
+        distance = geo.pairwise_haversine_km(gps, candidates)
+        dissimilarity = 1.0 - ops.matmul(feats, ops.transpose(cand_feats))
+        params = ops.convert_to_tensor(self.params)
+        expected = models.evaluate_ops(distance, params)
+        return distance, dissimilarity, expected
 
     def update(self, y_pred, negative, classes):
         """Accumulates one training step (in-graph).
