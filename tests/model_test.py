@@ -285,6 +285,18 @@ def test_step_function_keeps_the_guards_a_step_needs():
     np.testing.assert_allclose(to_numpy(compiled(x)), [13.0, 13.0])
     np.testing.assert_allclose(to_numpy(step(x)), [16.0, 16.0])  # eagerly
 
+    # A numpy array converted inside the step: TorchDynamo fails to build
+    # the reduced checks; the step falls back to Keras's, with a warning.
+    table = np.arange(3, dtype="float32")
+
+    def numpy_step(x):
+        return x * keras.ops.convert_to_tensor(table) + layer.kernel.value[0]
+
+    compiled = gb.step_function(torch.compile(numpy_step))
+    with pytest.warns(UserWarning, match="every check"):
+        out = compiled(torch.ones(3))
+    np.testing.assert_allclose(to_numpy(out), [3.0, 4.0, 5.0])
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(backend() != "torch", reason="torch.compile")

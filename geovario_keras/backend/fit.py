@@ -7,6 +7,7 @@ call (PyTorch) (`backend.state_kept_on_error`, `fresh_order_arguments`,
 import contextlib
 import math
 import random
+import warnings
 
 import keras
 import numpy as np
@@ -99,8 +100,32 @@ def step_function(function):
     compiled = torch.compile(
         original, options={"guard_filter_fn": _kept_guards}
     )
-    compiled._geovario_step = True
-    return compiled
+    current = [compiled]
+
+    def step(*args, **kwargs):
+        try:
+            return current[0](*args, **kwargs)
+        except torch._dynamo.exc.InternalTorchDynamoError as error:
+            # TorchDynamo 2.13 builds the guards twice when some are left
+            # out, and fails on a numpy array converted inside the step
+            # (two tensors where it expects one): Keras's own compiled
+            # step then, with every check.
+            if current[0] is function:
+                raise
+            warnings.warn(
+                "The compiled training step failed to compile without "
+                "TorchDynamo's checks of the layers' attributes "
+                f"({type(error).__name__}: {str(error)[:200]}); it runs as "
+                "Keras compiles it, with every check (slower per step). "
+                "Numpy arrays converted inside a layer's `call` cause "
+                "this: make them tensors once, outside the step.",
+                stacklevel=2,
+            )
+            current[0] = function
+            return function(*args, **kwargs)
+
+    step._geovario_step = True
+    return step
 
 
 # ----------------------------------------------------------- data order

@@ -10,11 +10,18 @@ import keras
 import numpy as np
 from keras import ops
 
+from geovario_keras import backend
 from geovario_keras.api_export import register
 from geovario_keras.layers.siren import SirenDense
 from geovario_keras.utils import check_int
 from geovario_keras.utils import check_positive
 from geovario_keras.utils import gps_input_shape
+
+
+def _nested_tuple(array):
+    if array.ndim == 1:
+        return tuple(array.tolist())
+    return tuple(_nested_tuple(row) for row in array)
 
 
 def _legendre_tables(degree):
@@ -161,6 +168,21 @@ class SphericalHarmonics(keras.layers.Layer):
         weights = np.full(size, math.sqrt(2.0), "float32")
         weights[0] = 1.0
         self._cos_weights = weights
+        # The tables as Python numbers (a tuple, with the dtype), for the
+        # step: `torch.compile` folds them into its graph, where it traces a
+        # numpy array as a tensor (its conversion splits the step).
+        self._python = {
+            name: (_nested_tuple(table), str(table.dtype))
+            for name, table in (
+                ("_diag", self._diag),
+                ("_a", self._a),
+                ("_b", self._b),
+                ("_orders", self._orders),
+                ("_odd", self._odd),
+                ("_gather", self._gather),
+                ("_cos_weights", self._cos_weights),
+            )
+        }
 
     @property
     def input_dtype(self):
@@ -185,7 +207,7 @@ class SphericalHarmonics(keras.layers.Layer):
             ],
             axis=1,
         )
-        out = ops.take(parts, ops.convert_to_tensor(self._gather), axis=1)
+        out = ops.take(parts, self._constant("_gather", x), axis=1)
         out = ops.reshape(out, tuple(batch_shape) + (size * size,))
         return ops.cast(out, self.compute_dtype)
 
@@ -209,10 +231,10 @@ class SphericalHarmonics(keras.layers.Layer):
         u = ops.where(polar, 2.0 * half * half, 1.0 - ops.sin(north * rad))
         # sin(colatitude) exactly 0 at the poles: no trace of longitude.
         s = ops.where(north >= 90.0, 0.0, s)
-        orders = ops.convert_to_tensor(self._orders)
-        table_a = ops.convert_to_tensor(self._a)
-        table_b = ops.convert_to_tensor(self._b)
-        table_diag = ops.convert_to_tensor(self._diag)
+        orders = self._constant("_orders", lat)
+        table_a = self._constant("_a", lat)
+        table_b = self._constant("_b", lat)
+        table_diag = self._constant("_diag", lat)
         # s ** m as a running product (differentiable at s = 0, unlike pow).
         powers = ops.concatenate(
             [ops.ones_like(s)[:, None], ops.repeat(s[:, None], size - 1, 1)],
@@ -232,14 +254,14 @@ class SphericalHarmonics(keras.layers.Layer):
             rows.append(current)
             prev2, prev = prev, current
         legendre = ops.stack(rows, axis=1)
-        odd = ops.convert_to_tensor(self._odd)
+        odd = self._constant("_odd", lat)
         south = ops.cast(lat < 0.0, "float32")[:, None, None]
         return legendre * (1.0 - 2.0 * south * odd[None])
 
     def _phases(self, lon):
         """`cos(m phi)` and `sin(m phi)` `(N, m)`, with their weights, from
         a phase reduced modulo 360 degrees before the radians."""
-        orders = ops.convert_to_tensor(self._orders)
+        orders = self._constant("_orders", lon)
         # m * phi in degrees, reduced modulo 360 before the radians: the
         # whole degrees of the longitude times m are exact integers, so the
         # seam at +-180 is exact and the phase error stays ~1e-7 rad at any
@@ -248,10 +270,14 @@ class SphericalHarmonics(keras.layers.Layer):
         phase = ops.mod(whole[:, None] * orders[None, :], 360.0)
         phase = phase + (lon - whole)[:, None] * orders[None, :]
         phase = ops.mod(phase, 360.0) * (math.pi / 180.0)
-        cos_weights = ops.convert_to_tensor(self._cos_weights)
+        cos_weights = self._constant("_cos_weights", lon)
         cos = ops.cos(phase) * cos_weights[None, :]
         sin = ops.sin(phase) * math.sqrt(2.0)
         return cos, sin
+
+    def _constant(self, name, like):
+        values, dtype = self._python[name]
+        return backend.constant(values, dtype, like)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + ((self.degree + 1) ** 2,)
