@@ -149,12 +149,7 @@ class SemivariogramState(keras.layers.Layer):
             ops.expand_dims(rows, 1) == ops.expand_dims(candidates, 0), -1
         )
         apart = ops.logical_and(negative, ops.logical_not(same))
-        batch = batch_statistics(
-            distance, dissimilarity, self.bin_edges_km, apart
-        )
-        n, mean, m2 = merge(
-            (self.count, self.mean, self.m2), batch, maximum=ops.maximum
-        )
+        n, mean, m2 = self._merged(distance, dissimilarity, apart)
         negatives = self.negatives + ops.stack(
             [
                 ops.sum(ops.cast(negative, "float32")),
@@ -164,14 +159,18 @@ class SemivariogramState(keras.layers.Layer):
         )
         return n, mean, m2, negatives
 
-    def accumulate(self, distance_km, dissimilarity, mask=None):
-        """Merges one batch of pairs into the statistics (in-graph)."""
+    def _merged(self, distance_km, dissimilarity, mask):
+        # The statistics with one batch of pairs merged in (not assigned).
         batch = batch_statistics(
             distance_km, dissimilarity, self.bin_edges_km, mask
         )
-        n, mean, m2 = merge(
+        return merge(
             (self.count, self.mean, self.m2), batch, maximum=ops.maximum
         )
+
+    def accumulate(self, distance_km, dissimilarity, mask=None):
+        """Merges one batch of pairs into the statistics (in-graph)."""
+        n, mean, m2 = self._merged(distance_km, dissimilarity, mask)
         self.count.assign(n)
         self.mean.assign(mean)
         self.m2.assign(m2)
