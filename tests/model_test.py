@@ -285,6 +285,28 @@ def test_step_function_keeps_the_guards_a_step_needs():
     np.testing.assert_allclose(to_numpy(compiled(x)), [13.0, 13.0])
     np.testing.assert_allclose(to_numpy(step(x)), [16.0, 16.0])  # eagerly
 
+    # Keras compiles one closure per model and per `compile()`, all of the
+    # same code, which calls the model classes' methods: each keeps its own
+    # graphs, so that another layer of the same class, or the same layer
+    # compiled again after an attribute changed, is not run with a graph
+    # traced for the first one.
+    def one_step_on(owner):
+        def one_step(x):
+            return x * owner.kernel.value[0, 0] * owner.scale
+
+        return one_step
+
+    other = keras.layers.Dense(1, use_bias=False)
+    other.build((None, 1))
+    other.kernel.assign([[3.0]])
+    layer.scale, other.scale = 2.0, 5.0
+    for owner, want in ((layer, 6.0), (other, 15.0), (layer, 6.0)):
+        compiled = gb.step_function(torch.compile(one_step_on(owner)))
+        np.testing.assert_allclose(to_numpy(compiled(x)), [want, want])
+    layer.scale = 7.0  # then compiled again, as `compile()` does
+    compiled = gb.step_function(torch.compile(one_step_on(layer)))
+    np.testing.assert_allclose(to_numpy(compiled(x)), [21.0, 21.0])
+
     # A numpy array converted inside the step: TorchDynamo fails to build
     # the reduced checks; the step falls back to Keras's, with a warning.
     table = np.arange(3, dtype="float32")
@@ -365,6 +387,21 @@ def test_torch_compile_trains_as_eager():
     np.testing.assert_array_equal(
         to_numpy(compiled.queue.coords), to_numpy(eager.queue.coords)
     )
+    # Compiled again, with the plain loss: the compiled model trains with
+    # it, not with the graph of its previous `compile()` (which, fit set,
+    # gives another loss).
+    compiled.set_weights(eager.get_weights())
+    for model in models:
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=gv.losses.GeoContrastiveLoss(),
+            jit_compile=model is compiled,
+        )
+    losses = [
+        m.fit(x, gps, batch_size=32, shuffle=False, verbose=0).history["loss"]
+        for m in models
+    ]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
 
 
 def test_mixed_precision_training_and_prediction():

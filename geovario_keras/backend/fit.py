@@ -5,6 +5,7 @@ call (PyTorch) (`backend.state_kept_on_error`, `fresh_order_arguments`,
 `step_function`)."""
 
 import contextlib
+import inspect
 import math
 import random
 import warnings
@@ -87,8 +88,17 @@ def step_function(function):
     or a layer made untrainable still compile anew. Another attribute of a
     layer changed after the first step (not a variable: their values are
     inputs) takes effect at the next `compile()`, as on JAX and TensorFlow,
-    whose steps are traced once. Other backends, eager steps and functions
-    already converted: returned unchanged.
+    whose steps are traced once.
+
+    Each step keeps its graphs apart (`torch.compile`'s
+    `isolate_recompiles`): TorchDynamo otherwise shares graphs between all
+    compiled calls of the same code (Keras's step function and the model
+    classes' `train_step`) and, without the attribute checks, would run one
+    model's graph for another model of the same classes, or the graph of a
+    model's previous `compile()` (another loss, another optimizer setting).
+    A torch without `isolate_recompiles` keeps Keras's step, with every
+    check. Other backends, eager steps and functions already converted:
+    returned unchanged.
     """
     if NAME != "torch" or getattr(function, "_geovario_step", False):
         return function
@@ -97,8 +107,12 @@ def step_function(function):
         return function
     import torch
 
+    if "isolate_recompiles" not in inspect.signature(torch.compile).parameters:
+        return function  # graphs shared: only every check tells them apart
     compiled = torch.compile(
-        original, options={"guard_filter_fn": _kept_guards}
+        original,
+        options={"guard_filter_fn": _kept_guards},
+        isolate_recompiles=True,
     )
     current = [compiled]
 
