@@ -187,7 +187,7 @@ def pairwise_haversine_km(a, b):
     >>> np.round(keras.ops.convert_to_numpy(d).astype("float64"), 2).tolist()
     [[111.19, 0.0]]
     """
-    if not (backend.CHORD_DISTANCES or backend.xla_formulation()):
+    if not backend.CHORD_DISTANCES:
         return haversine_km(ops.expand_dims(a, 1), ops.expand_dims(b, 0))
     a_cols = _unit_vector_columns(_to_float32(a))
     b_cols = _unit_vector_columns(_to_float32(b))

@@ -16,13 +16,13 @@ a process):
   semivariogram's per-bin statistics).
 - `constant(values, dtype, like)`: a list of numbers as a constant
   tensor, also inside a compiled PyTorch step.
-- `NATIVE_ARCSIN`, `NATIVE_DIGITIZE`, `CHORD_DISTANCES`,
-  `FUSED_ELEMENTWISE`: the fast formulation of the semivariogram's
-  per-pair work on this backend.
+- `NATIVE_ARCSIN`, `NATIVE_DIGITIZE`, `CHORD_DISTANCES`: the fast
+  formulation of the semivariogram's per-pair work on this backend.
 - `fused(method)`: a gradient-free part of the step compiled to fused
   kernels (TensorFlow: XLA inside the step's graph);
   `xla_formulation()`: whether what is being traced runs under XLA (JAX,
-  or inside such a call), where the flags below are read as on JAX.
+  or inside such a call), where many cheap elementwise operations cost
+  less than one table lookup, general power or `arcsin`.
 - `power(x, exponent)`: `x ** exponent` with a tensor exponent (the
   variogram's shape).
 - `gaussian_steps(sizes, stddevs, seed)`: lengths and bearings of 2-D
@@ -74,11 +74,6 @@ NATIVE_DIGITIZE = NAME == "torch"
 # point) rather than from coordinate differences (per pair): faster under
 # XLA and TensorFlow's graphs, slower in PyTorch's eager broadcasting.
 CHORD_DISTANCES = NAME != "torch"
-# Whether the compiler fuses a step's elementwise operations into a few
-# loops (XLA under JAX), so that many cheap operations cost less than one
-# table lookup or general power; TensorFlow's graph on a CPU and PyTorch's
-# eager mode run each operation as its own pass.
-FUSED_ELEMENTWISE = NAME == "jax"
 
 # The submodules read NAME from here: it is set before they are imported.
 from geovario_keras.backend.distribution import check_distribution  # noqa: E402
@@ -109,7 +104,6 @@ from geovario_keras.backend.step_ops import xla_formulation  # noqa: E402
 
 __all__ = [
     "CHORD_DISTANCES",
-    "FUSED_ELEMENTWISE",
     "NAME",
     "NATIVE_ARCSIN",
     "NATIVE_DIGITIZE",

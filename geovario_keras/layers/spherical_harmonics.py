@@ -151,36 +151,31 @@ class SphericalHarmonics(keras.layers.Layer):
         self.degree = degree
         size = degree + 1
         diag, a, b = _legendre_tables(degree)
-        self._diag = diag.astype("float32")
-        self._a = a.astype("float32")
-        self._b = b.astype("float32")
-        self._orders = np.arange(size, dtype="float32")
         parity = np.add.outer(np.arange(size), np.arange(size)) % 2
-        self._odd = parity.astype("float32")  # (l + m) odd
         # Columns of [cos part (l, m >= 0) ; sin part (l, m > 0)], each
         # flattened as l * size + m, gathered into (l, m = -l .. l) order.
         lm = harmonic_order(degree)
-        self._gather = np.where(
+        gather = np.where(
             lm[:, 1] >= 0,
             lm[:, 0] * size + lm[:, 1],
             size * size + lm[:, 0] * size - lm[:, 1],
-        ).astype("int32")
-        weights = np.full(size, math.sqrt(2.0), "float32")
-        weights[0] = 1.0
-        self._cos_weights = weights
-        # The tables as Python numbers (a tuple, with the dtype), for the
-        # step: `torch.compile` folds them into its graph, where it traces a
-        # numpy array as a tensor (its conversion splits the step).
-        self._python = {
-            name: (_nested_tuple(table), str(table.dtype))
-            for name, table in (
-                ("_diag", self._diag),
-                ("_a", self._a),
-                ("_b", self._b),
-                ("_orders", self._orders),
-                ("_odd", self._odd),
-                ("_gather", self._gather),
-                ("_cos_weights", self._cos_weights),
+        )
+        cos_weights = np.full(size, math.sqrt(2.0))
+        cos_weights[0] = 1.0
+        # The tables as Python numbers (nested tuples, with their dtype),
+        # made tensors in the step by `backend.constant`: `torch.compile`
+        # folds them into its graph, where it would trace a numpy array as
+        # a tensor (its conversion splits the step).
+        self._tables = {
+            name: (_nested_tuple(table.astype(dtype)), dtype)
+            for name, table, dtype in (
+                ("diag", diag, "float32"),
+                ("a", a, "float32"),
+                ("b", b, "float32"),
+                ("orders", np.arange(size), "float32"),
+                ("odd", parity, "float32"),  # (l + m) odd
+                ("gather", gather, "int32"),
+                ("cos_weights", cos_weights, "float32"),
             )
         }
 
@@ -207,7 +202,7 @@ class SphericalHarmonics(keras.layers.Layer):
             ],
             axis=1,
         )
-        out = ops.take(parts, self._constant("_gather", x), axis=1)
+        out = ops.take(parts, self._constant("gather", x), axis=1)
         out = ops.reshape(out, tuple(batch_shape) + (size * size,))
         return ops.cast(out, self.compute_dtype)
 
@@ -231,10 +226,10 @@ class SphericalHarmonics(keras.layers.Layer):
         u = ops.where(polar, 2.0 * half * half, 1.0 - ops.sin(north * rad))
         # sin(colatitude) exactly 0 at the poles: no trace of longitude.
         s = ops.where(north >= 90.0, 0.0, s)
-        orders = self._constant("_orders", lat)
-        table_a = self._constant("_a", lat)
-        table_b = self._constant("_b", lat)
-        table_diag = self._constant("_diag", lat)
+        orders = self._constant("orders", lat)
+        table_a = self._constant("a", lat)
+        table_b = self._constant("b", lat)
+        table_diag = self._constant("diag", lat)
         # s ** m as a running product (differentiable at s = 0, unlike pow).
         powers = ops.concatenate(
             [ops.ones_like(s)[:, None], ops.repeat(s[:, None], size - 1, 1)],
@@ -254,14 +249,14 @@ class SphericalHarmonics(keras.layers.Layer):
             rows.append(current)
             prev2, prev = prev, current
         legendre = ops.stack(rows, axis=1)
-        odd = self._constant("_odd", lat)
+        odd = self._constant("odd", lat)
         south = ops.cast(lat < 0.0, "float32")[:, None, None]
         return legendre * (1.0 - 2.0 * south * odd[None])
 
     def _phases(self, lon):
         """`cos(m phi)` and `sin(m phi)` `(N, m)`, with their weights, from
         a phase reduced modulo 360 degrees before the radians."""
-        orders = self._constant("_orders", lon)
+        orders = self._constant("orders", lon)
         # m * phi in degrees, reduced modulo 360 before the radians: the
         # whole degrees of the longitude times m are exact integers, so the
         # seam at +-180 is exact and the phase error stays ~1e-7 rad at any
@@ -270,13 +265,13 @@ class SphericalHarmonics(keras.layers.Layer):
         phase = ops.mod(whole[:, None] * orders[None, :], 360.0)
         phase = phase + (lon - whole)[:, None] * orders[None, :]
         phase = ops.mod(phase, 360.0) * (math.pi / 180.0)
-        cos_weights = self._constant("_cos_weights", lon)
+        cos_weights = self._constant("cos_weights", lon)
         cos = ops.cos(phase) * cos_weights[None, :]
         sin = ops.sin(phase) * math.sqrt(2.0)
         return cos, sin
 
     def _constant(self, name, like):
-        values, dtype = self._python[name]
+        values, dtype = self._tables[name]
         return backend.constant(values, dtype, like)
 
     def compute_output_shape(self, input_shape):

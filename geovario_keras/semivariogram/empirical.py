@@ -70,8 +70,7 @@ def _bin_index(h, edges):
     # a step's 2.4 M pairs (BENCHMARKS.md).
     if backend.NATIVE_DIGITIZE:
         return ops.cast(ops.digitize(h, edges), "int32") - 1
-    fused = backend.FUSED_ELEMENTWISE or backend.xla_formulation()
-    if fused and len(edges) <= _MAX_COMPARED_EDGES:
+    if backend.xla_formulation() and len(edges) <= _MAX_COMPARED_EDGES:
         index = ops.cast(h >= edges[0], "int32")
         for e in edges[1:]:
             index = index + ops.cast(h >= e, "int32")
