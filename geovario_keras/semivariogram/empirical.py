@@ -61,9 +61,10 @@ def _cell_grid(edges):
 
 def _bin_index(h, edges):
     # `digitize(h, edges) - 1` (`edges[i] <= h < edges[i + 1]`: bin i).
-    # PyTorch: `bucketize`, one fast operator. JAX, up to 64 edges: the
-    # number of edges at or below h, compares that XLA fuses into one pass
-    # (half a table lookup's time). Otherwise, edges on a grid of whole
+    # PyTorch: `bucketize`, one fast operator. Under XLA (JAX; TensorFlow's
+    # `backend.fused` calls), up to 64 edges: the number of edges at or
+    # below h, compares that XLA fuses into one pass (half a table
+    # lookup's time). Otherwise, edges on a grid of whole
     # kilometres (the default ones: 25 km): the grid cell from one
     # division, corrected by two exact comparisons, then the cell's bin
     # from a table: XLA's `digitize` (a binary search) costs ~10x more over
