@@ -101,17 +101,14 @@ def positives_and_negatives(y_true, logits, mask):
     >>> keras.ops.convert_to_numpy(neg).tolist()
     [[True, False, False]]
     """
-    positive = ops.one_hot(
-        ops.cast(ops.reshape(y_true, (-1,)), "int32"),
-        ops.shape(logits)[-1],
-        dtype="float32",
-    )
-    negatives = positive <= 0
+    # A comparison with the column numbers, not `one_hot`: a few operators
+    # rather than ~15 in eager PyTorch; a column outside [0, C) marks none.
+    column = ops.cast(ops.reshape(y_true, (-1, 1)), "int32")
+    is_positive = column == ops.arange(ops.shape(logits)[-1], dtype="int32")
+    negatives = ops.logical_not(is_positive)
     if mask is not None:
-        negatives = ops.logical_and(
-            negatives, ops.broadcast_to(mask, ops.shape(negatives))
-        )
-    return positive, negatives
+        negatives = ops.logical_and(negatives, mask)  # (C,) or (B, C)
+    return ops.cast(is_positive, "float32"), negatives
 
 
 def retrieved_gps(logits, candidate_mask, candidate_gps):

@@ -68,6 +68,30 @@ def test_positive_is_never_masked():
     np.testing.assert_allclose(got, _hand_ce(LOGITS, targets, mask), rtol=1e-6)
 
 
+def test_positives_and_negatives_per_row_mask_and_columns():
+    # Row i's positive is column y_true[i]; its negatives are the real
+    # candidates (per a (C,) or (B, C) mask) other than that column; a
+    # column outside [0, C) marks no positive.
+    logits = np.zeros((3, 4), "float32")
+    row_mask = np.array([[1, 1, 0, 1], [1, 1, 1, 1], [0, 1, 1, 1]], bool)
+    for mask in (None, row_mask[1], row_mask):
+        positive, negative = gv.candidates.positives_and_negatives(
+            np.array([2, 0, -1]), logits, mask
+        )
+        want_pos = np.zeros((3, 4))
+        want_pos[0, 2] = want_pos[1, 0] = 1.0
+        real = (
+            np.ones((3, 4), bool)
+            if mask is None
+            else np.broadcast_to(mask, (3, 4))
+        )
+        np.testing.assert_array_equal(to_numpy(positive), want_pos)
+        assert to_numpy(positive).dtype == np.float32
+        np.testing.assert_array_equal(
+            to_numpy(negative), real & (want_pos == 0)
+        )
+
+
 def test_sample_weight_and_config():
     loss = gv.losses.GeoContrastiveLoss()
     targets = np.array([0, 1, 2])

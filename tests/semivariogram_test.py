@@ -334,6 +334,13 @@ def test_packed_params_names_the_packed_vector():
     )
     assert params.active == 1.0
     assert models.PARAM_NAMES == params._fields
+    # A tensor is named the same way (one operator; in-graph).
+    as_tensor = models.PackedParams.unpack(
+        keras.ops.convert_to_tensor(fit.packed())
+    )
+    np.testing.assert_array_equal(
+        [float(to_numpy(v)) for v in as_tensor], fit.packed()
+    )
 
 
 def test_fused_step_statistics_equal_operator_by_operator():

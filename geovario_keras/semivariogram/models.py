@@ -62,7 +62,10 @@ class PackedParams(NamedTuple):
     @classmethod
     def unpack(cls, params):
         """Names the entries of a 1-D vector (numpy or tensor)."""
-        return cls(*(params[i] for i in range(len(cls._fields))))
+        if isinstance(params, (np.ndarray, list, tuple)):
+            return cls(*(params[i] for i in range(len(cls._fields))))
+        # One operator for a tensor (eager PyTorch runs 7 indexings apart).
+        return cls(*ops.unstack(params, num=len(cls._fields)))
 
     @property
     def sill(self):
