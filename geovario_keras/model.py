@@ -280,17 +280,19 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
     # checks of the layers' attributes (`backend.step_function`).
     def make_train_function(self, force=False):
         super().make_train_function(force)
-        self.train_function = backend.step_function(self.train_function)
+        self.train_function = backend.step_function(self.train_function, self)
         return self.train_function
 
     def make_test_function(self, force=False):
         super().make_test_function(force)
-        self.test_function = backend.step_function(self.test_function)
+        self.test_function = backend.step_function(self.test_function, self)
         return self.test_function
 
     def make_predict_function(self, force=False):
         super().make_predict_function(force)
-        self.predict_function = backend.step_function(self.predict_function)
+        self.predict_function = backend.step_function(
+            self.predict_function, self
+        )
         return self.predict_function
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

@@ -245,6 +245,10 @@ def test_fit_with_jit_compile():
     assert np.all(np.isfinite(hist["loss"]))
 
 
+# A module's numpy array, converted inside a compiled step.
+_TABLE = np.arange(3, dtype="float32")
+
+
 def test_step_function_keeps_the_guards_a_step_needs():
     # `backend.step_function` recompiles Keras's torch step without the
     # checks of the layers' plain attributes. What it keeps, on a small
@@ -318,6 +322,43 @@ def test_step_function_keeps_the_guards_a_step_needs():
     with pytest.warns(UserWarning, match="every check"):
         out = compiled(torch.ones(3))
     np.testing.assert_allclose(to_numpy(out), [3.0, 4.0, 5.0])
+
+    # The failure can come after part of the step ran (here: a graph break
+    # before the conversion). Until a call has succeeded, the state of the
+    # model passed in is put back first, so the step's update counts once;
+    # without a model the warning says the batch may count twice. (Two
+    # functions: TorchDynamo runs code that failed once eagerly after.)
+    def holder():
+        layer = keras.layers.Layer()
+        layer.count = layer.add_weight(
+            shape=(), initializer="zeros", trainable=False
+        )
+        return layer
+
+    with_model, without_model = holder(), holder()
+
+    def partial_step(x):
+        with_model.count.assign(with_model.count.value + 1.0)
+        torch._dynamo.graph_break()
+        return x * keras.ops.convert_to_tensor(_TABLE)
+
+    def partial_step_without_model(x):
+        without_model.count.assign(without_model.count.value + 1.0)
+        torch._dynamo.graph_break()
+        return x * keras.ops.convert_to_tensor(_TABLE)
+
+    for fn, model, want in (
+        (partial_step, with_model, 1.0),
+        (partial_step_without_model, None, 2.0),
+    ):
+        compiled = gb.step_function(torch.compile(fn), model)
+        with pytest.warns(UserWarning, match="every check") as record:
+            out = compiled(torch.ones(3))
+        np.testing.assert_allclose(to_numpy(out), [0.0, 1.0, 2.0])
+        counter = with_model if model is not None else without_model
+        assert float(to_numpy(counter.count)) == want
+        twice = "count that batch twice" in str(record[0].message)
+        assert twice == (model is None)
 
 
 @pytest.mark.slow

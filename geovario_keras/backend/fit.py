@@ -72,7 +72,7 @@ def _kept_guards(entries):
     return [_guard_kept(entry) for entry in entries]
 
 
-def step_function(function):
+def step_function(function, model=None):
     """Keras's step `function`, compiled as JAX and TensorFlow compile it.
 
     With `jit_compile=True` on PyTorch, Keras hands its step to
@@ -99,6 +99,15 @@ def step_function(function):
     A torch without `isolate_recompiles` keeps Keras's step, with every
     check. Other backends, eager steps and functions already converted:
     returned unchanged.
+
+    Where TorchDynamo cannot build the reduced checks, the step falls back
+    to Keras's, with a warning. A step with a graph break may have run in
+    part before that failure: until the first call that succeeds, the
+    state of `model` (its variables, metrics' and optimizer's; a copy
+    taken before each such call) is put back before the step runs again,
+    so that the GPS queue, the statistics and the metrics count the batch
+    once. A failure after a successful call (a new batch shape compiling)
+    is not undone, and the warning says so.
     """
     if NAME != "torch" or getattr(function, "_geovario_step", False):
         return function
@@ -115,10 +124,18 @@ def step_function(function):
         isolate_recompiles=True,
     )
     current = [compiled]
+    succeeded = [False]
 
     def step(*args, **kwargs):
+        # Until a call succeeds (the first compiles), a copy of the state
+        # to put back if compiling fails after part of the step ran.
+        saved = None
+        if model is not None and not succeeded[0]:
+            saved = [
+                (v, v.value.detach().clone()) for v in _model_variables(model)
+            ]
         try:
-            return current[0](*args, **kwargs)
+            out = current[0](*args, **kwargs)
         except torch._dynamo.exc.InternalTorchDynamoError as error:
             # TorchDynamo 2.13 builds the guards twice when some are left
             # out, and fails on a numpy array converted inside the step
@@ -126,17 +143,30 @@ def step_function(function):
             # step then, with every check.
             if current[0] is function:
                 raise
+            if saved is not None:
+                for variable, value in saved:
+                    variable.assign(value)
             warnings.warn(
                 "The compiled training step failed to compile without "
                 "TorchDynamo's checks of the layers' attributes "
                 f"({type(error).__name__}: {str(error)[:200]}); it runs as "
                 "Keras compiles it, with every check (slower per step). "
                 "Numpy arrays converted inside a layer's `call` cause "
-                "this: make them tensors once, outside the step.",
+                "this: make them tensors once, outside the step."
+                + (
+                    ""
+                    if saved is not None
+                    else " The step that failed may have run in part before "
+                    "it failed, then ran again whole: the state it updates "
+                    "(the GPS queue, statistics, metrics) may count that "
+                    "batch twice."
+                ),
                 stacklevel=2,
             )
             current[0] = function
             return function(*args, **kwargs)
+        succeeded[0] = True
+        return out
 
     step._geovario_step = True
     return step
