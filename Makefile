@@ -13,7 +13,7 @@ PYTEST_WORKERS ?= 2
 GEOCLIP_WHEEL := .cache/geoclip/geoclip-1.3.0-py3-none-any.whl
 export GEOVARIO_GEOCLIP_WHEEL := $(CURDIR)/$(GEOCLIP_WHEEL)
 
-.PHONY: install test test-slow demo demo-encoders lint clean
+.PHONY: install test test-slow demo demo-encoders gpu-wheels lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,18 @@ test-slow: install
 	  KERAS_BACKEND=$$b GEOVARIO_REQUIRE_GEOCLIP=1 \
 	    $(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) tests; \
 	done
+
+# Keras (this venv's version) and the two of its needs that the lent GPU
+# machines lack, as wheels for their Python 3.12, into .whl/ (ignored):
+# benchmarks/gpu_session.sh installs them there.
+gpu-wheels: install
+	$(PY) -m pip download -q --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl \
+	  keras==$$($(PY) -c 'import keras; print(keras.__version__)') \
+	  namex==$$($(PY) -c 'import importlib.metadata as m; print(m.version("namex"))') \
+	  optree==$$($(PY) -c 'import optree; print(optree.__version__)')
 
 demo: install
 	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(PY) recipes/compare.py $(DEMO_ARGS)
