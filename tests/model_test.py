@@ -2,6 +2,7 @@ import math
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import keras
 import numpy as np
@@ -347,11 +348,12 @@ def test_step_function_keeps_the_guards_a_step_needs():
         torch._dynamo.graph_break()
         return x * keras.ops.convert_to_tensor(_TABLE)
 
+    steps = {}
     for fn, model, want in (
         (partial_step, with_model, 1.0),
         (partial_step_without_model, None, 2.0),
     ):
-        compiled = gb.step_function(torch.compile(fn), model)
+        compiled = steps[fn] = gb.step_function(torch.compile(fn), model)
         with pytest.warns(UserWarning, match="every check") as record:
             out = compiled(torch.ones(3))
         np.testing.assert_allclose(to_numpy(out), [0.0, 1.0, 2.0])
@@ -359,6 +361,13 @@ def test_step_function_keeps_the_guards_a_step_needs():
         assert float(to_numpy(counter.count)) == want
         twice = "count that batch twice" in str(record[0].message)
         assert twice == (model is None)
+    # Fallen back, the step copies no state any more: one update per call.
+    from geovario_keras.backend import fit as backend_fit
+
+    with mock.patch.object(backend_fit, "_model_variables") as copied:
+        steps[partial_step](torch.ones(3))
+    copied.assert_not_called()
+    assert float(to_numpy(with_model.count)) == 2.0
 
 
 @pytest.mark.slow

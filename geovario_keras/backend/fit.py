@@ -127,10 +127,11 @@ def step_function(function, model=None):
     succeeded = [False]
 
     def step(*args, **kwargs):
-        # Until a call succeeds (the first compiles), a copy of the state
-        # to put back if compiling fails after part of the step ran.
+        # Until a compiled call succeeds (the first compiles), a copy of
+        # the state to put back if compiling fails after part of the step
+        # ran; none once the step has fallen back to Keras's.
         saved = None
-        if model is not None and not succeeded[0]:
+        if model is not None and not succeeded[0] and current[0] is compiled:
             saved = [
                 (v, v.value.detach().clone()) for v in _model_variables(model)
             ]
