@@ -246,6 +246,41 @@ def test_fit_with_jit_compile():
     assert np.all(np.isfinite(hist["loss"]))
 
 
+def test_model_and_loss_are_traced_symbolically_once():
+    # Keras builds a model by tracing it and its loss symbolically until
+    # its own loss container counts as built; GeoCLIP's `compute_loss` never
+    # calls that container, so without care every `fit`, `evaluate`,
+    # `train_on_batch` and `test_on_batch` traced again (JAX and PyTorch;
+    # TensorFlow builds when it traces its step).
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    x, gps = _data(128)
+    model = small_geoclip(queue_size=32)
+    model.compile(
+        optimizer="adam", loss=gv.losses.SemivariogramContrastiveLoss()
+    )
+    symbolic = []
+    compute_loss = model.compute_loss
+
+    def counted(*args, **kwargs):
+        symbolic.append(in_symbolic_scope())
+        return compute_loss(*args, **kwargs)
+
+    with mock.patch.object(model, "compute_loss", counted):
+        model.fit(x, gps, batch_size=32, epochs=1, verbose=0)
+        first = sum(symbolic)
+        assert first <= 1
+        for i in range(3):
+            model.train_on_batch(
+                x[32 * i : 32 * (i + 1)], gps[32 * i : 32 * (i + 1)]
+            )
+        model.test_on_batch(x[:32], gps[:32])
+        model.fit(x, gps, batch_size=32, epochs=1, verbose=0)
+        model.evaluate(x, gps, batch_size=32, verbose=0)
+    assert len(symbolic) > first  # the spy saw the steps
+    assert sum(symbolic) == first
+
+
 # A module's numpy array, converted inside a compiled step.
 _TABLE = np.arange(3, dtype="float32")
 
