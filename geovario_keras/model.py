@@ -299,7 +299,9 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         # TensorFlow with a tf.distribute strategy (the method exists only on
         # its trainer): build from the data set's spec, not from a batch
         # averaged across replicas (which fails with several workers).
-        spec = backend.symbolic_build_batch(iterator)
+        spec = backend.symbolic_build_batch(
+            iterator, getattr(self, "_distribute_strategy", None)
+        )
         if spec is not None and data_batch is None:
             iterator, data_batch = None, spec
         return super()._maybe_symbolic_build(

@@ -46,8 +46,9 @@ a process):
   `lost_process_errors()`: a job of several processes (JAX
   `jax.distributed`, TensorFlow `MultiWorkerMirroredStrategy`), or every
   local device of one.
-- `symbolic_build_batch(epoch_iterator)`, `worker_logs(logs)`: what Keras
-  3.15's TensorFlow trainer needs to train under several workers.
+- `symbolic_build_batch(epoch_iterator, strategy)`, `worker_logs(logs)`:
+  what Keras 3.15's TensorFlow trainer needs to train under several
+  workers.
 
 The functions live in four modules, one job each, and are all importable
 from here: `inference` (compiled inference functions, host tensors),

@@ -331,17 +331,20 @@ def process_count():
     return 1
 
 
-def symbolic_build_batch(epoch_iterator):
+def symbolic_build_batch(epoch_iterator, strategy):
     """The shapes and dtypes of a batch of a Keras `fit`/`evaluate` epoch
     iterator, read from its data set without drawing a batch; None where
     Keras does not draw one to build the model.
 
-    TensorFlow under a `tf.distribute` strategy: Keras 3.15's
-    `_maybe_symbolic_build` draws a batch and averages it across replicas
-    to build the model, which fails under `MultiWorkerMirroredStrategy`
-    with several workers. The data set's element spec is enough to build.
+    TensorFlow under a `tf.distribute` strategy (the model's `strategy`,
+    None without one): Keras 3.15's `_maybe_symbolic_build` draws a batch
+    and averages it across replicas to build the model, which fails under
+    `MultiWorkerMirroredStrategy` with several workers. The data set's
+    element spec is enough to build. Without a strategy Keras builds when
+    it traces the step, and the data set is not asked for (making it
+    converts in-memory arrays to tensors once more: a copy of the data).
     """
-    if NAME != "tensorflow" or epoch_iterator is None:
+    if NAME != "tensorflow" or epoch_iterator is None or strategy is None:
         return None
     adapter = getattr(epoch_iterator, "data_adapter", None)
     if adapter is None:
