@@ -725,6 +725,34 @@ def test_save_refuses_formats_that_do_not_reload(tmp_path):
     assert not (tmp_path / "m.h5").exists()
 
 
+def test_non_finite_rows_are_found_across_the_checks_chunks(monkeypatch):
+    # The features are checked a block of rows at a time (bounded memory);
+    # every bad row is found, at the blocks' edges too, as numpy finds them
+    # over the whole array.
+    from geovario_keras import validation
+
+    monkeypatch.setattr(validation, "_CHECK_ROWS", 7)
+    x = np.ones((100, 3, 2), "float32")
+    for row, value in (
+        (0, np.nan),
+        (6, np.inf),
+        (7, -np.inf),
+        (13, np.nan),
+        (14, np.nan),
+        (99, np.inf),
+    ):
+        x[row, row % 3, 1] = value
+    expected = np.flatnonzero(~np.isfinite(x.reshape(100, -1)).all(1))
+    np.testing.assert_array_equal(validation._bad_rows(x), expected)
+    assert validation._bad_rows(x[20:99]).size == 0
+    with pytest.raises(
+        ValueError,
+        match=r"6 row\(s\), the first at rows "
+        r"\[0, 6, 7, 13, 14\]",
+    ):
+        validation.checked_features(x.reshape(100, 6))
+
+
 def test_non_finite_features_are_refused_naming_the_row():
     x, gps = _data(64)
     model = small_geoclip(queue_size=8)
