@@ -141,7 +141,7 @@ def nearest_references(
     logits, index, _ = reference.search(
         image_embeddings, scale, options.neighbours, batch_size
     )
-    coords = ops.convert_to_numpy(reference.coords)[index].astype("float64")
+    coords = reference.coords_at(index).astype("float64")
     return coords, softmax(logits.astype("float64"))
 
 
@@ -217,7 +217,7 @@ def predict_hybrid(
     gallery_logits, index, _ = gallery.search(
         image_embeddings, scale, g, batch_size
     )
-    gallery_coords = ops.convert_to_numpy(gallery.coords)[index]
+    gallery_coords = gallery.coords_at(index)
     n, k = candidates.shape[:2]
     near_loc = encode_location(candidates.reshape(-1, 2).astype("float32"))
     near_logits = scale * np.einsum(

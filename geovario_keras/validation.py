@@ -21,13 +21,16 @@ _CHECK_ROWS = 1 << 14
 
 
 def _bad_rows(values):
-    # The rows with NaN or inf, checked 16,384 rows at a time: the
-    # temporary mask stays 12 MiB for 768-d features whatever the number of
-    # rows (one mask of the whole array is a quarter of its float32 size).
-    flat = values.reshape(len(values), -1)
+    # The rows of an array or tensor with NaN or inf, read 16,384 rows at a
+    # time: the temporary mask (and a tensor's host copy) stays a block's
+    # size whatever the number of rows (one mask of a whole array is a
+    # quarter of its float32 size, a host copy of a tensor all of it).
     bad = []
-    for start in range(0, len(flat), _CHECK_ROWS):
-        finite = np.isfinite(flat[start : start + _CHECK_ROWS]).all(1)
+    for start in range(0, values.shape[0], _CHECK_ROWS):
+        block = values[start : start + _CHECK_ROWS]
+        if not isinstance(block, np.ndarray):
+            block = np.asarray(keras.ops.convert_to_numpy(block))
+        finite = np.isfinite(block.reshape(len(block), -1)).all(1)
         if not finite.all():
             bad.append(start + np.flatnonzero(~finite))
     return np.concatenate(bad) if bad else np.zeros((0,), "int64")
@@ -49,10 +52,16 @@ def _check_rows(name, values, where=None):
 
 
 def _float_array(x):
-    values = np.asarray(keras.ops.convert_to_numpy(x))
-    if values.dtype.kind != "f" or values.ndim == 0 or values.size == 0:
+    # `x` to check, as it is (a numpy array or a tensor: no copy of the
+    # whole), or None if it holds no floats.
+    if backend.is_tensor(x):
+        floats = "float" in keras.backend.standardize_dtype(x.dtype)
+    else:
+        x = np.asarray(x)
+        floats = x.dtype.kind == "f"
+    if not floats or len(x.shape) == 0 or 0 in tuple(x.shape):
         return None
-    return values
+    return x
 
 
 def _first(element):

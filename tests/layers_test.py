@@ -358,6 +358,11 @@ def test_gps_gallery_top_k_against_numpy_and_state_contract():
     # `retrieve` (numpy, in blocks) gives the same as `call`.
     c2, p2 = gallery.retrieve(query, 20.0, top_k=4, batch_size=1)
     np.testing.assert_array_equal(c2, to_numpy(got_coords))
+    # Rows gathered where the gallery lives, as numpy indexes them.
+    index = np.array([[0, 49, 7], [7, 3, 0]])
+    at = gallery.coords_at(index)
+    assert at.shape == (2, 3, 2) and at.dtype == np.float32
+    np.testing.assert_array_equal(at, coords[index])
     revived = run_state_layer_test(gallery, 0, 2)
     assert revived.size == 50
     with pytest.raises(

@@ -744,6 +744,8 @@ def test_non_finite_rows_are_found_across_the_checks_chunks(monkeypatch):
         x[row, row % 3, 1] = value
     expected = np.flatnonzero(~np.isfinite(x.reshape(100, -1)).all(1))
     np.testing.assert_array_equal(validation._bad_rows(x), expected)
+    tensor = keras.ops.convert_to_tensor(x)  # read a block at a time too
+    np.testing.assert_array_equal(validation._bad_rows(tensor), expected)
     assert validation._bad_rows(x[20:99]).size == 0
     with pytest.raises(
         ValueError,
@@ -751,6 +753,24 @@ def test_non_finite_rows_are_found_across_the_checks_chunks(monkeypatch):
         r"\[0, 6, 7, 13, 14\]",
     ):
         validation.checked_features(x.reshape(100, 6))
+
+
+def test_checking_features_copies_no_whole_array():
+    # 40,000 x 64 float32 features (9.8 MiB) are checked without a copy of
+    # the array (Keras's `convert_to_numpy` of an array makes one through a
+    # backend tensor) and with masks of 16,384 rows (1 MiB).
+    import tracemalloc
+
+    from geovario_keras import validation
+
+    x = np.ones((40_000, 64), "float32")
+    tracemalloc.start()
+    try:
+        assert validation.checked_features(x, "x") is x
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.25 * x.nbytes
 
 
 def test_non_finite_features_are_refused_naming_the_row():
