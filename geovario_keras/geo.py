@@ -36,12 +36,7 @@ def check_gps(gps, name="gps", allow_empty=False):
             |lon| > 180) or the emptiness is wrong.
     """
     try:
-        # Arrays and lists as they are (Keras's `convert_to_numpy` would
-        # send an array through a backend tensor: to a GPU and back).
-        if backend.is_tensor(gps):
-            arr = np.asarray(keras.ops.convert_to_numpy(gps))
-        else:
-            arr = np.asarray(gps)
+        arr = backend.host_array(gps)
     except Exception as e:  # pragma: no cover - message only
         raise ValueError(
             f"`{name}` must be array-like of shape (N, 2) with latitude and "

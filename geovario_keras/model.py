@@ -384,11 +384,8 @@ class GeoCLIP(SavingMixin, RetrievalMixin, keras.Model):
         return self._embed(self.location_encoder, gps, batch_size, verbose)
 
     def _embed(self, layer, x, batch_size, verbose):
-        # An array is read in place, a batch at a time (Keras's
-        # `convert_to_numpy` would copy it whole through a tensor).
-        if not isinstance(x, np.ndarray):
-            x = ops.convert_to_numpy(x)
-        dim, jit = self.embed_dim, self.jit_compile
+        # An array is read in place, a batch at a time.
+        x, dim, jit = backend.host_array(x), self.embed_dim, self.jit_compile
         return inference.embed(layer, x, dim, batch_size, verbose, jit)
 
     def save_to_preset(self, preset_dir, overwrite=False):

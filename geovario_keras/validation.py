@@ -27,9 +27,7 @@ def _bad_rows(values):
     # quarter of its float32 size, a host copy of a tensor all of it).
     bad = []
     for start in range(0, values.shape[0], _CHECK_ROWS):
-        block = values[start : start + _CHECK_ROWS]
-        if not isinstance(block, np.ndarray):
-            block = np.asarray(keras.ops.convert_to_numpy(block))
+        block = backend.host_array(values[start : start + _CHECK_ROWS])
         finite = np.isfinite(block.reshape(len(block), -1)).all(1)
         if not finite.all():
             bad.append(start + np.flatnonzero(~finite))

@@ -771,6 +771,9 @@ def test_checking_features_copies_no_whole_array():
     finally:
         tracemalloc.stop()
     assert peak < 0.25 * x.nbytes
+    assert gv.backend.host_array(x) is x  # what the checks and encoders read
+    tensor = keras.ops.convert_to_tensor(x[:3])
+    np.testing.assert_array_equal(gv.backend.host_array(tensor), x[:3])
 
 
 def test_non_finite_features_are_refused_naming_the_row():

@@ -6,6 +6,8 @@ resolved when this module is imported (`KERAS_BACKEND` cannot change inside
 a process):
 
 - `is_tensor(x)`: a concrete backend tensor (not a symbolic `KerasTensor`).
+- `host_array(x)`: a numpy array without a copy of an array (tensors are
+  copied to the host).
 - `shared_host_tensor(array)`: a numpy array as a tensor without a copy
   where the backend allows (large galleries).
 - `inference_function(layer, fn, jit_compile)`: `fn(layer, x)` compiled for
@@ -91,6 +93,7 @@ from geovario_keras.backend.fit import fresh_order_arguments  # noqa: E402
 from geovario_keras.backend.fit import state_kept_on_error  # noqa: E402
 from geovario_keras.backend.fit import step_function  # noqa: E402
 from geovario_keras.backend.inference import distributed_batch  # noqa: E402
+from geovario_keras.backend.inference import host_array  # noqa: E402
 from geovario_keras.backend.inference import inference_devices  # noqa: E402
 from geovario_keras.backend.inference import inference_function  # noqa: E402
 from geovario_keras.backend.inference import is_tensor  # noqa: E402
@@ -118,6 +121,7 @@ __all__ = [
     "fused",
     "gather_replicas",
     "gaussian_steps",
+    "host_array",
     "inference_devices",
     "inference_function",
     "is_tensor",

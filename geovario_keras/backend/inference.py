@@ -1,7 +1,7 @@
 """Inference: compiled functions reading a layer's weights, and tensors
 that share host memory (the package's `backend.inference_function`,
 `inference_devices`, `distributed_batch`, `shared_host_tensor`,
-`is_tensor`)."""
+`host_array`, `is_tensor`)."""
 
 import math
 
@@ -15,6 +15,16 @@ from geovario_keras.backend import NAME
 def is_tensor(x):
     """True for a concrete tensor of the current backend (not symbolic)."""
     return ops.is_tensor(x) and not isinstance(x, keras.KerasTensor)
+
+
+def host_array(x):
+    """`x` as a numpy array: arrays as they are (no copy), lists made
+    arrays, a backend tensor copied to the host. Keras's
+    `convert_to_numpy` sends an array through a backend tensor first: a
+    whole copy (on a GPU, to the device and back)."""
+    if is_tensor(x):
+        return np.asarray(ops.convert_to_numpy(x))
+    return np.asarray(x)
 
 
 # ------------------------------------------------------------ inference
