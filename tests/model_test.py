@@ -251,7 +251,8 @@ def test_model_and_loss_are_traced_symbolically_once():
     # its own loss container counts as built; GeoCLIP's `compute_loss` never
     # calls that container, so without care every `fit`, `evaluate`,
     # `train_on_batch` and `test_on_batch` traced again (JAX and PyTorch;
-    # TensorFlow builds when it traces its step).
+    # TensorFlow without a strategy builds when it traces its step, so
+    # there the count is 0 with or without the fix).
     from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
     x, gps = _data(128)
@@ -284,8 +285,7 @@ def test_model_and_loss_are_traced_symbolically_once():
 def test_evaluate_makes_one_data_set_without_a_strategy():
     # TensorFlow: the data set's spec builds the model only under a
     # tf.distribute strategy; asked for without one, `evaluate` converted
-    # the in-memory arrays to tensors a second time (for 586 MiB of
-    # features: +1.3 GiB at the peak, twice the time).
+    # the in-memory arrays to tensors a second time (CHANGELOG, Fixed).
     if backend() != "tensorflow":
         pytest.skip("TensorFlow's trainer")
     from keras.src.trainers.data_adapters import array_data_adapter
