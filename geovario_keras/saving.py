@@ -6,6 +6,9 @@
   `GeoCLIP.save_weights` (so `keras.callbacks.ModelCheckpoint` too) go
   through `atomic_save`: the file is written next to its destination under
   a temporary name, then renamed over it in one step (`os.replace`).
+- A long job that writes into a folder (feature extraction, resumable
+  training) holds `folder_lock` on it, so that a second run started by
+  mistake on the same folder is refused instead of mixing its files in.
 - On PyTorch, Keras records the optimizer under its torch-only module
   (`keras.src.backend.torch.optimizers...`), so the file cannot train on
   JAX or TensorFlow. `portable_compile_config` names the backend-neutral
@@ -13,8 +16,11 @@
 """
 
 import contextlib
+import datetime
+import json
 import os
 import shutil
+import socket
 import uuid
 import zipfile
 
@@ -55,6 +61,80 @@ def atomic_save(write, filepath, *args, overwrite=True, **kwargs):
         if os.path.exists(tmp):
             os.remove(tmp)
     return result
+
+
+def write_json(path, value):
+    """Writes `value` as JSON to `path` beside and renamed (whole or absent)."""
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, job):
+    """Makes `job` the only writer of `folder` for the block.
+
+    An exclusive lock (`fcntl.flock`) on `folder/.lock`. The operating
+    system drops it when the process ends, however it ends (SIGKILL
+    included), so a killed run leaves no stale lock behind and its rerun
+    starts at once. A second run on the folder gets a `RuntimeError` naming
+    the folder and the run that holds it. Where the file system has no
+    locks (or on Windows), the block runs without one.
+
+    Args:
+        folder: the folder (created if needed).
+        job: what writes there, for the error message
+            (e.g. `"fit_resumable"`).
+
+    Example:
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with folder_lock(folder, "a job"):
+    ...     with folder_lock(folder, "another job"):  # doctest: +ELLIPSIS
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    RuntimeError: ... is being written by another run (a job, pid ...
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RuntimeError(
+                f"{folder!r} is being written by another run ({holder}). "
+                "Wait for it to end (or stop it), or choose another folder: "
+                "two runs writing the same folder would mix their files."
+            ) from None
+        except OSError:  # no locks on this file system
+            yield
+            return
+        try:
+            now = datetime.datetime.now().isoformat(timespec="seconds")
+            f.seek(0)
+            f.truncate()
+            f.write(
+                f"{job}, pid {os.getpid()} on {socket.gethostname()}, "
+                f"since {now}"
+            )
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 _BACKEND_OPTIMIZERS = "keras.src.backend."

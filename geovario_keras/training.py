@@ -14,9 +14,18 @@ batch, and its metadata is written after its weights, so a kill between
 the two files resumes from an inconsistent pair. Here a Keras epoch is
 one chunk of steps, each checkpoint is one file renamed into place (whole
 or absent), and its name carries the step.
+
+A resumption is exact only with the run's own settings, model and folder
+to itself, so each is checked rather than assumed: the settings that fix
+the order of the batches are kept in `run.json` beside the checkpoints
+(another seed, batch size, ... is refused, naming it), checkpoints that
+do not load into the model are an error (never a silent fresh start),
+and the folder is locked while a run writes it.
 """
 
+import contextlib
 import glob
+import json
 import os
 import re
 import tempfile
@@ -27,9 +36,12 @@ import keras
 from geovario_keras import backend
 from geovario_keras.data import streams
 from geovario_keras.saving import atomic_save
+from geovario_keras.saving import folder_lock
+from geovario_keras.saving import write_json
 
 _NAME = "step-{step:012d}.weights.h5"
 _PATTERN = re.compile(r"step-(\d{12})\.weights\.h5$")
+RUN_FILE = "run.json"
 
 
 def checkpoints(directory):
@@ -45,10 +57,13 @@ def checkpoints(directory):
 class StepCheckpoint(keras.callbacks.Callback):
     """Saves the model every Keras epoch of `chunk` steps; restores the last.
 
-    At train begin the newest checkpoint of `directory` is loaded (an
-    unreadable one warns and the one before it is used) and `fit` starts
-    at its Keras epoch. At each Keras epoch end the weights, the optimizer
-    state and every non-trainable variable go to
+    At train begin the newest checkpoint of `directory` is loaded and `fit`
+    starts at its Keras epoch. A checkpoint that cannot be loaded (damaged
+    on disk) is passed over, with a warning, for the one before it; when
+    checkpoints exist and none of them loads into the model (written by
+    another model, or all damaged) it is a `ValueError`: the run never
+    starts afresh over another run's checkpoints. At each Keras epoch end
+    the weights, the optimizer state and every non-trainable variable go to
     `step-{global step}.weights.h5` (written beside and renamed); the
     `keep` newest are kept. In a job of several processes
     (`gv.backend.data_parallel`) every process restores and process 0
@@ -66,17 +81,24 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.chunk = int(chunk)
         self.keep = int(keep)
         self.restored_step = 0
+        self._pending = None  # a step `restore` found for the next fit
 
-    def on_train_begin(self, logs=None):
+    def restore(self):
+        """Loads the newest checkpoint that loads; returns its step.
+
+        0 when the folder holds none. `fit` with this callback then starts
+        at the step's Keras epoch without loading it again.
+        """
         found = checkpoints(self.directory)
         optimizer = self.model.optimizer
         if found and optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
+        failed = []
         for step, path in reversed(found):
             try:
                 self.model.load_weights(path)
-            except Exception as e:  # a damaged file: use the one before
-                warnings.warn(f"Skipping unreadable checkpoint {path!r}: {e}")
+            except Exception as e:  # damaged, or of another model
+                failed.append((path, e))
                 continue
             if step % self.chunk:
                 raise ValueError(
@@ -84,9 +106,33 @@ class StepCheckpoint(keras.callbacks.Callback):
                     f"of this run's {self.chunk} steps per checkpoint: resume "
                     "with the arguments of the run that wrote it."
                 )
-            self.restored_step = step
+            if failed:
+                warnings.warn(
+                    f"Resuming from {path!r} (step {step}): the newer "
+                    f"checkpoint(s) {[p for p, _ in failed]} could not be "
+                    f"loaded ({failed[0][1]}); the steps after {step} run "
+                    "again."
+                )
+            self.restored_step = self._pending = step
+            return step
+        if failed:
+            path, error = failed[0]
+            raise ValueError(
+                f"None of the {len(found)} checkpoints in "
+                f"{self.directory!r} loads into this model (the newest, "
+                f"{path!r}: {error}). They were written by another model "
+                "(another architecture or optimizer) or are damaged: train "
+                "this model into another folder, or delete them to start "
+                "afresh."
+            ) from error
+        self.restored_step = self._pending = 0
+        return 0
+
+    def on_train_begin(self, logs=None):
+        step = self.restore() if self._pending is None else self._pending
+        self._pending = None
+        if step:
             self.model._initial_epoch = step // self.chunk
-            return
 
     def on_epoch_end(self, epoch, logs=None):
         if backend.process_index() != 0:
@@ -101,6 +147,25 @@ class StepCheckpoint(keras.callbacks.Callback):
         atomic_save(self.model.save_weights, path)
         for _, old in checkpoints(self.directory)[: -self.keep]:
             os.remove(old)
+
+
+def _check_run(directory, run):
+    """Refuses to resume the checkpoints of `directory` with other
+    settings than those of its `run.json`; records `run` (process 0)."""
+    path = os.path.join(directory, RUN_FILE)
+    if checkpoints(directory) and os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = {k: (old.get(k), v) for k, v in run.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{directory!r} holds the checkpoints of a run with other "
+                f"settings (was, now: {diff}). Resume with that run's "
+                "settings (the order of the batches depends on them), "
+                "or train into another folder."
+            )
+    elif backend.process_index() == 0:
+        write_json(path, run)
 
 
 def fit_resumable(
@@ -124,7 +189,12 @@ def fit_resumable(
     again with the same arguments after an interruption: it continues from
     the last checkpoint with the next batch, so the result equals that of
     an uninterrupted run. When the run is already complete it only loads
-    the final weights.
+    the final weights. `epochs` may grow between runs (train longer);
+    the settings that fix the order of the batches (data set, split,
+    `batch_size`, `checkpoints_per_epoch`, `seed`, `shuffle_buffer`) are
+    kept in `directory/run.json` and another value is a `ValueError`, as
+    are checkpoints that do not load into `model`, and a second run on a
+    folder that a run is writing (`RuntimeError`).
 
     Each Keras epoch of `fit` is one checkpoint interval (`chunk` steps),
     so `History` and callbacks see `epochs * checkpoints_per_epoch` Keras
@@ -161,35 +231,50 @@ def fit_resumable(
         callbacks=[gv.training.semivariogram_callback(10)])
     ```
     """
-    found = checkpoints(directory)
-    start_step = found[-1][0] if found else 0
+    directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
     steps, chunk = streams.schedule(
         builder, split, batch_size, checkpoints_per_epoch
     )
+    run = {
+        "dataset": builder.info.full_name,
+        "split": split,
+        "rows": int(builder.info.splits[split].num_examples),
+        "batch_size": int(batch_size),
+        "checkpoints_per_epoch": int(checkpoints_per_epoch),
+        "seed": int(seed),
+        "shuffle_buffer": int(shuffle_buffer),
+    }
     checkpoint = StepCheckpoint(directory, chunk)
-    if start_step >= epochs * steps:  # finished: load the final weights
-        checkpoint.set_model(model)
-        checkpoint.on_train_begin()
-        return None
-    stream, _, _ = streams.training_stream(
-        builder,
-        split,
-        batch_size,
-        epochs,
-        seed=seed,
-        shuffle_buffer=shuffle_buffer,
-        start_step=start_step,
-        checkpoints_per_epoch=checkpoints_per_epoch,
-    )
-    return model.fit(
-        stream,
-        epochs=epochs * steps // chunk,
-        steps_per_epoch=chunk,
-        initial_epoch=start_step // chunk,
-        shuffle=False,  # the stream's order is the run's order
-        callbacks=list(callbacks) + [checkpoint],
-        verbose=verbose,
-    )
+    checkpoint.set_model(model)
+    writer = backend.process_index() == 0
+    with (
+        folder_lock(directory, "fit_resumable")
+        if writer
+        else contextlib.nullcontext()
+    ):
+        _check_run(directory, run)
+        start_step = checkpoint.restore()
+        if start_step >= epochs * steps:  # finished: the final weights
+            return None
+        stream, _, _ = streams.training_stream(
+            builder,
+            split,
+            batch_size,
+            epochs,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            start_step=start_step,
+            checkpoints_per_epoch=checkpoints_per_epoch,
+        )
+        return model.fit(
+            stream,
+            epochs=epochs * steps // chunk,
+            steps_per_epoch=chunk,
+            initial_epoch=start_step // chunk,
+            shuffle=False,  # the stream's order is the run's order
+            callbacks=list(callbacks) + [checkpoint],
+            verbose=verbose,
+        )
 
 
 def semivariogram_callback(checkpoints_per_epoch, **kwargs):

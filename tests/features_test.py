@@ -19,6 +19,7 @@ import pytest
 import geovario_keras as gv
 from geovario_keras.data import features as features_lib
 from geovario_keras.data.corpus_reader import CorpusReader
+from geovario_keras.saving import folder_lock
 from geovario_keras.testing.tiny_backbone import tiny_backbone
 from tests.testing import slow_on
 from tests.testing import small_geoclip
@@ -299,6 +300,99 @@ def test_fit_resumable_continues_exactly_after_interruptions(builder, tmp_path):
         keras.ops.convert_to_numpy(again.weights[0]),
         keras.ops.convert_to_numpy(resumed.weights[0]),
     )
+
+
+def _weights(model):
+    return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+def _interrupted(builder, directory, at=8):
+    # Two checkpoints (steps 3 and 6) and two steps beyond them.
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_feature_model(), builder, directory, at)
+    return gv.training.checkpoints(directory)
+
+
+def _files(directory):
+    # The checkpoints and run.json, by modification time (the lock file
+    # notes each run that takes it).
+    return {
+        name: os.path.getmtime(os.path.join(directory, name))
+        for name in os.listdir(directory)
+        if name != ".lock"
+    }
+
+
+def test_a_damaged_newest_checkpoint_resumes_exactly_from_the_one_before(
+    builder, tmp_path
+):
+    whole = _feature_model()
+    history = _fit(whole, builder, tmp_path / "whole")
+    found = _interrupted(builder, tmp_path / "cut")
+    assert [step for step, _ in found] == [3, 6]
+    with open(found[-1][1], "r+b") as f:  # e.g. a copy cut short
+        f.truncate(1000)
+    resumed = _feature_model()
+    with pytest.warns(UserWarning, match="Resuming from .*step 3"):
+        history2 = _fit(resumed, builder, tmp_path / "cut")
+    # Steps 4 to 27 again, in the uninterrupted run's order.
+    np.testing.assert_allclose(
+        history2.history["loss"], history.history["loss"][1:], atol=1e-4
+    )
+    for a, b, w in zip(_weights(whole), _weights(resumed), whole.weights):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=w.path)
+
+
+def test_checkpoints_of_another_model_or_run_are_refused_untouched(
+    builder, tmp_path
+):
+    directory = tmp_path / "cut"
+    _interrupted(builder, directory)
+    before = _files(directory)
+    keras.utils.set_random_seed(0)
+    other = small_geoclip(queue_size=32, embed_dim=8, seed=0)
+    other.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=gv.losses.SemivariogramContrastiveLoss(),
+    )
+    other.build((None, 16))
+    with pytest.raises(ValueError, match="None of the 2 checkpoints"):
+        _fit(other, builder, directory)
+    for argument, value in (("seed", 1), ("shuffle_buffer", 50)):
+        with pytest.raises(ValueError, match=f"'{argument}'"):
+            settings = dict(checkpoints_per_epoch=3, shuffle_buffer=100)
+            settings[argument] = value
+            gv.training.fit_resumable(
+                _feature_model(),
+                builder,
+                directory,
+                epochs=3,
+                batch_size=32,
+                verbose=0,
+                **settings,
+            )
+    assert _files(directory) == before
+    # Nothing was lost: the run resumes from its step 6.
+    resumed = _feature_model()
+    history = _fit(resumed, builder, directory)
+    assert len(history.history["loss"]) == 9 - 2
+
+
+def test_a_folder_being_written_is_refused(builder, corpus, tmp_path):
+    directory = tmp_path / "run"
+    with folder_lock(directory, "another run"):
+        with pytest.raises(RuntimeError, match="another run, pid"):
+            _fit(_feature_model(), builder, directory)
+        with pytest.raises(RuntimeError, match="being written"):
+            features_lib.extract_features(
+                CorpusReader("osv5m", corpus, SIZE),
+                tiny_backbone(),
+                directory,
+                verbose=0,
+            )
+    assert gv.training.checkpoints(directory) == []
+    # Released (as when a run ends, however it ends): the next run writes.
+    assert len(_fit(_feature_model(), builder, directory).history["loss"]) == 9
 
 
 def test_streamed_evaluation_equals_the_in_memory_path(builder):

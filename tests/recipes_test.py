@@ -298,7 +298,10 @@ def test_paper_recipe_end_to_end_skips_finished_steps(tmp_path):
     for method in ("geoclip", "semivariogram"):
         assert (run / method / "model.keras").is_file()
         assert (run / method / "saved_model" / "1").is_dir()
-        assert len(list((run / method / "checkpoints").iterdir())) == 2
+        folder = run / method / "checkpoints"
+        assert len(gv.training.checkpoints(folder)) == 2  # the 2 newest
+        run_file = json.loads((folder / "run.json").read_text())
+        assert run_file["batch_size"] == 32 and run_file["seed"] == 0
     first = (run / "semivariogram" / "results-hybrid.json").read_text()
     out = _run(args, tmp_path)
     assert "training of geoclip is done" in out

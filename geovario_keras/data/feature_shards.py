@@ -62,13 +62,6 @@ def read_manifest(folder):
         return json.load(f)
 
 
-def _write_json(path, value):
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def read_shard(path, rows=None):
     """A shard as a dict of arrays (+ `skipped`: counts by reason).
 

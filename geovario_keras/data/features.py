@@ -29,13 +29,14 @@ from geovario_keras.data.feature_shards import DTYPES
 from geovario_keras.data.feature_shards import MANIFEST
 from geovario_keras.data.feature_shards import _Shard
 from geovario_keras.data.feature_shards import _shard_ranges
-from geovario_keras.data.feature_shards import _write_json
 from geovario_keras.data.feature_shards import backbone_fingerprint
 from geovario_keras.data.feature_shards import read_manifest
 from geovario_keras.data.feature_shards import read_shard
 from geovario_keras.data.feature_shards import shard_name
 from geovario_keras.data.feature_shards import shard_paths
 from geovario_keras.data.feature_shards import split_summary
+from geovario_keras.saving import folder_lock
+from geovario_keras.saving import write_json
 from geovario_keras.utils import RowProgress
 from geovario_keras.utils import bound_heap_growth
 from geovario_keras.utils import check_int
@@ -154,7 +155,9 @@ def extract_features(
     """Runs `backbone` once over a corpus and stores the features in shards.
 
     Resumable: call it again with the same arguments after an interruption
-    (even SIGKILL) and only the missing shards are computed. Memory holds
+    (even SIGKILL) and only the missing shards are computed. One run at a
+    time writes a folder: a second one started while the first runs is
+    refused (`RuntimeError`) rather than mixing its files in. Memory holds
     one shard's features and one batch of images, whatever the corpus
     size; images are decoded (and preprocessed) by `workers` threads, a
     bounded window ahead, while the backbone runs. Rows are kept or
@@ -228,14 +231,15 @@ def extract_features(
         "feature_dim": extractor.dim,
         "shard_size": shard_size,
     }
-    manifest = _start(folder, manifest, overwrite)
-    for split in splits:
-        manifest["splits"][split] = _extract_split(
-            reader, split, extractor, folder, manifest, verbose
-        )
-        _write_json(os.path.join(folder, MANIFEST), manifest)
-    manifest["complete"] = set(manifest["splits"]) >= set(reader.splits())
-    _write_json(os.path.join(folder, MANIFEST), manifest)
+    with folder_lock(folder, "extract_features"):
+        manifest = _start(folder, manifest, overwrite)
+        for split in splits:
+            manifest["splits"][split] = _extract_split(
+                reader, split, extractor, folder, manifest, verbose
+            )
+            write_json(os.path.join(folder, MANIFEST), manifest)
+        manifest["complete"] = set(manifest["splits"]) >= set(reader.splits())
+        write_json(os.path.join(folder, MANIFEST), manifest)
     return manifest
 
 
@@ -266,7 +270,7 @@ def _start(folder, manifest, overwrite):
                 os.remove(os.path.join(folder, name))
     os.makedirs(folder, exist_ok=True)
     manifest = dict(manifest, splits={}, complete=False)
-    _write_json(os.path.join(folder, MANIFEST), manifest)
+    write_json(os.path.join(folder, MANIFEST), manifest)
     return manifest
 
 

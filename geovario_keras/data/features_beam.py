@@ -13,13 +13,13 @@ from geovario_keras.data.corpus_reader import CorpusReader
 from geovario_keras.data.feature_shards import DTYPES
 from geovario_keras.data.feature_shards import MANIFEST
 from geovario_keras.data.feature_shards import _shard_ranges
-from geovario_keras.data.feature_shards import _write_json
 from geovario_keras.data.feature_shards import backbone_fingerprint
 from geovario_keras.data.feature_shards import read_shard
 from geovario_keras.data.feature_shards import split_summary
 from geovario_keras.data.features import _Extractor
 from geovario_keras.data.features import _start
 from geovario_keras.data.features import compute_shard
+from geovario_keras.saving import write_json
 from geovario_keras.utils import check_int
 
 
@@ -133,7 +133,7 @@ class FeaturesJob:
         manifest["complete"] = set(manifest["splits"]) >= set(
             self.reader().splits()
         )
-        _write_json(os.path.join(self.folder, MANIFEST), manifest)
+        write_json(os.path.join(self.folder, MANIFEST), manifest)
         return manifest
 
     def __getstate__(self):  # workers build their own reader and backbone
