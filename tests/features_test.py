@@ -19,6 +19,7 @@ import pytest
 import geovario_keras as gv
 from geovario_keras.data import features as features_lib
 from geovario_keras.data.corpus_reader import CorpusReader
+from geovario_keras.data.features_beam import FeaturesJob
 from geovario_keras.saving import folder_lock
 from geovario_keras.testing.tiny_backbone import tiny_backbone
 from tests.testing import slow_on
@@ -390,6 +391,9 @@ def test_a_folder_being_written_is_refused(builder, corpus, tmp_path):
                 directory,
                 verbose=0,
             )
+        job = FeaturesJob("osv5m", corpus, tiny_backbone, directory, SIZE)
+        with pytest.raises(RuntimeError, match="being written"):
+            job.start()
     assert gv.training.checkpoints(directory) == []
     # Released (as when a run ends, however it ends): the next run writes.
     assert len(_fit(_feature_model(), builder, directory).history["loss"]) == 9
@@ -442,8 +446,6 @@ def test_beam_with_two_worker_processes_builds_the_same_data_set(
     import functools
 
     from apache_beam.options.pipeline_options import PipelineOptions
-
-    from geovario_keras.data.features_beam import FeaturesJob
 
     job = FeaturesJob(
         "osv5m",

@@ -19,6 +19,7 @@ from geovario_keras.data.feature_shards import split_summary
 from geovario_keras.data.features import _Extractor
 from geovario_keras.data.features import _start
 from geovario_keras.data.features import compute_shard
+from geovario_keras.saving import folder_lock
 from geovario_keras.saving import write_json
 from geovario_keras.utils import check_int
 
@@ -94,7 +95,10 @@ class FeaturesJob:
             "feature_dim": _Extractor(backbone, 1, size).dim,
             "shard_size": self.shard_size,
         }
-        return _start(self.folder, manifest, overwrite)
+        # Refused while `extract_features` writes the folder (its start
+        # deletes the partial files of a killed run).
+        with folder_lock(self.folder, "the Beam features job's start"):
+            return _start(self.folder, manifest, overwrite)
 
     def plan(self, split):
         """Driver: `(split, index, offset, rows, path)` of every shard."""
