@@ -3,8 +3,9 @@
 `extract CORPUS FOLDER`: features of the corpus with a seeded tiny backbone.
 `train FEATURES TFDS CHECKPOINTS OUT`: `fit_resumable` on them; the final
 weights and the losses of this run go to `OUT` (.npz).
-Prints "working" when the work (not the imports) begins, and "chunk" at
-each training checkpoint interval.
+Prints "working" when the work (not the imports) begins, "chunk" at each
+training checkpoint interval and "done" when the work has ended (before
+the process's own exit, which can take as long as the work here).
 """
 
 import sys
@@ -65,3 +66,4 @@ def train(features, data_dir, checkpoints, out):
 
 if __name__ == "__main__":
     {"extract": extract, "train": train}[sys.argv[1]](*sys.argv[2:])
+    print("done", flush=True)
