@@ -224,9 +224,9 @@ def test_the_stream_is_a_function_of_seed_and_epoch(builder):
         streams.steps_per_epoch(builder, "test", 61)
 
 
-def _feature_model(seed=0):
+def _feature_model(seed=0, queue_size=64, embed_dim=16):
     keras.utils.set_random_seed(seed)
-    model = small_geoclip(queue_size=64, embed_dim=16, seed=seed)
+    model = small_geoclip(queue_size=queue_size, embed_dim=embed_dim, seed=seed)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=gv.losses.SemivariogramContrastiveLoss(),
@@ -350,13 +350,7 @@ def test_checkpoints_of_another_model_or_run_are_refused_untouched(
     directory = tmp_path / "cut"
     _interrupted(builder, directory)
     before = _files(directory)
-    keras.utils.set_random_seed(0)
-    other = small_geoclip(queue_size=32, embed_dim=8, seed=0)
-    other.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=gv.losses.SemivariogramContrastiveLoss(),
-    )
-    other.build((None, 16))
+    other = _feature_model(queue_size=32, embed_dim=8)  # another model
     with pytest.raises(ValueError, match="None of the 2 checkpoints"):
         _fit(other, builder, directory)
     for argument, value in (("seed", 1), ("shuffle_buffer", 50)):
