@@ -38,6 +38,7 @@ from geovario_keras.data import streams
 from geovario_keras.saving import atomic_save
 from geovario_keras.saving import folder_lock
 from geovario_keras.saving import write_json
+from geovario_keras.utils import check_int
 
 _NAME = "step-{step:012d}.weights.h5"
 _PATTERN = re.compile(r"step-(\d{12})\.weights\.h5$")
@@ -231,6 +232,8 @@ def fit_resumable(
         callbacks=[gv.training.semivariogram_callback(10)])
     ```
     """
+    check_int("epochs", epochs)
+    check_int("shuffle_buffer", shuffle_buffer, 0)
     directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
     steps, chunk = streams.schedule(
         builder, split, batch_size, checkpoints_per_epoch

@@ -366,6 +366,10 @@ def test_checkpoints_of_another_model_or_run_are_refused_untouched(
                 verbose=0,
                 **settings,
             )
+    with pytest.raises(ValueError, match="`epochs` must be an int >= 1"):
+        gv.training.fit_resumable(
+            _feature_model(), builder, directory, epochs=0, batch_size=32
+        )
     assert _files(directory) == before
     # Nothing was lost: the run resumes from its step 6.
     resumed = _feature_model()
