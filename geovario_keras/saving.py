@@ -83,7 +83,8 @@ def folder_lock(folder, job):
     included), so a killed run leaves no stale lock behind and its rerun
     starts at once. A second run on the folder gets a `RuntimeError` naming
     the folder and the run that holds it. Where the file system has no
-    locks (or on Windows), the block runs without one.
+    locks, where the folder is read-only (a finished run that only loads)
+    and on Windows, the block runs without one.
 
     Args:
         folder: the folder (created if needed).
@@ -108,19 +109,27 @@ def folder_lock(folder, job):
         return
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, LOCK_FILE)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise RuntimeError(
-                f"{folder!r} is being written by another run ({holder}). "
-                "Wait for it to end (or stop it), or choose another folder: "
-                "two runs writing the same folder would mix their files."
-            ) from None
-        except OSError:  # no locks on this file system
+    try:
+        f = open(os.path.join(folder, LOCK_FILE), "a+")
+    except OSError:  # a folder this process may read, not write
+        f = None
+    with f if f is not None else contextlib.nullcontext():
+        locked = f is not None
+        if locked:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise RuntimeError(
+                    f"{folder!r} is being written by another run "
+                    f"({holder}). Wait for it to end (or stop it), or choose "
+                    "another folder: two runs writing the same folder would "
+                    "mix their files."
+                ) from None
+            except OSError:  # no locks on this file system
+                locked = False
+        if not locked:
             yield
             return
         try:

@@ -397,6 +397,23 @@ def test_a_folder_being_written_is_refused(builder, corpus, tmp_path):
     assert len(_fit(_feature_model(), builder, directory).history["loss"]) == 9
 
 
+def test_a_folder_this_process_cannot_write_is_read_unlocked(
+    tmp_path, monkeypatch
+):
+    # As a finished run loading its weights from a read-only folder (root
+    # writes everywhere, so the lock file's opening is refused here).
+    from geovario_keras import saving
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(saving, "open", refused, raising=False)
+    with folder_lock(tmp_path, "a finished run"):
+        with folder_lock(tmp_path, "another"):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
 def test_streamed_evaluation_equals_the_in_memory_path(builder):
     model = _feature_model()
     train = gv.data.as_arrays(builder, "train")
