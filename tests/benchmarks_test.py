@@ -233,3 +233,30 @@ def test_torch_keras_style_adam_equals_keras_adam():
         q.grad = torch.from_numpy(g)
         plain.step()
     assert np.abs(q.detach().numpy() - p.detach().numpy()).max() > 1e-5
+
+
+def test_pair_statistics_study_formulations_equal_numpy():
+    # studies/pair_statistics.py times these; each must compute what the
+    # package's statistics compute (numpy's digitize and bincount here).
+    if keras.backend.backend() != "jax":
+        pytest.skip("the study's formulations are written in JAX")
+    import jax.numpy as jnp
+    import pair_statistics
+
+    from geovario_keras.semivariogram import empirical
+
+    gps, h, d, negative = pair_statistics.pairs(8, 24)
+    negative[0, 5:9] = False  # a few more pairs left out
+    edges = empirical.default_bin_edges_km()
+    want = pair_statistics.numpy_reference(h, d, negative, edges)
+    assert want[0].sum() == negative.sum()
+    args = (
+        jnp.asarray(h.reshape(-1)),
+        jnp.asarray(d.reshape(-1)),
+        jnp.asarray(negative.reshape(-1), "float32"),
+    )
+    for name, fn in pair_statistics.formulations(edges).items():
+        got = np.asarray(fn(*args), "float64")
+        np.testing.assert_allclose(
+            got, want, rtol=1e-5, atol=1e-4, err_msg=name
+        )
