@@ -236,7 +236,7 @@ def test_torch_keras_style_adam_equals_keras_adam():
 
 
 def test_pair_statistics_study_formulations_equal_numpy():
-    # studies/pair_statistics.py times these; each must compute what the
+    # benchmarks/pair_statistics.py times these; each must compute what the
     # package's statistics compute (numpy's digitize and bincount here).
     if keras.backend.backend() != "jax":
         pytest.skip("the study's formulations are written in JAX")

@@ -12,7 +12,7 @@ reduced or multiplied) and a one-hot matrix product. Each formulation is
 first checked against numpy (`np.digitize`, `np.bincount`) on the same
 pairs. The result is in BENCHMARKS.md ("The semivariogram's share").
 
-Run: `KERAS_BACKEND=jax python benchmarks/studies/pair_statistics.py
+Run: `KERAS_BACKEND=jax python benchmarks/pair_statistics.py
 [--batch 64] [--queue 256] [--repeats 7] [--calls 200]`.
 """
 
