@@ -235,7 +235,7 @@ def test_torch_keras_style_adam_equals_keras_adam():
     assert np.abs(q.detach().numpy() - p.detach().numpy()).max() > 1e-5
 
 
-def test_pair_statistics_study_formulations_equal_numpy():
+def test_pair_statistics_formulations_equal_numpy():
     # benchmarks/pair_statistics.py times these; each must compute what the
     # package's statistics compute (numpy's digitize and bincount here).
     if keras.backend.backend() != "jax":
