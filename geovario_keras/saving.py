@@ -102,48 +102,46 @@ def folder_lock(folder, job):
     ...
     RuntimeError: ... is being written by another run (a job, pid ...
     """
+    f = _lock_file(os.fspath(folder), job)
+    try:
+        yield
+    finally:
+        if f is not None:
+            f.close()  # closing the file drops the lock
+
+
+def _lock_file(folder, job):
+    """The open, locked `folder/.lock` noting `job`; None where no lock can
+    be taken; a `RuntimeError` when another run holds it."""
     try:
         import fcntl
     except ImportError:  # Windows
-        yield
-        return
-    folder = os.fspath(folder)
+        return None
     os.makedirs(folder, exist_ok=True)
     try:
         f = open(os.path.join(folder, LOCK_FILE), "a+")
     except OSError:  # a folder this process may read, not write
-        f = None
-    with f if f is not None else contextlib.nullcontext():
-        locked = f is not None
-        if locked:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "unknown"
-                raise RuntimeError(
-                    f"{folder!r} is being written by another run "
-                    f"({holder}). Wait for it to end (or stop it), or choose "
-                    "another folder: two runs writing the same folder would "
-                    "mix their files."
-                ) from None
-            except OSError:  # no locks on this file system
-                locked = False
-        if not locked:
-            yield
-            return
-        try:
-            now = datetime.datetime.now().isoformat(timespec="seconds")
-            f.seek(0)
-            f.truncate()
-            f.write(
-                f"{job}, pid {os.getpid()} on {socket.gethostname()}, "
-                f"since {now}"
-            )
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RuntimeError(
+            f"{folder!r} is being written by another run ({holder}). Wait "
+            "for it to end (or stop it), or choose another folder: two runs "
+            "writing the same folder would mix their files."
+        ) from None
+    except OSError:  # no locks on this file system
+        f.close()
+        return None
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{job}, pid {os.getpid()} on {socket.gethostname()}, since {now}")
+    f.flush()
+    return f
 
 
 _BACKEND_OPTIMIZERS = "keras.src.backend."
