@@ -62,9 +62,10 @@ class StepCheckpoint(keras.callbacks.Callback):
     starts at its Keras epoch. A checkpoint that cannot be loaded (damaged
     on disk) is passed over, with a warning, for the one before it; when
     checkpoints exist and none of them loads into the model (written by
-    another model, or all damaged) it is a `ValueError`: the run never
-    starts afresh over another run's checkpoints. At each Keras epoch end
-    the weights, the optimizer state and every non-trainable variable go to
+    another model, or all damaged) it is a `ValueError`, with the model's
+    variables left as they were: the run never starts afresh over another
+    run's checkpoints. At each Keras epoch end the weights, the optimizer
+    state and every non-trainable variable go to
     `step-{global step}.weights.h5` (written beside and renamed); the
     `keep` newest are kept. In a job of several processes
     (`gv.backend.data_parallel`) every process restores and process 0
@@ -94,6 +95,12 @@ class StepCheckpoint(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         if found and optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
+        # A file of another model may load some variables before it fails:
+        # kept, to put back when none loads (copies on the device).
+        state = list(self.model.variables)
+        if optimizer is not None:
+            state += list(optimizer.variables)
+        kept = [(v, keras.ops.copy(v.value)) for v in state] if found else []
         failed = []
         for step, path in reversed(found):
             try:
@@ -117,6 +124,8 @@ class StepCheckpoint(keras.callbacks.Callback):
             self.restored_step = self._pending = step
             return step
         if failed:
+            for variable, value in kept:
+                variable.assign(value)
             path, error = failed[0]
             raise ValueError(
                 f"None of the {len(found)} checkpoints in "
