@@ -18,6 +18,7 @@ from geovario_keras.layers.gps_gallery import check_dtype
 from geovario_keras.utils import RowProgress
 from geovario_keras.utils import bound_heap_growth
 from geovario_keras.utils import check_int
+from geovario_keras.validation import check_feature_size
 
 
 def _blocks(builder, split, block_size):
@@ -49,6 +50,7 @@ def set_reference_from_features(
     Returns:
         The number of reference rows.
     """
+    check_feature_size(model, builder)
     total = builder.info.splits[split].num_examples
     dim = model.image_encoder.embed_dim
     # Held in the storage dtype (float16 halves it; numpy has no bfloat16).
@@ -104,6 +106,7 @@ def evaluate_features(
     Returns:
         `(report, predictions (N, 2))`.
     """
+    check_feature_size(model, builder)
     total = builder.info.splits[split].num_examples
     pred = np.empty((total, 2), "float32")
     true = np.empty((total, 2), "float32")

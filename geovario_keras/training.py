@@ -39,6 +39,7 @@ from geovario_keras.saving import atomic_save
 from geovario_keras.saving import folder_lock
 from geovario_keras.saving import write_json
 from geovario_keras.utils import check_int
+from geovario_keras.validation import check_feature_size
 
 _NAME = "step-{step:012d}.weights.h5"
 _PATTERN = re.compile(r"step-(\d{12})\.weights\.h5$")
@@ -203,8 +204,9 @@ def fit_resumable(
     the settings that fix the order of the batches (data set, split,
     `batch_size`, `checkpoints_per_epoch`, `seed`, `shuffle_buffer`) are
     kept in `directory/run.json` and another value is a `ValueError`, as
-    are checkpoints that do not load into `model`, and a second run on a
-    folder that a run is writing (`RuntimeError`).
+    are checkpoints that do not load into `model` and features of another
+    size than `model` takes; a second run on a folder that a run is
+    writing is a `RuntimeError`.
 
     Each Keras epoch of `fit` is one checkpoint interval (`chunk` steps),
     so `History` and callbacks see `epochs * checkpoints_per_epoch` Keras
@@ -243,6 +245,7 @@ def fit_resumable(
     """
     check_int("epochs", epochs)
     check_int("shuffle_buffer", shuffle_buffer, 0)
+    check_feature_size(model, builder)
     directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
     steps, chunk = streams.schedule(
         builder, split, batch_size, checkpoints_per_epoch

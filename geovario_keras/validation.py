@@ -173,3 +173,21 @@ def checked_arguments(method, x, y, args, kwargs):
     a["x"] = checked_features(a["x"], "x", a.get("batch_size") or 32)
     a["y"] = geo.check_gps_array(a["y"], "y")
     return a
+
+
+def check_feature_size(model, builder):
+    """Refuses a stored-features data set whose features are not the size
+    that `model`'s image encoder was built for (a `ValueError` naming
+    both), before any step runs or file is written; an unbuilt model
+    passes (it is built on the first batch)."""
+    size = builder.info.features["features"].shape[-1]
+    shape = getattr(model, "image_input_shape", None)
+    wanted = shape[-1] if shape else None
+    if wanted is not None and wanted != size:
+        raise ValueError(
+            f"`builder` {builder.info.full_name!r} stores image features "
+            f"of size {size}, but `model` was built for features of size "
+            f"{wanted} (input shape {shape}): use a model built for "
+            f"(None, {size}), or the features of the backbone the model "
+            "was built for."
+        )

@@ -381,6 +381,29 @@ def test_checkpoints_of_another_model_or_run_are_refused_untouched(
     assert len(history.history["loss"]) == 9 - 2
 
 
+def test_features_of_another_size_are_refused_before_any_step(
+    builder, tmp_path
+):
+    # The stored features are 16-d; this model was built for 8-d ones.
+    keras.utils.set_random_seed(0)
+    model = small_geoclip(queue_size=64, embed_dim=16)
+    model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
+    model.build((None, 8))
+    model.set_gallery(np.zeros((4, 2), "float32"), verbose=0)
+    match = "`builder` .* features of size 16, but `model` .* size 8"
+    with pytest.raises(ValueError, match=match):
+        gv.training.fit_resumable(
+            model, builder, tmp_path / "run", epochs=1, batch_size=32
+        )
+    for evaluate in (
+        gv.evaluation.evaluate_features,
+        gv.evaluation.set_reference_from_features,
+    ):
+        with pytest.raises(ValueError, match=match):
+            evaluate(model, builder, "test", verbose=0)
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_a_folder_being_written_is_refused(builder, corpus, tmp_path):
     directory = tmp_path / "run"
     with folder_lock(directory, "another run"):
