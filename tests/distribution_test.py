@@ -163,8 +163,11 @@ def test_torch_process_group_refused(monkeypatch):
         ({"job_addresses": "a:1,b:2", "process_id": 2}, r"\[0, 1\]"),
         ({"job_addresses": "a:1,b:2", "process_id": None}, "process_id"),
         (
-            {"job_addresses": "a:1,b:2,c:3", "num_processes": 2,
-             "process_id": 0},
+            {
+                "job_addresses": "a:1,b:2,c:3",
+                "num_processes": 2,
+                "process_id": 0,
+            },
             "3 addresses|every process's address",
         ),
         ({"job_addresses": "a:1,b:2", "num_processes": 0}, "num_processes"),

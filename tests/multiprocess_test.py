@@ -61,8 +61,16 @@ def _start_job(out, *args, processes=2):
         log = open(os.path.join(out, f"log-{i}.txt"), "a")
         procs.append(
             subprocess.Popen(
-                [sys.executable, WORKER, str(out), "--job-addresses",
-                 addresses, "--process-id", str(i), *args],
+                [
+                    sys.executable,
+                    WORKER,
+                    str(out),
+                    "--job-addresses",
+                    addresses,
+                    "--process-id",
+                    str(i),
+                    *args,
+                ],
                 env=_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -205,9 +213,8 @@ def test_a_killed_worker_stops_the_job_and_it_resumes(tmp_path):
     deadline = time.monotonic() + 300
     checkpoints = job / "semivariogram" / "checkpoints"
     while not gv_checkpoints(checkpoints):  # killed after the first one
-        assert time.monotonic() < deadline and procs[1].poll() is None, (
-            _log(job, 1)[-4000:]
-        )
+        running = time.monotonic() < deadline and procs[1].poll() is None
+        assert running, _log(job, 1)[-4000:]
         time.sleep(0.2)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
