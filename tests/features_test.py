@@ -389,7 +389,6 @@ def test_features_of_another_size_are_refused_before_any_step(
     model = small_geoclip(queue_size=64, embed_dim=16)
     model.compile(optimizer="adam", loss=gv.losses.GeoContrastiveLoss())
     model.build((None, 8))
-    model.set_gallery(np.zeros((4, 2), "float32"), verbose=0)
     match = "`builder` .* features of size 16, but `model` .* size 8"
     with pytest.raises(ValueError, match=match):
         gv.training.fit_resumable(
