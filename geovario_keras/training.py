@@ -98,10 +98,10 @@ class StepCheckpoint(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)
         # A file of another model may load some variables before it fails:
         # kept, to put back when none loads (copies on the device).
-        state = list(self.model.variables)
-        if optimizer is not None:
-            state += list(optimizer.variables)
-        kept = [(v, keras.ops.copy(v.value)) for v in state] if found else []
+        kept = [
+            (v, keras.ops.copy(v.value))
+            for v in (backend.model_variables(self.model) if found else [])
+        ]
         failed = []
         for step, path in reversed(found):
             try:

@@ -425,7 +425,7 @@ def test_step_function_keeps_the_guards_a_step_needs():
     # Fallen back, the step copies no state any more: one update per call.
     from geovario_keras.backend import fit as backend_fit
 
-    with mock.patch.object(backend_fit, "_model_variables") as copied:
+    with mock.patch.object(backend_fit, "model_variables") as copied:
         steps[partial_step](torch.ones(3))
     copied.assert_not_called()
     assert float(to_numpy(with_model.count)) == 2.0

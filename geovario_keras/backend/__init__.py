@@ -90,6 +90,7 @@ from geovario_keras.backend.distribution import replica_count  # noqa: E402
 from geovario_keras.backend.distribution import symbolic_build_batch  # noqa: E402
 from geovario_keras.backend.distribution import worker_logs  # noqa: E402
 from geovario_keras.backend.fit import fresh_order_arguments  # noqa: E402
+from geovario_keras.backend.fit import model_variables  # noqa: E402
 from geovario_keras.backend.fit import state_kept_on_error  # noqa: E402
 from geovario_keras.backend.fit import step_function  # noqa: E402
 from geovario_keras.backend.inference import distributed_batch  # noqa: E402
@@ -126,6 +127,7 @@ __all__ = [
     "inference_function",
     "is_tensor",
     "lost_process_errors",
+    "model_variables",
     "power",
     "process_count",
     "process_index",

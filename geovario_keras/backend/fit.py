@@ -17,7 +17,9 @@ from geovario_keras.backend import NAME
 from geovario_keras.backend.inference import is_tensor
 
 
-def _model_variables(model):
+def model_variables(model):
+    """Every variable of `model`, its metrics and its built optimizer,
+    once each (what a step or a checkpoint load may change)."""
     found = list(model.variables) + list(model.metrics_variables)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and optimizer.built:
@@ -41,7 +43,7 @@ def state_kept_on_error(model):
     if NAME != "jax":
         yield
         return
-    before = [(v, v._value) for v in _model_variables(model)]
+    before = [(v, v._value) for v in model_variables(model)]
     try:
         yield
     except BaseException:
@@ -133,7 +135,7 @@ def step_function(function, model=None):
         saved = None
         if model is not None and not succeeded[0] and current[0] is compiled:
             saved = [
-                (v, v.value.detach().clone()) for v in _model_variables(model)
+                (v, v.value.detach().clone()) for v in model_variables(model)
             ]
         try:
             out = current[0](*args, **kwargs)
