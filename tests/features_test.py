@@ -11,6 +11,7 @@ The SIGKILL versions of the resumption tests are in
 import csv
 import json
 import os
+import threading
 
 import keras
 import numpy as np
@@ -417,10 +418,56 @@ def test_a_folder_being_written_is_refused(builder, corpus, tmp_path):
             )
         job = FeaturesJob("osv5m", corpus, tiny_backbone, directory, SIZE)
         with pytest.raises(RuntimeError, match="being written"):
-            job.start()
+            gv.data.geotagged_features_beam(job, str(tmp_path / "tfds"))
     assert gv.training.checkpoints(directory) == []
     # Released (as when a run ends, however it ends): the next run writes.
     assert len(_fit(_feature_model(), builder, directory).history["loss"]) == 9
+
+
+def test_the_beam_job_holds_its_folder_until_it_ends(
+    corpus, tmp_path, monkeypatch
+):
+    # Not only the job's start: while the pipeline's workers write their
+    # shards, `extract_features` on the folder (here from another thread,
+    # refused as another process is) would delete their partial files.
+    import importlib
+
+    builders = importlib.import_module(
+        "geovario_keras.data.builders.geotagged_features"
+    )
+
+    directory = tmp_path / "beam"
+    job = FeaturesJob("osv5m", corpus, tiny_backbone, directory, SIZE)
+    refused = []
+
+    def other_run():
+        try:
+            features_lib.extract_features(
+                CorpusReader("osv5m", corpus, SIZE),
+                tiny_backbone(),
+                directory,
+                verbose=0,
+            )
+        except RuntimeError as e:
+            refused.append(str(e))
+
+    class PipelineRan(Exception):
+        pass
+
+    def pipeline(builder, download_config):  # in place of Beam's run
+        thread = threading.Thread(target=other_run)
+        thread.start()
+        thread.join()
+        raise PipelineRan
+
+    monkeypatch.setattr(builders, "prepare", pipeline)
+    with pytest.raises(PipelineRan):
+        gv.data.geotagged_features_beam(job, data_dir=str(tmp_path / "tfds"))
+    assert len(refused) == 1
+    assert "geotagged_features_beam, pid" in refused[0]
+    assert not features_lib.read_manifest(directory)["splits"]
+    with folder_lock(directory, "the next run"):  # released at the error
+        pass
 
 
 def test_a_folder_this_process_cannot_write_is_read_unlocked(

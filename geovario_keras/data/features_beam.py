@@ -19,7 +19,6 @@ from geovario_keras.data.feature_shards import split_summary
 from geovario_keras.data.features import _Extractor
 from geovario_keras.data.features import _start
 from geovario_keras.data.features import compute_shard
-from geovario_keras.saving import folder_lock
 from geovario_keras.saving import write_json
 from geovario_keras.utils import check_int
 
@@ -83,7 +82,10 @@ class FeaturesJob:
         )
 
     def start(self, overwrite=False):
-        """Driver: the manifest of a new or continued job."""
+        """Driver: the manifest of a new or continued job.
+
+        Called with `gv.saving.folder_lock(self.folder, ...)` held.
+        """
         backbone = self.backbone_fn()
         size = getattr(backbone, "image_size", None) or self.image_size
         manifest = {
@@ -95,10 +97,9 @@ class FeaturesJob:
             "feature_dim": _Extractor(backbone, 1, size).dim,
             "shard_size": self.shard_size,
         }
-        # Refused while `extract_features` writes the folder (its start
-        # deletes the partial files of a killed run).
-        with folder_lock(self.folder, "the Beam features job's start"):
-            return _start(self.folder, manifest, overwrite)
+        # It deletes the partial files of a killed run: the caller holds
+        # the folder's lock (`geotagged_features_beam`, to the job's end).
+        return _start(self.folder, manifest, overwrite)
 
     def plan(self, split):
         """Driver: `(split, index, offset, rows, path)` of every shard."""

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from geovario_keras.data import features as features_lib
 from geovario_keras.data.builders.tfds_utils import prepare
 from geovario_keras.data.corpus_reader import LABELS
+from geovario_keras.saving import folder_lock
 from geovario_keras.utils import check_int
 
 
@@ -181,24 +182,28 @@ def geotagged_features_beam(
         direct_num_workers=8, direct_running_mode="multi_processing"))
     ```
     """
-    manifest = job.start(overwrite=overwrite)
-    start = {
-        k: v for k, v in manifest.items() if k not in ("splits", "complete")
-    }
-    builder = GeotaggedFeatures(
-        config=_config(start), data_dir=data_dir, job=job
-    )
-    prepare(
-        builder,
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=job.folder, beam_options=beam_options
-        ),
-    )
-    totals = getattr(builder, "totals", None)
-    if totals is None:  # built before: count the CSVs' rows
-        reader = job.reader()
-        totals = {s: reader.count_rows(s) for s in reader.splits()}
-    job.finish(manifest, totals)
+    # The driver holds the folder from the start to the manifest's last
+    # write: `extract_features` on it meanwhile would delete the workers'
+    # partial files.
+    with folder_lock(job.folder, "geotagged_features_beam"):
+        manifest = job.start(overwrite=overwrite)
+        start = {
+            k: v for k, v in manifest.items() if k not in ("splits", "complete")
+        }
+        builder = GeotaggedFeatures(
+            config=_config(start), data_dir=data_dir, job=job
+        )
+        prepare(
+            builder,
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=job.folder, beam_options=beam_options
+            ),
+        )
+        totals = getattr(builder, "totals", None)
+        if totals is None:  # built before: count the CSVs' rows
+            reader = job.reader()
+            totals = {s: reader.count_rows(s) for s in reader.splits()}
+        job.finish(manifest, totals)
     return builder
 
 
