@@ -17,8 +17,9 @@ or absent), and its name carries the step.
 
 A resumption is exact only with the run's own settings, model and folder
 to itself, so each is checked rather than assumed: the settings that fix
-the order of the batches are kept in `run.json` beside the checkpoints
-(another seed, batch size, ... is refused, naming it), checkpoints that
+the order of the batches, and the loss's and optimizer's arguments, are
+kept in `run.json` beside the checkpoints (another seed, batch size,
+learning rate, ... is refused, naming it), checkpoints that
 do not load into the model are an error (never a silent fresh start),
 and the folder is locked while a run writes it.
 """
@@ -37,6 +38,7 @@ from geovario_keras import backend
 from geovario_keras.data import streams
 from geovario_keras.saving import atomic_save
 from geovario_keras.saving import folder_lock
+from geovario_keras.saving import portable_compile_config
 from geovario_keras.saving import write_json
 from geovario_keras.utils import check_int
 from geovario_keras.validation import check_feature_size
@@ -160,6 +162,57 @@ class StepCheckpoint(keras.callbacks.Callback):
             os.remove(old)
 
 
+_STEP_SETTINGS = ("loss", "optimizer")
+
+
+def step_settings(model):
+    """What each training step of `model` does: its compiled loss and
+    optimizer as flat `{"loss": class, "loss.<argument>": value, ...}`.
+
+    From Keras's compile config, without the objects' names (Keras numbers
+    them per process: `adam`, `adam_1`, ...). Empty for a model whose
+    compile arguments Keras cannot serialise.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.layers.Dense(1)])
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    >>> settings = step_settings(model)
+    >>> settings["optimizer"], settings["optimizer.learning_rate"]
+    ('Adam', 0.0010000000474974513)
+    >>> settings["loss"]
+    'mse'
+    """
+    try:
+        config = portable_compile_config(model.get_compile_config() or {})
+    except Exception:  # objects Keras cannot serialise: nothing recorded
+        return {}
+    flat = {}
+    for key in _STEP_SETTINGS:
+        if key in config:
+            flat.update(_flat(config[key], key))
+    # As read back from run.json (tuples as lists, numbers as JSON's).
+    return json.loads(json.dumps(flat, default=repr))
+
+
+def _flat(value, prefix):
+    if isinstance(value, dict) and "class_name" in value:
+        flat = {prefix: value["class_name"]}
+        config = value.get("config")
+        if isinstance(config, dict):
+            flat.update(_flat(config, prefix))
+        elif config is not None:
+            flat[prefix + ".config"] = config
+        return flat
+    if isinstance(value, dict):
+        flat = {}
+        for k, v in value.items():
+            if k != "name":
+                flat.update(_flat(v, f"{prefix}.{k}"))
+        return flat
+    return {prefix: value}
+
+
 def _check_run(directory, run):
     """Refuses to resume the checkpoints of `directory` with other
     settings than those of its `run.json`; records `run` (process 0)."""
@@ -167,13 +220,21 @@ def _check_run(directory, run):
     if checkpoints(directory) and os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)
-        diff = {k: (old.get(k), v) for k, v in run.items() if old.get(k) != v}
+        keys = set(old) | set(run)
+        if "optimizer" not in old:  # written before the step was recorded
+            keys = {k for k in keys if k.split(".")[0] not in _STEP_SETTINGS}
+        diff = {
+            k: (old.get(k), run.get(k))
+            for k in sorted(keys)
+            if old.get(k) != run.get(k)
+        }
         if diff:
             raise ValueError(
                 f"{directory!r} holds the checkpoints of a run with other "
                 f"settings (was, now: {diff}). Resume with that run's "
-                "settings (the order of the batches depends on them), "
-                "or train into another folder."
+                "settings (they fix the order of the batches and what each "
+                "step does; its checkpoints hold its optimizer's state, "
+                "learning rate included), or train into another folder."
             )
     elif backend.process_index() == 0:
         write_json(path, run)
@@ -202,8 +263,11 @@ def fit_resumable(
     an uninterrupted run. When the run is already complete it only loads
     the final weights. `epochs` may grow between runs (train longer);
     the settings that fix the order of the batches (data set, split,
-    `batch_size`, `checkpoints_per_epoch`, `seed`, `shuffle_buffer`) are
-    kept in `directory/run.json` and another value is a `ValueError`, as
+    `batch_size`, `checkpoints_per_epoch`, `seed`, `shuffle_buffer`) and
+    what a step does (the compiled loss's and optimizer's arguments,
+    `step_settings`) are kept in `directory/run.json` and another value is
+    a `ValueError` (Keras's load would put the checkpoint's learning rate
+    over a new one without a word), as
     are checkpoints that do not load into `model` and features of another
     size than `model` takes; a second run on a folder that a run is
     writing is a `RuntimeError`.
@@ -258,6 +322,7 @@ def fit_resumable(
         "checkpoints_per_epoch": int(checkpoints_per_epoch),
         "seed": int(seed),
         "shuffle_buffer": int(shuffle_buffer),
+        **step_settings(model),
     }
     checkpoint = StepCheckpoint(directory, chunk)
     checkpoint.set_model(model)

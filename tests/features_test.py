@@ -11,6 +11,7 @@ The SIGKILL versions of the resumption tests are in
 import csv
 import json
 import os
+import re
 import threading
 
 import keras
@@ -371,6 +372,26 @@ def test_checkpoints_of_another_model_or_run_are_refused_untouched(
                 verbose=0,
                 **settings,
             )
+    # Another loss or optimizer setting: Keras's load would also put the
+    # checkpoint's learning rate over the new one without a word.
+    for changed, named in (
+        ({"optimizer": keras.optimizers.Adam(1e-4)}, "optimizer.learning_rate"),
+        (
+            {"loss": gv.losses.SemivariogramContrastiveLoss(max_weight=3.0)},
+            "loss.max_weight",
+        ),
+        ({"loss": gv.losses.GeoContrastiveLoss()}, "'loss': ('Semivariogram"),
+    ):
+        model = _feature_model()
+        model.compile(
+            **{
+                "optimizer": keras.optimizers.Adam(1e-3),
+                "loss": gv.losses.SemivariogramContrastiveLoss(),
+                **changed,
+            }
+        )
+        with pytest.raises(ValueError, match=re.escape(named)):
+            _fit(model, builder, directory)
     with pytest.raises(ValueError, match="`epochs` must be an int >= 1"):
         gv.training.fit_resumable(
             _feature_model(), builder, directory, epochs=0, batch_size=32
