@@ -15,6 +15,9 @@ finished output without `--overwrite`:
    the test split in blocks (`gv.evaluation`), OSV5M's metrics (accuracy
    at 1 / 25 / 200 / 750 / 2,500 km, GeoScore, country / region /
    sub-region / city), one JSON per mode, and `results.md` (every method).
+   A killed evaluation continues after its last finished block
+   (`evaluate_features(backup_dir=...)`, `evaluation-<mode>/` until the
+   mode's JSON is written).
 4. `export --method ...`: a TF SavedModel that takes features.
 
 `all` runs every step for both methods. Commands (README, "The paper's
@@ -33,6 +36,7 @@ trains end to end from pixels on corpora that fit in memory.
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -257,8 +261,18 @@ def evaluate(args, builder, test_builder, method, model):
         )
     for mode in todo:
         start = time.time()
+        # Finished blocks' predictions, kept until the report is written: a
+        # killed evaluation continues after them.
+        backup = os.path.join(folder, f"evaluation-{mode}")
+        if args.overwrite and os.path.isdir(backup):
+            shutil.rmtree(backup)
         report, _ = gv.evaluation.evaluate_features(
-            model, test_builder, args.test_split, mode, verbose=args.verbose
+            model,
+            test_builder,
+            args.test_split,
+            mode,
+            verbose=args.verbose,
+            backup_dir=backup,
         )
         report["seconds"] = time.time() - start
         path = os.path.join(folder, f"results-{mode}.json")

@@ -9,6 +9,7 @@ The SIGKILL versions of the resumption tests are in
 """
 
 import csv
+import functools
 import json
 import os
 import re
@@ -541,6 +542,91 @@ def test_streamed_evaluation_equals_the_in_memory_path(builder):
                 assert np.isnan(got[key]), key
             else:
                 assert got[key] == pytest.approx(value, abs=1e-3), key
+
+
+def test_a_killed_evaluation_resumes_from_its_finished_blocks(
+    builder, tmp_path, monkeypatch
+):
+    # `evaluate_features(backup_dir=...)` killed in its third block: run
+    # again, it predicts only the blocks it had not finished, and its
+    # report and predictions are those of an uninterrupted evaluation.
+    model = _feature_model()
+    train = gv.data.as_arrays(builder, "train")
+    model.set_gallery(train["gps"][::3], verbose=0)
+    gv.evaluation.set_reference_from_features(model, builder, verbose=0)
+    want, want_pred = gv.evaluation.evaluate_features(
+        model, builder, "test", "hybrid", block_size=10, verbose=0
+    )
+    blocks = -(-len(want_pred) // 10)
+    assert blocks >= 4
+    predict, calls = model.predict_gps, []
+
+    def killed_at(block):
+        def counted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == block:
+                raise KeyboardInterrupt("killed")
+            return predict(*args, **kwargs)
+
+        return counted
+
+    backup = tmp_path / "eval"
+    evaluate = functools.partial(
+        gv.evaluation.evaluate_features,
+        model,
+        builder,
+        "test",
+        "hybrid",
+        block_size=10,
+        verbose=0,
+        backup_dir=backup,
+    )
+    monkeypatch.setattr(model, "predict_gps", killed_at(3))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate()
+    assert sorted(n for n in os.listdir(backup) if n.startswith("block")) == [
+        "block-000000000.npy",
+        "block-000000001.npy",
+    ]
+    before = _files(backup)
+    # Another evaluation's kept predictions are refused, files untouched.
+    for changed, named in (
+        (dict(mode="gallery"), "'mode'"),
+        (dict(block_size=8), "'block_size'"),
+        (dict(neighbours=8), "'options'"),
+    ):
+        arguments = {"mode": "hybrid", "block_size": 10, **changed}
+        with pytest.raises(ValueError, match=named):
+            gv.evaluation.evaluate_features(
+                model,
+                builder,
+                "test",
+                verbose=0,
+                backup_dir=backup,
+                **arguments,
+            )
+    other = _feature_model(seed=1)
+    other.set_gallery(train["gps"][::3], verbose=0)
+    with pytest.raises(ValueError, match="'model'"):
+        gv.evaluation.evaluate_features(
+            other,
+            builder,
+            "test",
+            "hybrid",
+            block_size=10,
+            verbose=0,
+            backup_dir=backup,
+        )
+    assert _files(backup) == before
+    calls.clear()
+    monkeypatch.setattr(model, "predict_gps", killed_at(0))  # counts only
+    got, got_pred = evaluate()
+    assert len(calls) == blocks - 2
+    np.testing.assert_array_equal(got_pred, want_pred)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == value or (np.isnan(got[key]) and np.isnan(value))
+    assert not os.path.exists(backup)  # removed at the end
 
 
 @slow_on("tensorflow", "torch")

@@ -4,7 +4,9 @@ Each job (`tests/streaming_job.py`) runs in its own process; it is killed
 three times at random moments of its work and then run to the end. The
 result must equal that of an uninterrupted run: the same rows in the same
 shards for the features extraction; the same weights, and the same losses
-from the last checkpoint on, for training. Slow (`make test-slow`).
+from the last checkpoint on, for training; the same predictions and
+report, the finished blocks not predicted again, for an evaluation. Slow
+(`make test-slow`).
 """
 
 import os
@@ -147,3 +149,32 @@ def test_training_killed_three_times_ends_as_an_uninterrupted_run(
     for key in want.files:
         if key != "losses":
             np.testing.assert_allclose(got[key], want[key], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluation_killed_three_times_ends_as_an_uninterrupted_run(
+    corpus, tmp_path
+):
+    features = tmp_path / "features"
+    _run("extract", corpus, features)
+    data_dir = tmp_path / "tfds"
+    whole = tmp_path / "whole.npz"
+    work = _timed_work("evaluate", features, data_dir, tmp_path / "a", whole)
+    blocks = int(np.load(whole)["predicted"])
+    assert blocks == 25  # 100 test rows, 4 a block
+    rng = np.random.default_rng(2)
+    per_block = work / blocks
+    for done, delay in zip(rng.integers(1, 6, 3), rng.uniform(0, 1, 3)):
+        _kill_during_work(
+            ("evaluate", features, data_dir, tmp_path / "b", tmp_path / "x"),
+            delay * per_block,
+            done,
+        )
+    cut = tmp_path / "cut.npz"
+    _run("evaluate", features, data_dir, tmp_path / "b", cut)
+    want, got = np.load(whole), np.load(cut)
+    assert 0 < int(got["predicted"]) < blocks  # it was interrupted
+    np.testing.assert_array_equal(got["pred"], want["pred"])
+    np.testing.assert_array_equal(got["keys"], want["keys"])
+    np.testing.assert_array_equal(got["values"], want["values"])
+    assert not os.path.exists(tmp_path / "b")  # removed at the end

@@ -298,6 +298,8 @@ def test_paper_recipe_end_to_end_skips_finished_steps(tmp_path):
     for method in ("geoclip", "semivariogram"):
         assert (run / method / "model.keras").is_file()
         assert (run / method / "saved_model" / "1").is_dir()
+        # The evaluations' kept blocks are removed with their reports done.
+        assert not list((run / method).glob("evaluation-*"))
         folder = run / method / "checkpoints"
         assert len(gv.training.checkpoints(folder)) == 2  # the 2 newest
         run_file = json.loads((folder / "run.json").read_text())
