@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from geovario_keras import backend
 from geovario_keras import geo
 from geovario_keras import metrics
 from geovario_keras.data.corpus_reader import LABELS
@@ -120,7 +121,8 @@ def evaluate_features(
             the same result. The predictions there belong to one
             evaluation: another model (weights, gallery or reference set),
             data set, split, mode, block size or option is a `ValueError`
-            naming it, the files untouched. Removed at the end.
+            naming it, the files untouched. Removed at the end. One
+            process only (a job of several is refused).
         **options: `gv.retrieval.RetrievalOptions` fields.
 
     Returns:
@@ -137,6 +139,12 @@ def evaluate_features(
     total = builder.info.splits[split].num_examples
     check_int("block_size", block_size)
     backup = None
+    if backup_dir is not None and backend.process_count() > 1:
+        raise ValueError(
+            "`backup_dir` keeps the predictions of one process; this job "
+            f"has {backend.process_count()} (each would skip other blocks "
+            "than the others). Evaluate in one process, or without it."
+        )
     if backup_dir is not None:
         backup = _Backup(
             backup_dir,

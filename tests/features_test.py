@@ -627,6 +627,10 @@ def test_a_killed_evaluation_resumes_from_its_finished_blocks(
     for key, value in want.items():
         assert got[key] == value or (np.isnan(got[key]) and np.isnan(value))
     assert not os.path.exists(backup)  # removed at the end
+    # Several processes would each skip other blocks: refused.
+    monkeypatch.setattr(gv.backend, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="`backup_dir` .* has 2"):
+        evaluate()
 
 
 @slow_on("tensorflow", "torch")
