@@ -159,6 +159,24 @@ class SemivariogramCallback(keras.callbacks.Callback):
         self.last_empirical = None
         self._pending_logs = {}
 
+    def get_config(self):
+        """The arguments that decide the fits (not `data`, `plot_path`,
+        `verbose`); `gv.training.fit_resumable` keeps them in `run.json`."""
+        edges = self.bin_edges_km
+        return {
+            "sample_size": self.sample_size,
+            "bin_edges_km": None
+            if edges is None
+            else [float(e) for e in edges],
+            "family": self.family,
+            "refit_every": self.refit_every,
+            "warmup_epochs": self.warmup_epochs,
+            "min_pairs": self.min_pairs,
+            "weighting": self.weighting,
+            "seed": self.seed,
+            "data": self.data is not None,
+        }
+
     # -------------------------------------------------------------- helpers
     def _state(self):
         state = getattr(self.model, "variogram", None)

@@ -195,6 +195,26 @@ def step_settings(model):
     return json.loads(json.dumps(flat, default=repr))
 
 
+_RECORDED = _STEP_SETTINGS + ("callbacks",)
+
+
+def _callback_settings(callbacks):
+    """`{"callbacks.<class>": ..., "callbacks.<class>.<argument>": ...}` of
+    the callbacks that have a `get_config` (`SemivariogramCallback`: when
+    and how the variogram is refitted, which changes the later steps)."""
+    flat = {}
+    for callback in callbacks:
+        if callable(getattr(callback, "get_config", None)):
+            name = type(callback).__name__
+            flat.update(
+                _flat(
+                    {"class_name": name, "config": callback.get_config()},
+                    f"callbacks.{name}",
+                )
+            )
+    return json.loads(json.dumps(flat, default=repr))
+
+
 def _flat(value, prefix):
     if isinstance(value, dict) and "class_name" in value:
         flat = {prefix: value["class_name"]}
@@ -222,7 +242,7 @@ def _check_run(directory, run):
             old = json.load(f)
         keys = set(old) | set(run)
         if "optimizer" not in old:  # written before the step was recorded
-            keys = {k for k in keys if k.split(".")[0] not in _STEP_SETTINGS}
+            keys = {k for k in keys if k.split(".")[0] not in _RECORDED}
         diff = {
             k: (old.get(k), run.get(k))
             for k in sorted(keys)
@@ -264,11 +284,12 @@ def fit_resumable(
     the final weights. `epochs` may grow between runs (train longer);
     the settings that fix the order of the batches (data set, split,
     `batch_size`, `checkpoints_per_epoch`, `seed`, `shuffle_buffer`) and
-    what a step does (the compiled loss's and optimizer's arguments,
-    `step_settings`) are kept in `directory/run.json` and another value is
-    a `ValueError` (Keras's load would put the checkpoint's learning rate
-    over a new one without a word), as
-    are checkpoints that do not load into `model` and features of another
+    what the steps do (the compiled loss's and optimizer's arguments,
+    `step_settings`, and those of callbacks with a `get_config`, such as
+    `SemivariogramCallback`'s refits) are kept in `directory/run.json`
+    and another value is a `ValueError` (Keras's load would put the
+    checkpoint's learning rate over a new one without a word), as are
+    checkpoints that do not load into `model` and features of another
     size than `model` takes; a second run on a folder that a run is
     writing is a `RuntimeError`.
 
@@ -323,6 +344,7 @@ def fit_resumable(
         "seed": int(seed),
         "shuffle_buffer": int(shuffle_buffer),
         **step_settings(model),
+        **_callback_settings(callbacks),
     }
     checkpoint = StepCheckpoint(directory, chunk)
     checkpoint.set_model(model)

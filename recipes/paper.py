@@ -44,6 +44,7 @@ import keras
 import numpy as np
 
 import geovario_keras as gv
+from geovario_keras.saving import write_json
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import experiment  # noqa: E402
@@ -275,11 +276,7 @@ def evaluate(args, builder, test_builder, method, model):
             backup_dir=backup,
         )
         report["seconds"] = time.time() - start
-        path = os.path.join(folder, f"results-{mode}.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, path)
+        write_json(os.path.join(folder, f"results-{mode}.json"), report)
         reports[mode] = report
         print(
             f"{method} {mode}: "
@@ -351,8 +348,10 @@ def main(argv=None):
             print(f"exported {export(args, builder, method, model)}")
     if results:
         text = table(results)
-        with open(os.path.join(args.run, "results.md"), "w") as f:
+        path = os.path.join(args.run, "results.md")
+        with open(path + ".tmp", "w") as f:  # then renamed: whole or absent
             f.write(text + "\n")
+        os.replace(path + ".tmp", path)
         print("\n" + text)
 
 

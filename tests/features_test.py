@@ -260,8 +260,8 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed")
 
 
-def _fit(model, builder, directory, interrupt_at=None):
-    callbacks = [gv.training.semivariogram_callback(3, min_pairs=1)]
+def _fit(model, builder, directory, interrupt_at=None, min_pairs=1):
+    callbacks = [gv.training.semivariogram_callback(3, min_pairs=min_pairs)]
     if interrupt_at:
         callbacks.append(_Interrupt(interrupt_at))
     return gv.training.fit_resumable(
@@ -393,6 +393,11 @@ def test_checkpoints_of_another_model_or_run_are_refused_untouched(
         )
         with pytest.raises(ValueError, match=re.escape(named)):
             _fit(model, builder, directory)
+    # Another refit setting of the semivariogram callback.
+    with pytest.raises(
+        ValueError, match=re.escape("callbacks.SemivariogramCallback.min_pairs")
+    ):
+        _fit(_feature_model(), builder, directory, min_pairs=5)
     with pytest.raises(ValueError, match="`epochs` must be an int >= 1"):
         gv.training.fit_resumable(
             _feature_model(), builder, directory, epochs=0, batch_size=32
