@@ -164,33 +164,27 @@ def evaluate_features(
                 folder_lock(backup.directory, "evaluate_features")
             )
             backup.check()
-        report, pred = _evaluate(
-            model,
-            builder,
-            split,
-            mode,
-            block_size,
-            admin_levels,
-            verbose,
-            backup,
-            options,
+        pred, true, labels = _predict_blocks(
+            model, builder, split, mode, block_size, verbose, backup, options
         )
+    report = metrics.geolocation_report(
+        pred,
+        true,
+        admin_levels=admin_levels,
+        true_labels={k: np.array(v) for k, v in labels.items()}
+        if admin_levels
+        else None,
+    )
     if backup is not None:
         backup.remove()
     return report, pred
 
 
-def _evaluate(
-    model,
-    builder,
-    split,
-    mode,
-    block_size,
-    admin_levels,
-    verbose,
-    backup,
-    options,
+def _predict_blocks(
+    model, builder, split, mode, block_size, verbose, backup, options
 ):
+    """Top-1 coordinates, true coordinates and labels of `split`, block
+    by block (the blocks `backup` keeps are read, not predicted)."""
     total = builder.info.splits[split].num_examples
     pred = np.empty((total, 2), "float32")
     true = np.empty((total, 2), "float32")
@@ -225,15 +219,7 @@ def _evaluate(
         for k in LABELS:
             labels[k].extend(v.decode("utf-8") for v in block[k])
         at += n
-    report = metrics.geolocation_report(
-        pred,
-        true,
-        admin_levels=admin_levels,
-        true_labels={k: np.array(v) for k, v in labels.items()}
-        if admin_levels
-        else None,
-    )
-    return report, pred
+    return pred, true, labels
 
 
 def model_digest(model):
