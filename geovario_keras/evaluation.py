@@ -22,6 +22,7 @@ import numpy as np
 from geovario_keras import backend
 from geovario_keras import geo
 from geovario_keras import metrics
+from geovario_keras import retrieval
 from geovario_keras.data.corpus_reader import LABELS
 from geovario_keras.layers.gps_gallery import check_dtype
 from geovario_keras.saving import LOCK_FILE
@@ -138,6 +139,12 @@ def evaluate_features(
     check_feature_size(model, builder)
     total = builder.info.splits[split].num_examples
     check_int("block_size", block_size)
+    # Before anything is written: a bad mode or option is refused here,
+    # not at the first block after the backup's settings are recorded.
+    retrieval.check_mode(model, mode)
+    retrieval.RetrievalOptions(**options)
+    if mode == "gallery":
+        model.gallery.check_top_k(1)
     backup = None
     if backup_dir is not None and backend.process_count() > 1:
         raise ValueError(

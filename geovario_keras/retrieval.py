@@ -254,10 +254,21 @@ def _in_query_blocks(predict_block, image_embeddings):
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
-def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
-    """Top-k coordinates and probabilities under `mode` (see module doc)."""
+def check_mode(model, mode):
+    """Refuses an unknown `mode`, or one whose points `model` lacks."""
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if mode != "gallery" and model.reference.size == 0:
+        raise ValueError(
+            f"`mode={mode!r}` needs a reference set of geotagged images: "
+            "call `model.set_reference(x, gps)` first (or use "
+            "`mode='gallery'`)."
+        )
+
+
+def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
+    """Top-k coordinates and probabilities under `mode` (see module doc)."""
+    check_mode(model, mode)
     if mode == "gallery":
         return predict_from_gallery(
             model.gallery,
@@ -265,12 +276,6 @@ def predict(model, image_embeddings, top_k, mode, options, batch_size=None):
             model.temperature(),
             top_k,
             batch_size,
-        )
-    if model.reference.size == 0:
-        raise ValueError(
-            f"`mode={mode!r}` needs a reference set of geotagged images: "
-            "call `model.set_reference(x, gps)` first (or use "
-            "`mode='gallery'`)."
         )
     scale = _scale(model)
     if mode == "reference":

@@ -576,6 +576,17 @@ def test_a_killed_evaluation_resumes_from_its_finished_blocks(
         return counted
 
     backup = tmp_path / "eval"
+    # A bad mode or option is refused before anything is written.
+    for bad, named in (
+        ({"mode": "galery"}, "`mode`"),
+        ({"neighbours": 0}, "neighbours"),
+    ):
+        arguments = {"mode": "hybrid", **bad}
+        with pytest.raises(ValueError, match=named):
+            gv.evaluation.evaluate_features(
+                model, builder, "test", backup_dir=backup, **arguments
+            )
+        assert not os.path.exists(backup)
     evaluate = functools.partial(
         gv.evaluation.evaluate_features,
         model,
@@ -612,6 +623,7 @@ def test_a_killed_evaluation_resumes_from_its_finished_blocks(
             )
     other = _feature_model(seed=1)
     other.set_gallery(train["gps"][::3], verbose=0)
+    gv.evaluation.set_reference_from_features(other, builder, verbose=0)
     with pytest.raises(ValueError, match="'model'"):
         gv.evaluation.evaluate_features(
             other,
