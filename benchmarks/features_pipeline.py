@@ -14,6 +14,10 @@ its peak host memory (VmHWM, reset per phase) measured:
 - **reference**: `gv.evaluation.set_reference_from_features` over every
   row (the reference embeddings are model state: `emb_mib` below);
 - **predict**: `--queries` queries per retrieval mode, 100 K gallery.
+- **evaluate**: `gv.evaluation.evaluate_features` over every training row
+  (gallery mode, 10 K gallery, 8,192 queries a block), without and with
+  `backup_dir` (each finished block's predictions written), alternating,
+  twice each: the backup's cost.
 
 Each phase runs in its own process (`--phase`; the build runs first in
 each, from the tfds cache after the first time), so its peak memory is its
@@ -80,7 +84,15 @@ def model_for(dim, reference_dtype="float32"):
     return model
 
 
-PHASES = ("build", "stream", "train", "reference", "predict", "grain")
+PHASES = (
+    "build",
+    "stream",
+    "train",
+    "reference",
+    "predict",
+    "evaluate",
+    "grain",
+)
 
 
 def run_phase(args, work):
@@ -194,6 +206,45 @@ def predict_phase(args, work, builder, results, model=None):
     return results
 
 
+def evaluate_phase(args, work, builder, results):
+    model = model_for(args.dim)
+    rng = np.random.default_rng(1)
+    gallery = np.stack(
+        [
+            np.degrees(np.arcsin(rng.uniform(-1, 1, 10_000))),
+            rng.uniform(-180, 180, 10_000),
+        ],
+        1,
+    ).astype("float32")
+    model.set_gallery(gallery, verbose=0)
+    backup = os.path.join(work, "evaluation")
+    for run in range(2):
+        for kept in (False, True):
+
+            def evaluate(kept=kept):
+                _, pred = gv.evaluation.evaluate_features(
+                    model,
+                    builder,
+                    "train",
+                    "gallery",
+                    admin_levels=False,
+                    verbose=0,
+                    backup_dir=backup if kept else None,
+                )
+                return {"queries_per_s": len(pred)}
+
+            key = f"evaluate_{'backup' if kept else 'plain'}_{run}"
+            phase(key, results, evaluate)
+            results[key]["queries_per_s"] /= results[key]["seconds"]
+    best = {
+        kind: min(results[f"evaluate_{kind}_{r}"]["seconds"] for r in range(2))
+        for kind in ("plain", "backup")
+    }
+    results["evaluate_backup_cost"] = best["backup"] / best["plain"] - 1.0
+    print(f"backup cost: {100 * results['evaluate_backup_cost']:+.1f} %")
+    return results
+
+
 def grain_phase(args, work, builder, results):
     """The same epoch read by `grain` (JAX's data loader), for comparison
     with `stream`: the split's TFRecord files copied once into ArrayRecord
@@ -255,6 +306,7 @@ PHASE_FUNCTIONS = {
     "train": train_phase,
     "reference": reference_phase,
     "predict": predict_phase,
+    "evaluate": evaluate_phase,
 }
 
 

@@ -23,26 +23,20 @@ from geovario_keras import backend
 from geovario_keras import geo
 from geovario_keras import metrics
 from geovario_keras import retrieval
+from geovario_keras.data import streams
 from geovario_keras.data.corpus_reader import LABELS
 from geovario_keras.layers.gps_gallery import check_dtype
 from geovario_keras.saving import LOCK_FILE
 from geovario_keras.saving import folder_lock
 from geovario_keras.saving import write_json
 from geovario_keras.utils import RowProgress
-from geovario_keras.utils import bound_heap_growth
 from geovario_keras.utils import check_int
 from geovario_keras.validation import check_feature_size
 
 
-def _blocks(builder, split, block_size):
+def _blocks(builder, split, block_size, labels=()):
     """Numpy dicts of `block_size` rows of `split`, in stored order."""
-    import tensorflow_datasets as tfds
-
-    check_int("block_size", block_size)
-    bound_heap_growth()
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    for block in tfds.as_numpy(ds.batch(block_size)):
-        yield block
+    return streams.split_blocks(builder, split, block_size, labels)
 
 
 def set_reference_from_features(
@@ -75,7 +69,7 @@ def set_reference_from_features(
     for block in _blocks(builder, split, block_size):
         n = len(block["gps"])
         emb[at : at + n] = model.encode_image(
-            block["features"].astype("float32"), batch_size=min(n, 4096)
+            block["features"], batch_size=min(n, 4096)
         )
         gps[at : at + n] = block["gps"]
         at += n
@@ -206,13 +200,14 @@ def _predict_blocks(
         ),
         0,
     )
-    for index, block in enumerate(_blocks(builder, split, block_size)):
+    blocks = _blocks(builder, split, block_size, LABELS)
+    for index, block in enumerate(blocks):
         n = len(block["gps"])
         if index < kept:  # predicted by an earlier run
             pred[at : at + n] = backup.load(index, n)
         else:
             coords, _ = model.predict_gps(
-                block["features"].astype("float32"),
+                block["features"],
                 top_k=1,
                 mode=mode,
                 batch_size=min(n, 4096),

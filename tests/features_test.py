@@ -227,6 +227,37 @@ def test_the_stream_is_a_function_of_seed_and_epoch(builder):
         streams.steps_per_epoch(builder, "test", 61)
 
 
+@pytest.mark.parametrize("files", [1, 20])
+def test_split_blocks_are_tfds_rows_in_tfds_order(extracted, tmp_path, files):
+    # The evaluation's reader against tfds's own `as_dataset` (per-example
+    # decoding): the same rows, values and labels in the same order, with
+    # more files than tfds interleaves at once (16); a slice of a split
+    # goes through tfds itself.
+    import tensorflow_datasets as tfds
+
+    folder, _ = extracted
+    built = gv.data.geotagged_features(
+        folder, data_dir=str(tmp_path), verbose=False, num_shards=files
+    )
+    assert len(built.info.splits["train"].filenames) == files
+    labels = gv.data.corpus_reader.LABELS
+    for split in ("train", "test", "train[10:50]"):
+        want = tfds.as_numpy(
+            built.as_dataset(split=split, shuffle_files=False).batch(1000)
+        )
+        want = next(iter(want))
+        blocks = list(gv.data.streams.split_blocks(built, split, 7, labels))
+        assert [len(b["gps"]) for b in blocks[:-1]] == [7] * (len(blocks) - 1)
+        got = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+        assert got.keys() == {"features", "gps", *labels}
+        assert got["features"].dtype == np.float32
+        np.testing.assert_array_equal(
+            got["features"], want["features"].astype("float32"), err_msg=split
+        )
+        for key in ("gps",) + labels:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 def _feature_model(seed=0, queue_size=64, embed_dim=16):
     keras.utils.set_random_seed(seed)
     model = small_geoclip(queue_size=queue_size, embed_dim=embed_dim, seed=seed)

@@ -88,7 +88,55 @@ def epoch_stream(
     ).prefetch(tf.data.AUTOTUNE)
 
 
-def _records(builder, split, seed=None):
+def split_blocks(builder, split, block_size, labels=()):
+    """Every row of `split` once, `block_size` rows at a time, as numpy.
+
+    Blocks (the last one smaller) of `"features"` (float32 `(n, D)`),
+    `"gps"` `(n, 2)` and each string field named in `labels` (bytes), in
+    the order of tfds's `builder.as_dataset(split, shuffle_files=False)`,
+    read as the training streams read (TFRecord files directly, one parse
+    and decode per block): ~14x tfds's per-example decoding on this
+    2-core CPU (BENCHMARKS.md, "The stored-features pipeline"). A slice
+    of a split (`"test[:10%]"`) is read by tfds.
+
+    Args:
+        builder: a built `geotagged_features` builder.
+        split: its split.
+        block_size: int >= 1.
+        labels: names of string fields to read too (e.g.
+            `gv.data.corpus_reader.LABELS`).
+
+    Returns:
+        An iterator of dicts of numpy arrays.
+    """
+    tf = _tf()
+    check_int("block_size", block_size)
+    bound_heap_growth()
+    labels = tuple(labels)
+    if split not in builder.info.splits:
+        import tensorflow_datasets as tfds
+
+        def pick(e):
+            out = {"features": tf.cast(e["features"], "float32")}
+            return dict(out, gps=e["gps"], **{k: e[k] for k in labels})
+
+        ds = builder.as_dataset(split=split, shuffle_files=False).map(pick)
+        return iter(tfds.as_numpy(ds.batch(block_size)))
+    parse = _parser(builder)
+    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in labels}
+
+    def parse_block(serialized):
+        x, gps = parse(serialized)
+        extra = tf.io.parse_example(serialized, spec) if spec else {}
+        return dict(extra, features=x, gps=gps)
+
+    # tfds's own interleave when it may shuffle: 16 files, 16 rows each.
+    ds = _records(builder, split, cycle_length=16, block_length=16)
+    ds = ds.batch(block_size).map(parse_block).prefetch(1)
+    return ds.as_numpy_iterator()
+
+
+def _records(builder, split, seed=None, cycle_length=4, block_length=64):
     """The serialized examples of `split`, files in an order drawn from
     `seed` (None: stored order), read a few files at a time."""
     import numpy as np
@@ -104,8 +152,8 @@ def _records(builder, split, seed=None):
     ds = tf.data.Dataset.from_tensor_slices(files)
     return ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
-        cycle_length=min(4, len(files)),
-        block_length=64,
+        cycle_length=min(cycle_length, len(files)),
+        block_length=block_length,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
