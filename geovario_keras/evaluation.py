@@ -39,6 +39,14 @@ def _blocks(builder, split, block_size, labels=()):
     return streams.split_blocks(builder, split, block_size, labels)
 
 
+def _check_rows(split, rows, total):
+    if rows != total:
+        raise ValueError(
+            f"Split {split!r} yielded {rows} rows, its info says {total}: "
+            "the data set is damaged; rebuild it."
+        )
+
+
 def set_reference_from_features(
     model, builder, split="train", block_size=16384, verbose=1, dtype=None
 ):
@@ -74,11 +82,7 @@ def set_reference_from_features(
         gps[at : at + n] = block["gps"]
         at += n
         rate.update(n)
-    if at != total:
-        raise ValueError(
-            f"Split {split!r} yielded {at} rows, its info says {total}: the "
-            "data set is damaged; rebuild it."
-        )
+    _check_rows(split, at, total)
     model.reference.set(
         geo.check_gps(gps, name="gps"), emb, copy=False, embeddings_dtype=dtype
     )
@@ -221,6 +225,7 @@ def _predict_blocks(
         for k in LABELS:
             labels[k].extend(v.decode("utf-8") for v in block[k])
         at += n
+    _check_rows(split, at, total)
     return pred, true, labels
 
 

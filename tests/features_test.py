@@ -580,6 +580,30 @@ def test_streamed_evaluation_equals_the_in_memory_path(builder):
                 assert got[key] == pytest.approx(value, abs=1e-3), key
 
 
+def test_a_split_that_yields_fewer_rows_than_its_info_is_an_error(
+    builder, monkeypatch
+):
+    # A damaged data set read short: never a report over unset rows.
+    model = _feature_model()
+    model.set_gallery(gv.data.as_arrays(builder, "train")["gps"], verbose=0)
+    blocks = gv.evaluation._blocks
+
+    def short(*args, **kwargs):
+        return list(blocks(*args, **kwargs))[:-1]
+
+    monkeypatch.setattr(gv.evaluation, "_blocks", short)
+    for run in (
+        lambda: gv.evaluation.set_reference_from_features(
+            model, builder, block_size=50, verbose=0
+        ),
+        lambda: gv.evaluation.evaluate_features(
+            model, builder, block_size=25, verbose=0
+        ),
+    ):
+        with pytest.raises(ValueError, match="yielded .* rows, its info"):
+            run()
+
+
 def test_a_killed_evaluation_resumes_from_its_finished_blocks(
     builder, tmp_path, monkeypatch
 ):
