@@ -63,6 +63,12 @@ def phase(name, results, fn):
     return value
 
 
+def uniform_gps(rng, n):
+    """`n` points uniform on the sphere, (lat, lon) float32."""
+    lat = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    return np.stack([lat, rng.uniform(-180, 180, n)], 1).astype("float32")
+
+
 def model_for(dim, reference_dtype="float32"):
     import keras
 
@@ -184,13 +190,7 @@ def predict_phase(args, work, builder, results, model=None):
         model = model_for(args.dim)
         reference_phase(args, work, builder, results, model)
     rng = np.random.default_rng(1)
-    gallery = np.stack(
-        [
-            np.degrees(np.arcsin(rng.uniform(-1, 1, 100_000))),
-            rng.uniform(-180, 180, 100_000),
-        ],
-        1,
-    ).astype("float32")
+    gallery = uniform_gps(rng, 100_000)
     model.set_gallery(gallery, verbose=0)
     queries = rng.standard_normal((args.queries, args.dim)).astype("float32")
     for mode in ("gallery", "reference", "hybrid"):
@@ -209,13 +209,7 @@ def predict_phase(args, work, builder, results, model=None):
 def evaluate_phase(args, work, builder, results):
     model = model_for(args.dim)
     rng = np.random.default_rng(1)
-    gallery = np.stack(
-        [
-            np.degrees(np.arcsin(rng.uniform(-1, 1, 10_000))),
-            rng.uniform(-180, 180, 10_000),
-        ],
-        1,
-    ).astype("float32")
+    gallery = uniform_gps(rng, 10_000)
     model.set_gallery(gallery, verbose=0)
     backup = os.path.join(work, "evaluation")
     for run in range(2):
@@ -327,13 +321,7 @@ def run_references(args, work):
             emb[i : i + len(part)] = part / np.linalg.norm(
                 part, axis=1, keepdims=True
             )
-        gps = np.stack(
-            [
-                np.degrees(np.arcsin(rng.uniform(-1, 1, n))),
-                rng.uniform(-180, 180, n),
-            ],
-            1,
-        ).astype("float32")
+        gps = uniform_gps(rng, n)
         model.reference.set(gps, emb, copy=False)
         return {"emb_mib": emb.nbytes / 2**20}
 
