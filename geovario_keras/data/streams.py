@@ -95,9 +95,10 @@ def split_blocks(builder, split, block_size, labels=()):
     `"gps"` `(n, 2)` and each string field named in `labels` (bytes), in
     the order of tfds's `builder.as_dataset(split, shuffle_files=False)`,
     read as the training streams read (TFRecord files directly, one parse
-    and decode per block): ~14x tfds's per-example decoding on this
-    2-core CPU (BENCHMARKS.md, "The stored-features pipeline"). A slice
-    of a split (`"test[:10%]"`) is read by tfds.
+    and decode per block), many times faster than tfds's per-example
+    decoding (BENCHMARKS.md, "The reference set and the evaluation read as
+    the training does"). A slice of a split (`"test[:10%]"`) is read by
+    tfds.
 
     Args:
         builder: a built `geotagged_features` builder.
