@@ -580,6 +580,27 @@ def test_streamed_evaluation_equals_the_in_memory_path(builder):
                 assert got[key] == pytest.approx(value, abs=1e-3), key
 
 
+def test_a_saved_and_loaded_model_has_the_digest_of_the_trained_one(
+    builder, tmp_path
+):
+    # `recipes/paper.py` evaluates the model it has just trained, and
+    # after a kill the `model.keras` it saved: the evaluation's kept
+    # blocks must be taken as the same model's (variable paths differ
+    # between processes; values and order must not).
+    model = _feature_model()
+    _fit(model, builder, tmp_path / "run")
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = gv.load_model(path)
+    train = gv.data.as_arrays(builder, "train")
+    for m in (model, loaded):
+        m.set_gallery(train["gps"][::3], verbose=0)
+    digest = gv.evaluation.model_digest
+    assert digest(loaded) == digest(model)
+    loaded.set_gallery(train["gps"][::4], verbose=0)  # another gallery
+    assert digest(loaded) != digest(model)
+
+
 def test_a_split_that_yields_fewer_rows_than_its_info_is_an_error(
     builder, monkeypatch
 ):
